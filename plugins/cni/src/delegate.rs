@@ -1,0 +1,83 @@
+//! Running the IPAM plugin named by `ipam.type`, as the spec's delegation says: same
+//! environment, same config on stdin, its result or error passed back.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command as Proc, Stdio};
+
+use crate::env::Command;
+use crate::error::{Error, Result};
+use crate::skel::Call;
+use crate::types::CniResult;
+
+/// Finds plugin `name` in the `CNI_PATH` directories.
+pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::InvalidConfig(format!(
+            "invalid plugin type \"{}\": must be a file name in CNI_PATH",
+            name.escape_debug()
+        )));
+    }
+    for dir in path {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(Error::InvalidConfig(format!(
+        "failed to find plugin \"{name}\" (ipam.type) in CNI_PATH {:?}",
+        path
+    )))
+}
+
+/// Runs `plugin_type` for `cmd` with the call's config; returns its parsed result for ADD.
+pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniResult>> {
+    let bin = find_plugin(plugin_type, &call.env.path)?;
+    let mut child = Proc::new(&bin)
+        .env("CNI_COMMAND", cmd.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::io(format!("running IPAM plugin {}", bin.display()), e))?;
+    {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // A plugin that exits without reading stdin gives EPIPE; its exit status tells more.
+        let _ = stdin.write_all(&call.stdin);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("waiting for IPAM plugin {}", bin.display()), e))?;
+    crate::trace::step(&format!("ipam {}", cmd.as_str()));
+    if !out.status.success() {
+        return Err(parse_error(plugin_type, &out.stdout, out.status));
+    }
+    if cmd != Command::Add {
+        return Ok(None);
+    }
+    CniResult::from_slice(&out.stdout)
+        .map(Some)
+        .map_err(|e| e.context(format!("result of IPAM plugin \"{plugin_type}\"")))
+}
+
+fn parse_error(plugin_type: &str, stdout: &[u8], status: std::process::ExitStatus) -> Error {
+    #[derive(serde::Deserialize)]
+    struct E {
+        code: u32,
+        #[serde(default)]
+        msg: String,
+        #[serde(default)]
+        details: String,
+    }
+    match serde_json::from_slice::<E>(stdout) {
+        Ok(e) => Error::Delegated {
+            code: e.code,
+            msg: e.msg,
+            details: e.details,
+        },
+        Err(_) => Error::Internal(format!(
+            "IPAM plugin \"{plugin_type}\" failed ({status}) without an error JSON: {}",
+            String::from_utf8_lossy(stdout).trim()
+        )),
+    }
+}

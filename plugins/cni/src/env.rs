@@ -1,0 +1,256 @@
+//! The `CNI_*` environment of a call, read and validated as the spec says.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Version,
+    Gc,
+    Status,
+}
+
+impl Command {
+    pub fn parse(s: &str) -> Result<Command> {
+        Ok(match s {
+            "ADD" => Command::Add,
+            "DEL" => Command::Del,
+            "CHECK" => Command::Check,
+            "VERSION" => Command::Version,
+            "GC" => Command::Gc,
+            "STATUS" => Command::Status,
+            other => {
+                return Err(Error::InvalidEnv(format!(
+                    "unknown CNI_COMMAND \"{}\": expected ADD, DEL, CHECK, VERSION, GC or STATUS",
+                    other.escape_debug()
+                )))
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Version => "VERSION",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+        }
+    }
+}
+
+/// The validated environment of one call.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub command: Command,
+    pub container_id: String,
+    /// `CNI_NETNS`; optional for DEL (the namespace may be gone).
+    pub netns: Option<String>,
+    pub ifname: String,
+    /// `CNI_ARGS`, raw.
+    pub args: String,
+    pub path: Vec<PathBuf>,
+}
+
+/// The spec's rule for container ids: a letter or digit, then letters, digits, `_`, `.`, `-`.
+pub fn valid_container_id(id: &str) -> bool {
+    let mut b = id.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// The spec's rule for interface names: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or
+/// whitespace. Returns why not.
+pub fn check_ifname(name: &str) -> std::result::Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.len() > 15 {
+        return Err("is longer than 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return Err("is \".\" or \"..\"");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+    {
+        return Err("contains '/', ':', NUL or whitespace");
+    }
+    Ok(())
+}
+
+impl Env {
+    /// Reads the environment for `command` from the process's variables.
+    pub fn from_process(command: Command) -> Result<Env> {
+        Env::from_lookup(command, |k| {
+            std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+        })
+    }
+
+    /// Reads the environment for `command` through `get`, requiring what the verb needs.
+    pub fn from_lookup(command: Command, get: impl Fn(&str) -> Option<String>) -> Result<Env> {
+        use Command::*;
+        let needs = |var: &str| -> bool {
+            match var {
+                "CNI_CONTAINERID" | "CNI_IFNAME" => matches!(command, Add | Del | Check),
+                "CNI_NETNS" => matches!(command, Add | Check),
+                "CNI_PATH" => matches!(command, Add | Del | Check),
+                _ => false,
+            }
+        };
+        let mut missing = Vec::new();
+        let mut fetch = |var: &str| -> Option<String> {
+            let v = get(var).filter(|v| !v.is_empty());
+            if v.is_none() && needs(var) {
+                missing.push(var.to_string());
+            }
+            v
+        };
+        let container_id = fetch("CNI_CONTAINERID");
+        let netns = fetch("CNI_NETNS");
+        let ifname = fetch("CNI_IFNAME");
+        let path = fetch("CNI_PATH");
+        if !missing.is_empty() {
+            return Err(Error::InvalidEnv(format!(
+                "required environment variables missing for {}: {}",
+                command.as_str(),
+                missing.join(", ")
+            )));
+        }
+        let container_id = container_id.unwrap_or_default();
+        if !container_id.is_empty() && !valid_container_id(&container_id) {
+            return Err(Error::InvalidEnv(format!(
+                "invalid CNI_CONTAINERID \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+                container_id.escape_debug()
+            )));
+        }
+        let ifname = ifname.unwrap_or_default();
+        if !ifname.is_empty() {
+            if let Err(why) = check_ifname(&ifname) {
+                return Err(Error::InvalidEnv(format!(
+                    "invalid CNI_IFNAME \"{}\": {why}",
+                    ifname.escape_debug()
+                )));
+            }
+        }
+        if let Some(ns) = &netns {
+            if ns.contains('\0') {
+                return Err(Error::InvalidEnv("invalid CNI_NETNS: contains NUL".into()));
+            }
+        }
+        let path = path
+            .map(|p| {
+                p.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Env {
+            command,
+            container_id,
+            netns,
+            ifname,
+            args: get("CNI_ARGS").unwrap_or_default(),
+            path,
+        })
+    }
+}
+
+/// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
+pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for pair in s.split(';').filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(Error::InvalidEnv(format!(
+                "invalid CNI_ARGS pair \"{}\": expected KEY=VALUE",
+                pair.escape_debug()
+            )));
+        };
+        if k.is_empty() {
+            return Err(Error::InvalidEnv(format!(
+                "invalid CNI_ARGS pair \"{}\": empty key",
+                pair.escape_debug()
+            )));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+/// The value of `key` in `CNI_ARGS`.
+pub fn cni_arg(s: &str, key: &str) -> Result<Option<String>> {
+    Ok(parse_cni_args(s)?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(cmd: Command, vars: &[(&str, &str)]) -> Result<Env> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_lookup(cmd, |k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn requires_per_verb() {
+        let e = env(Command::Add, &[("CNI_CONTAINERID", "abc")]).unwrap_err();
+        assert_eq!(e.code(), 4);
+        assert!(
+            e.to_string().contains("CNI_NETNS") && e.to_string().contains("CNI_IFNAME"),
+            "{e}"
+        );
+        let ok = env(
+            Command::Del,
+            &[
+                ("CNI_CONTAINERID", "abc"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/x:/y"),
+            ],
+        )
+        .unwrap();
+        assert!(ok.netns.is_none());
+        assert_eq!(ok.path.len(), 2);
+        env(Command::Gc, &[]).unwrap();
+        env(Command::Status, &[]).unwrap();
+    }
+
+    #[test]
+    fn validates_ids_and_names() {
+        assert!(valid_container_id("a-b_c.1"));
+        assert!(!valid_container_id("../x"));
+        assert!(!valid_container_id("-x"));
+        assert!(!valid_container_id("a/b"));
+        assert!(check_ifname("eth0").is_ok());
+        assert!(check_ifname("0123456789abcdef").is_err());
+        assert!(check_ifname("a/b").is_err());
+        assert!(check_ifname("a b").is_err());
+        assert!(check_ifname("..").is_err());
+        assert!(check_ifname("a:1").is_err());
+    }
+
+    #[test]
+    fn cni_args() {
+        assert_eq!(
+            cni_arg("IgnoreUnknown=1;IP=10.0.0.5", "IP")
+                .unwrap()
+                .as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(parse_cni_args("A=1;B=").unwrap().len(), 2);
+        assert!(parse_cni_args("junk").is_err());
+    }
+}

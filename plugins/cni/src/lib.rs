@@ -1,0 +1,21 @@
+//! The CNI protocol library every plugin of this set is made of.
+//!
+//! - [`skel`]: the entry point (environment, config, dispatch, result/error printing)
+//! - [`types`], [`version`], [`env`], [`error`]: the spec's data
+//! - [`delegate`]: running the IPAM plugin
+//! - [`netns`]: the only module that calls `setns`
+//! - [`netlink`]: the only module that speaks rtnetlink
+//! - [`sysctl`]: `/proc/sys/net` writes inside a namespace
+//! - [`firewall`]: masquerade rules (iptables or nftables)
+
+pub mod delegate;
+pub mod env;
+pub mod error;
+pub mod skel;
+pub mod trace;
+pub mod types;
+pub mod version;
+
+pub use error::{Error, Errors, Result};
+pub use skel::{Call, Plugin};
+pub use types::{CniResult, Dns, Interface, IpConfig, NetConf, Route};

@@ -1,0 +1,182 @@
+//! The entry point every plugin binary calls: read the call, dispatch the verb, print one
+//! result or one error, and never let a panic reach the runtime.
+
+use std::io::{Read, Write};
+
+use crate::env::{Command, Env};
+use crate::error::{Error, Result};
+use crate::trace;
+use crate::types::{CniResult, NetConf};
+use crate::version::{self, Version};
+
+/// Configs larger than this are refused (code 6) instead of read into memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// One plugin invocation: the environment, the raw config and its common keys.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub env: Env,
+    pub stdin: Vec<u8>,
+    pub conf: NetConf,
+    pub version: Version,
+}
+
+impl Call {
+    /// The config's `cniVersion`, as results must be printed in it.
+    pub fn cni_version(&self) -> &str {
+        if self.conf.cni_version.is_empty() {
+            "0.1.0"
+        } else {
+            &self.conf.cni_version
+        }
+    }
+
+    /// `CNI_NETNS`, which ADD and CHECK always have.
+    pub fn netns(&self) -> Result<&str> {
+        self.env
+            .netns
+            .as_deref()
+            .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is required".into()))
+    }
+}
+
+/// What a plugin implements; the skeleton does the rest.
+pub trait Plugin {
+    fn add(&self, call: &Call) -> Result<CniResult>;
+    fn del(&self, call: &Call) -> Result<()>;
+    fn check(&self, call: &Call) -> Result<()>;
+    fn gc(&self, call: &Call) -> Result<()>;
+    fn status(&self, call: &Call) -> Result<()>;
+}
+
+/// Runs the plugin for this process and exits with its status.
+pub fn run(name: &str, plugin: &dyn Plugin) -> ! {
+    trace::start();
+    // Panics become a code-100 error below; keep the default report off stdout (it goes to
+    // stderr anyway) but short.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{name_panic}: {info}", name_panic = "panic");
+    }));
+    let mut version_for_errors = version::CURRENT.to_string();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dispatch(name, plugin, &mut version_for_errors)
+    }));
+    let outcome = match outcome {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Internal(format!("internal error in {name}: {msg}")))
+        }
+    };
+    let code = match outcome {
+        Ok(Some(out)) => {
+            print_json(&out);
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            eprintln!("{name}: error {}: {e}", e.code());
+            print_json(&e.to_json(&version_for_errors));
+            1
+        }
+    };
+    trace::report();
+    std::process::exit(code)
+}
+
+fn print_json(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, v);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn read_stdin() -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io("reading the network config from stdin", e))?;
+    if buf.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::Decode(format!(
+            "network config on stdin is larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    Ok(buf)
+}
+
+fn dispatch(
+    name: &str,
+    plugin: &dyn Plugin,
+    version_for_errors: &mut String,
+) -> Result<Option<serde_json::Value>> {
+    let Some(cmd) = std::env::var_os("CNI_COMMAND") else {
+        eprintln!(
+            "CNI {name} plugin {}\nCNI protocol versions supported: {}",
+            env!("CARGO_PKG_VERSION"),
+            version::SUPPORTED.join(", ")
+        );
+        return Ok(None);
+    };
+    let command = Command::parse(&cmd.to_string_lossy())?;
+    if command == Command::Version {
+        return Ok(Some(version::version_json(version::CURRENT)));
+    }
+    let env = Env::from_process(command)?;
+    let stdin = read_stdin()?;
+    trace::step("read stdin");
+    let call = parse_call(env, stdin, version_for_errors)?;
+    trace::step("parse config");
+    match command {
+        Command::Add => {
+            let r = plugin.add(&call)?;
+            Ok(Some(r.to_json(call.cni_version())))
+        }
+        Command::Del => plugin.del(&call).map(|_| None),
+        Command::Check => plugin.check(&call).map(|_| None),
+        Command::Gc => plugin.gc(&call).map(|_| None),
+        Command::Status => plugin.status(&call).map(|_| None),
+        Command::Version => unreachable!("handled above"),
+    }
+}
+
+/// Decodes the common keys of the config and checks the verb against its version.
+pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> Result<Call> {
+    if stdin.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(Error::Decode("no network config on stdin".into()));
+    }
+    let conf: NetConf = crate::types::decode(&stdin)?;
+    let version = Version::of_config(&conf.cni_version)?;
+    *version_for_errors = conf.cni_version.clone();
+    let need = match env.command {
+        Command::Check => Some("0.4.0"),
+        Command::Gc | Command::Status => Some("1.1.0"),
+        _ => None,
+    };
+    if let Some(need) = need {
+        if !version.at_least(need) {
+            return Err(Error::IncompatibleVersion(format!(
+                "config version \"{}\" does not allow {}: it needs cniVersion {need} or later",
+                conf.cni_version,
+                env.command.as_str()
+            )));
+        }
+    }
+    if !conf.name.is_empty() && !crate::env::valid_container_id(&conf.name) {
+        return Err(Error::InvalidConfig(format!(
+            "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+            conf.name.escape_debug()
+        )));
+    }
+    Ok(Call {
+        env,
+        stdin,
+        conf,
+        version,
+    })
+}

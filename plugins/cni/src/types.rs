@@ -1,0 +1,481 @@
+//! The spec's data: network configuration, results in every version, DNS, GC attachments.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::version::Version;
+
+/// The keys every network configuration has. Plugins embed it (`#[serde(flatten)]`) in their
+/// own config type; keys nobody knows are kept in `other`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion", default)]
+    pub cni_version: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub plugin_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<IpamRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+    #[serde(
+        rename = "runtimeConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub runtime_config: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
+    #[serde(
+        rename = "prevResult",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prev_result: Option<Value>,
+    /// GC: the attachments the runtime still uses (1.1.0).
+    #[serde(
+        rename = "cni.dev/valid-attachments",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// GC: the key of the 1.1.0 drafts, still sent by some runtimes.
+    #[serde(
+        rename = "cni.dev/attachments",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachments: Option<Vec<Attachment>>,
+}
+
+/// The `ipam` section as the delegating plugin sees it: the type, the rest is the IPAM's own.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct IpamRef {
+    #[serde(rename = "type", default)]
+    pub ipam_type: String,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// A (container, interface) pair that GC must keep.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
+}
+
+impl NetConf {
+    /// The GC keep-list: `cni.dev/valid-attachments`, else the older `cni.dev/attachments`.
+    pub fn gc_keep(&self) -> Vec<Attachment> {
+        self.valid_attachments
+            .clone()
+            .or_else(|| self.attachments.clone())
+            .unwrap_or_default()
+    }
+
+    /// The previous result of a chain, parsed (any version from 0.3.0 on).
+    pub fn prev_result(&self) -> Result<Option<CniResult>> {
+        match &self.prev_result {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => CniResult::from_value(v)
+                .map(Some)
+                .map_err(|e| e.context("prevResult")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl Dns {
+    pub fn is_empty(&self) -> bool {
+        self == &Dns::default()
+    }
+    /// Adds what `other` has that we lack (lists are merged without duplicates).
+    pub fn merge(&mut self, other: &Dns) {
+        fn add(to: &mut Vec<String>, from: &[String]) {
+            for s in from {
+                if !to.contains(s) {
+                    to.push(s.clone());
+                }
+            }
+        }
+        add(&mut self.nameservers, &other.nameservers);
+        add(&mut self.search, &other.search);
+        add(&mut self.options, &other.options);
+        if self.domain.is_empty() {
+            self.domain = other.domain.clone();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    #[serde(
+        rename = "socketPath",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub socket_path: Option<String>,
+    #[serde(rename = "pciID", default, skip_serializing_if = "Option::is_none")]
+    pub pci_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct IpConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<usize>,
+    pub address: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Route {
+    pub dst: IpNet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advmss: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<u8>,
+}
+
+impl Route {
+    pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Route {
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
+    }
+}
+
+/// A result, held in the newest shape (1.1.0) and printed in any version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CniResult {
+    pub interfaces: Vec<Interface>,
+    pub ips: Vec<IpConfig>,
+    pub routes: Vec<Route>,
+    pub dns: Dns,
+}
+
+/// What results of 0.3.0 to 1.1.0 look like on the wire (the per-IP `version` of 0.3.x/0.4.0
+/// is ignored on input: the address says its family).
+#[derive(Deserialize)]
+struct WireResult {
+    #[serde(default)]
+    interfaces: Vec<Interface>,
+    #[serde(default)]
+    ips: Vec<IpConfig>,
+    #[serde(default)]
+    routes: Vec<Route>,
+    #[serde(default)]
+    dns: Dns,
+    // 0.1.0 / 0.2.0
+    #[serde(default)]
+    ip4: Option<LegacyIp>,
+    #[serde(default)]
+    ip6: Option<LegacyIp>,
+}
+
+#[derive(Deserialize)]
+struct LegacyIp {
+    ip: IpNet,
+    #[serde(default)]
+    gateway: Option<IpAddr>,
+    #[serde(default)]
+    routes: Vec<Route>,
+}
+
+impl CniResult {
+    /// Parses a result of any version we speak.
+    pub fn from_value(v: &Value) -> Result<CniResult> {
+        let w: WireResult = serde_path_to_error::deserialize(v)
+            .map_err(|e| Error::Decode(format!("invalid result at {}: {}", e.path(), e.inner())))?;
+        let mut r = CniResult {
+            interfaces: w.interfaces,
+            ips: w.ips,
+            routes: w.routes,
+            dns: w.dns,
+        };
+        for l in [w.ip4, w.ip6].into_iter().flatten() {
+            r.ips.push(IpConfig {
+                interface: None,
+                address: l.ip,
+                gateway: l.gateway,
+            });
+            r.routes.extend(l.routes);
+        }
+        for ip in &r.ips {
+            if let Some(i) = ip.interface {
+                if i >= r.interfaces.len() {
+                    return Err(Error::Decode(format!(
+                        "invalid result: ips entry {} names interface index {i}, but there are {} interfaces",
+                        ip.address,
+                        r.interfaces.len()
+                    )));
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn from_slice(b: &[u8]) -> Result<CniResult> {
+        let v: Value = serde_json::from_slice(b)
+            .map_err(|e| Error::Decode(format!("invalid result JSON: {e}")))?;
+        CniResult::from_value(&v)
+    }
+
+    /// The result as the spec's JSON of `version`.
+    pub fn to_json(&self, version: &str) -> Value {
+        let v = Version::parse(version).unwrap_or(Version(1, 1, 0));
+        if !v.at_least("0.3.0") {
+            return self.to_legacy_json(version);
+        }
+        let v11 = v.at_least("1.1.0");
+        let v1 = v.at_least("1.0.0");
+        let mut out = Map::new();
+        out.insert("cniVersion".into(), json!(version));
+        if !self.interfaces.is_empty() {
+            let ifs: Vec<Value> = self
+                .interfaces
+                .iter()
+                .map(|i| {
+                    let mut i = i.clone();
+                    if !v11 {
+                        i.mtu = None;
+                        i.socket_path = None;
+                        i.pci_id = None;
+                    }
+                    serde_json::to_value(i).expect("interface serializes")
+                })
+                .collect();
+            out.insert("interfaces".into(), Value::Array(ifs));
+        }
+        if !self.ips.is_empty() {
+            let ips: Vec<Value> = self
+                .ips
+                .iter()
+                .map(|ip| {
+                    let mut m = Map::new();
+                    if !v1 {
+                        let fam = if ip.address.addr().is_ipv4() {
+                            "4"
+                        } else {
+                            "6"
+                        };
+                        m.insert("version".into(), json!(fam));
+                    }
+                    if let Some(i) = ip.interface {
+                        m.insert("interface".into(), json!(i));
+                    }
+                    m.insert("address".into(), json!(ip.address.to_string()));
+                    if let Some(g) = ip.gateway {
+                        m.insert("gateway".into(), json!(g.to_string()));
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            out.insert("ips".into(), Value::Array(ips));
+        }
+        if !self.routes.is_empty() {
+            let routes: Vec<Value> = self
+                .routes
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    if !v11 {
+                        r.mtu = None;
+                        r.advmss = None;
+                        r.priority = None;
+                        r.table = None;
+                        r.scope = None;
+                    }
+                    serde_json::to_value(r).expect("route serializes")
+                })
+                .collect();
+            out.insert("routes".into(), Value::Array(routes));
+        }
+        out.insert(
+            "dns".into(),
+            serde_json::to_value(&self.dns).expect("dns serializes"),
+        );
+        Value::Object(out)
+    }
+
+    /// 0.1.0/0.2.0: one `ip4` and one `ip6`, each with the routes of its family.
+    fn to_legacy_json(&self, version: &str) -> Value {
+        let mut out = Map::new();
+        out.insert("cniVersion".into(), json!(version));
+        for (key, v4) in [("ip4", true), ("ip6", false)] {
+            let Some(ip) = self.ips.iter().find(|i| i.address.addr().is_ipv4() == v4) else {
+                continue;
+            };
+            let mut m = Map::new();
+            m.insert("ip".into(), json!(ip.address.to_string()));
+            if let Some(g) = ip.gateway {
+                m.insert("gateway".into(), json!(g.to_string()));
+            }
+            let routes: Vec<Value> = self
+                .routes
+                .iter()
+                .filter(|r| r.dst.addr().is_ipv4() == v4)
+                .map(|r| {
+                    let mut rm = Map::new();
+                    rm.insert("dst".into(), json!(r.dst.to_string()));
+                    if let Some(gw) = r.gw {
+                        rm.insert("gw".into(), json!(gw.to_string()));
+                    }
+                    Value::Object(rm)
+                })
+                .collect();
+            if !routes.is_empty() {
+                m.insert("routes".into(), Value::Array(routes));
+            }
+            out.insert(key.into(), Value::Object(m));
+        }
+        out.insert(
+            "dns".into(),
+            serde_json::to_value(&self.dns).expect("dns serializes"),
+        );
+        Value::Object(out)
+    }
+}
+
+/// Decode a plugin's config type from stdin bytes, naming the offending field on error.
+pub fn decode<T: serde::de::DeserializeOwned>(stdin: &[u8]) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(stdin);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            Error::Decode(format!("network config is not valid JSON: {inner}"))
+        } else if path == "." {
+            Error::Decode(format!("invalid network config: {inner}"))
+        } else {
+            Error::Decode(format!("invalid network config: field \"{path}\": {inner}"))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CniResult {
+        CniResult {
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "aa:bb:cc:dd:ee:ff".into(),
+                mtu: Some(1400),
+                sandbox: Some("/run/netns/x".into()),
+                ..Default::default()
+            }],
+            ips: vec![
+                IpConfig {
+                    interface: Some(0),
+                    address: "10.1.0.2/24".parse().unwrap(),
+                    gateway: Some("10.1.0.1".parse().unwrap()),
+                },
+                IpConfig {
+                    interface: Some(0),
+                    address: "fd00::2/64".parse().unwrap(),
+                    gateway: None,
+                },
+            ],
+            routes: vec![Route {
+                mtu: Some(1300),
+                ..Route::new(
+                    "0.0.0.0/0".parse().unwrap(),
+                    Some("10.1.0.1".parse().unwrap()),
+                )
+            }],
+            dns: Dns {
+                nameservers: vec!["10.1.0.1".into()],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn versions_print_their_own_fields() {
+        let r = sample();
+        let v040 = r.to_json("0.4.0");
+        assert_eq!(v040["ips"][0]["version"], "4");
+        assert_eq!(v040["ips"][1]["version"], "6");
+        assert!(v040["routes"][0].get("mtu").is_none());
+        assert!(v040["interfaces"][0].get("mtu").is_none());
+        let v100 = r.to_json("1.0.0");
+        assert!(v100["ips"][0].get("version").is_none());
+        assert!(v100["routes"][0].get("mtu").is_none());
+        let v110 = r.to_json("1.1.0");
+        assert_eq!(v110["routes"][0]["mtu"], 1300);
+        assert_eq!(v110["interfaces"][0]["mtu"], 1400);
+        let v020 = r.to_json("0.2.0");
+        assert_eq!(v020["ip4"]["ip"], "10.1.0.2/24");
+        assert_eq!(v020["ip6"]["ip"], "fd00::2/64");
+        assert_eq!(v020["ip4"]["routes"][0]["dst"], "0.0.0.0/0");
+    }
+
+    #[test]
+    fn round_trip_every_version() {
+        let r = sample();
+        for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            let back = CniResult::from_value(&r.to_json(v)).unwrap();
+            assert_eq!(back.ips, r.ips, "{v}");
+            assert_eq!(back.dns, r.dns, "{v}");
+        }
+    }
+
+    #[test]
+    fn bad_interface_index_is_rejected() {
+        let v = json!({"cniVersion":"1.0.0","ips":[{"interface":3,"address":"10.0.0.2/24"}]});
+        assert_eq!(CniResult::from_value(&v).unwrap_err().code(), 6);
+    }
+
+    #[test]
+    fn decode_names_the_field() {
+        #[derive(Deserialize, Debug)]
+        struct C {
+            #[allow(dead_code)]
+            mtu: u32,
+        }
+        let e = decode::<C>(br#"{"mtu":"big"}"#).unwrap_err();
+        assert!(e.to_string().contains("mtu"), "{e}");
+        assert_eq!(e.code(), 6);
+    }
+}
