@@ -11,6 +11,8 @@
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod netlink;
+pub mod netns;
 pub mod skel;
 pub mod trace;
 pub mod types;

@@ -1,0 +1,745 @@
+//! The one module that speaks rtnetlink. It returns our own types ([`Link`], [`IpNet`],
+//! [`RouteEntry`]) so that plugins never see netlink messages. One socket per namespace: a
+//! [`Nl`] is opened in the current namespace or, through [`Netns::run`], in another one, and all
+//! its requests run on one current-thread tokio runtime of this module.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMacAddressMode, MacVlanMode,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use crate::error::Error;
+use crate::netns::Netns;
+
+/// A failed netlink request: what was asked, and the kernel's errno if it gave one.
+#[derive(Debug)]
+pub struct NlError {
+    pub op: String,
+    pub errno: Option<i32>,
+    pub msg: String,
+}
+
+impl NlError {
+    pub fn is(&self, errno: i32) -> bool {
+        self.errno == Some(errno)
+    }
+}
+
+impl std::fmt::Display for NlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.op, self.msg)
+    }
+}
+
+impl From<NlError> for Error {
+    fn from(e: NlError) -> Error {
+        match e.errno {
+            Some(libc::EEXIST) | Some(libc::EBUSY) => Error::Conflict(e.to_string()),
+            Some(libc::EOPNOTSUPP) => Error::NotSupported(e.to_string()),
+            _ => Error::Netlink(e.to_string()),
+        }
+    }
+}
+
+pub type NlResult<T> = std::result::Result<T, NlError>;
+
+fn nl_err(op: impl Into<String>, e: rtnetlink::Error) -> NlError {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => {
+            let errno = m.code.map(|c| -c.get());
+            let msg = match errno {
+                Some(n) => std::io::Error::from_raw_os_error(n).to_string(),
+                None => m.to_string(),
+            };
+            NlError {
+                op: op.into(),
+                errno,
+                msg,
+            }
+        }
+        other => NlError {
+            op: op.into(),
+            errno: None,
+            msg: other.to_string(),
+        },
+    }
+}
+
+/// What we know of a link.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `bridge`, `veth`, `macvlan`, … (None for physical devices).
+    pub kind: Option<String>,
+    pub mac: String,
+    pub mtu: u32,
+    pub up: bool,
+    pub promisc: bool,
+    /// Index of the bridge (controller) this link is a port of.
+    pub master: Option<u32>,
+    /// IFLA_LINK: the parent (macvlan master, veth peer) index, in `link_netnsid`'s namespace.
+    pub parent: Option<u32>,
+    pub link_netnsid: Option<i32>,
+    pub macvlan_mode: Option<MacvlanMode>,
+    /// Bridge port flags, when the link is a bridge port.
+    pub hairpin: Option<bool>,
+    pub isolated: Option<bool>,
+    pub vlan_filtering: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacvlanMode {
+    Private,
+    Vepa,
+    Bridge,
+    Passthru,
+    Source,
+}
+
+impl MacvlanMode {
+    pub fn parse(s: &str) -> Option<MacvlanMode> {
+        Some(match s {
+            "" | "bridge" => MacvlanMode::Bridge,
+            "private" => MacvlanMode::Private,
+            "vepa" => MacvlanMode::Vepa,
+            "passthru" => MacvlanMode::Passthru,
+            "source" => MacvlanMode::Source,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Passthru => "passthru",
+            MacvlanMode::Source => "source",
+        }
+    }
+    fn to_nl(self) -> MacVlanMode {
+        match self {
+            MacvlanMode::Private => MacVlanMode::Private,
+            MacvlanMode::Vepa => MacVlanMode::Vepa,
+            MacvlanMode::Bridge => MacVlanMode::Bridge,
+            MacvlanMode::Passthru => MacVlanMode::Passthrough,
+            MacvlanMode::Source => MacVlanMode::Source,
+        }
+    }
+    fn from_nl(m: &MacVlanMode) -> Option<MacvlanMode> {
+        Some(match m {
+            MacVlanMode::Private => MacvlanMode::Private,
+            MacVlanMode::Vepa => MacvlanMode::Vepa,
+            MacVlanMode::Bridge => MacvlanMode::Bridge,
+            MacVlanMode::Passthrough => MacvlanMode::Passthru,
+            MacVlanMode::Source => MacvlanMode::Source,
+            _ => return None,
+        })
+    }
+}
+
+/// A route as read from the kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteEntry {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+    pub priority: Option<u32>,
+    pub mtu: Option<u32>,
+    pub advmss: Option<u32>,
+    pub scope: u8,
+}
+
+/// A route to add.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRoute {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    pub oif: u32,
+    pub mtu: Option<u32>,
+    pub advmss: Option<u32>,
+    pub priority: Option<u32>,
+    pub table: Option<u32>,
+    pub scope: Option<u8>,
+}
+
+/// Changes to make to a link in one request; `None` leaves a property as it is.
+#[derive(Debug, Clone, Default)]
+pub struct LinkChange {
+    pub name: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: Option<bool>,
+    pub promisc: Option<bool>,
+    pub master: Option<u32>,
+    pub txqueuelen: Option<u32>,
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or with `-`), refusing multicast and all-zero addresses.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut out = [0u8; 6];
+    for (o, p) in out.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *o = u8::from_str_radix(p, 16).ok()?;
+    }
+    if out[0] & 1 == 1 || out == [0; 6] {
+        return None;
+    }
+    Some(out)
+}
+
+/// A netlink socket in one namespace.
+pub struct Nl {
+    rt: tokio::runtime::Runtime,
+    h: Handle,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| Error::io("starting the netlink runtime", e))
+}
+
+impl Nl {
+    /// A socket in this process's namespace.
+    pub fn current() -> Result<Nl, Error> {
+        let rt = runtime()?;
+        let (conn, h, _) = {
+            let _g = rt.enter();
+            rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?
+        };
+        rt.spawn(conn);
+        Ok(Nl { rt, h })
+    }
+
+    /// A socket inside `ns`: opened on a short-lived thread that entered `ns`.
+    pub fn open_in(ns: &Netns) -> Result<Nl, Error> {
+        let rt = runtime()?;
+        let handle = rt.handle().clone();
+        let (conn, h, _) = ns
+            .run(move || {
+                let _g = handle.enter();
+                rtnetlink::new_connection()
+            })?
+            .map_err(|e| Error::io(format!("opening a netlink socket in {}", ns.path()), e))?;
+        rt.spawn(conn);
+        Ok(Nl { rt, h })
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    // ---- links
+
+    /// The link named `name`, if any.
+    pub fn link(&self, name: &str) -> NlResult<Option<Link>> {
+        let r = self.block(async {
+            self.h
+                .link()
+                .get()
+                .match_name(name.to_string())
+                .execute()
+                .try_next()
+                .await
+        });
+        match r {
+            Ok(m) => Ok(m.map(|m| parse_link(&m))),
+            Err(e) => {
+                let e = nl_err(format!("looking up link {name}"), e);
+                if e.is(libc::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub fn link_by_index(&self, index: u32) -> NlResult<Option<Link>> {
+        let r = self.block(async {
+            self.h
+                .link()
+                .get()
+                .match_index(index)
+                .execute()
+                .try_next()
+                .await
+        });
+        match r {
+            Ok(m) => Ok(m.map(|m| parse_link(&m))),
+            Err(e) => {
+                let e = nl_err(format!("looking up link {index}"), e);
+                if e.is(libc::ENODEV) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub fn links(&self) -> NlResult<Vec<Link>> {
+        self.block(async {
+            let msgs: Vec<LinkMessage> = self.h.link().get().execute().try_collect().await?;
+            Ok(msgs.iter().map(parse_link).collect())
+        })
+        .map_err(|e| nl_err("listing links", e))
+    }
+
+    async fn add_msg(&self, msg: LinkMessage) -> Result<(), rtnetlink::Error> {
+        self.h.link().add(msg).execute().await
+    }
+
+    /// Creates bridge `name` (fails with EEXIST if a link of that name exists).
+    pub fn add_bridge(&self, name: &str, mtu: Option<u32>, vlan_filtering: bool) -> NlResult<()> {
+        let mut b = LinkBridge::new(name);
+        if vlan_filtering {
+            b = b.vlan_filtering(true);
+        }
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        self.block(self.add_msg(b.build()))
+            .map_err(|e| nl_err(format!("creating bridge {name}"), e))
+    }
+
+    /// Creates a veth pair: `host` here, `peer` directly inside `peer_ns`.
+    pub fn add_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_ns: &Netns,
+        mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
+    ) -> NlResult<()> {
+        let mut pb = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .setns_by_fd(peer_ns.fd());
+        if let Some(m) = mtu {
+            pb = pb.mtu(m);
+        }
+        if let Some(mac) = peer_mac {
+            pb = pb.address(mac.to_vec());
+        }
+        let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(pb.build())));
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        self.block(self.add_msg(b.build()))
+            .map_err(|e| nl_err(format!("creating veth pair {host}/{peer}"), e))
+    }
+
+    /// Creates macvlan `name` on `master` (a link of this namespace); inside `ns` when given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_macvlan(
+        &self,
+        name: &str,
+        master: u32,
+        mode: MacvlanMode,
+        ns: Option<&Netns>,
+        mac: Option<[u8; 6]>,
+        mtu: Option<u32>,
+        bcqueuelen: Option<u32>,
+        source_macs: &[[u8; 6]],
+    ) -> NlResult<()> {
+        let mut info = vec![InfoMacVlan::Mode(mode.to_nl())];
+        if let Some(q) = bcqueuelen {
+            info.push(InfoMacVlan::BcQueueLen(q));
+        }
+        if mode == MacvlanMode::Source && !source_macs.is_empty() {
+            info.push(InfoMacVlan::MacAddrMode(MacVlanMacAddressMode::Set));
+            info.push(InfoMacVlan::MacAddrData(
+                source_macs
+                    .iter()
+                    .map(|m| InfoMacVlan::MacAddr(*m))
+                    .collect(),
+            ));
+        }
+        let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::MacVlan)
+            .name(name.to_string())
+            .link(master)
+            .set_info_data(InfoData::MacVlan(info));
+        if let Some(ns) = ns {
+            b = b.setns_by_fd(ns.fd());
+        }
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        if let Some(mac) = mac {
+            b = b.address(mac.to_vec());
+        }
+        self.block(self.add_msg(b.build()))
+            .map_err(|e| nl_err(format!("creating macvlan {name}"), e))
+    }
+
+    /// Applies `c` to link `index` in one request (renames need the link down; the kernel
+    /// renames before it changes flags).
+    pub fn set_link(&self, index: u32, c: &LinkChange) -> NlResult<()> {
+        let mut b = LinkUnspec::new_with_index(index);
+        if let Some(n) = &c.name {
+            b = b.name(n.clone());
+        }
+        if let Some(mac) = c.mac {
+            b = b.address(mac.to_vec());
+        }
+        if let Some(m) = c.mtu {
+            b = b.mtu(m);
+        }
+        if let Some(m) = c.master {
+            b = b.controller(m);
+        }
+        if let Some(q) = c.txqueuelen {
+            b = b.txqueuelen(q);
+        }
+        if let Some(p) = c.promisc {
+            b = b.promiscuous(p);
+        }
+        match c.up {
+            Some(true) => b = b.up(),
+            Some(false) => b = b.down(),
+            None => {}
+        }
+        self.block(async { self.h.link().set(b.build()).execute().await })
+            .map_err(|e| nl_err(format!("changing link {index} ({c:?})"), e))
+    }
+
+    /// Moves link `index` into `ns`.
+    pub fn move_link(&self, index: u32, ns: &Netns) -> NlResult<()> {
+        let b = LinkUnspec::new_with_index(index).setns_by_fd(ns.fd());
+        self.block(async { self.h.link().set(b.build()).execute().await })
+            .map_err(|e| nl_err(format!("moving link {index} to {}", ns.path()), e))
+    }
+
+    /// Sets bridge port flags of `index` (hairpin, isolated, learning).
+    pub fn set_bridge_port(
+        &self,
+        index: u32,
+        hairpin: Option<bool>,
+        isolated: Option<bool>,
+    ) -> NlResult<()> {
+        let mut data = Vec::new();
+        if let Some(h) = hairpin {
+            data.push(InfoBridgePort::HairpinMode(h));
+        }
+        if let Some(i) = isolated {
+            data.push(InfoBridgePort::Isolated(i));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let b = LinkUnspec::new_with_index(index)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(data));
+        self.block(async { self.h.link().set_port(b.build()).execute().await })
+            .map_err(|e| nl_err(format!("setting bridge port flags of link {index}"), e))
+    }
+
+    pub fn del_link(&self, index: u32) -> NlResult<()> {
+        self.block(async { self.h.link().del(index).execute().await })
+            .map_err(|e| nl_err(format!("deleting link {index}"), e))
+    }
+
+    /// Deletes link `name`; Ok(false) when it did not exist.
+    pub fn del_link_by_name(&self, name: &str) -> NlResult<bool> {
+        match self.link(name)? {
+            None => Ok(false),
+            Some(l) => match self.del_link(l.index) {
+                Ok(()) => Ok(true),
+                Err(e) if e.is(libc::ENODEV) => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    // ---- addresses
+
+    /// Adds `addr` to link `index`; `nodad` skips IPv6 duplicate address detection.
+    pub fn add_addr(&self, index: u32, addr: IpNet, nodad: bool) -> NlResult<()> {
+        self.block(async {
+            let mut req = self.h.address().add(index, addr.addr(), addr.prefix_len());
+            if nodad && addr.addr().is_ipv6() {
+                let m = req.message_mut();
+                m.header.flags |= AddressHeaderFlags::Nodad;
+            }
+            req.execute().await
+        })
+        .map_err(|e| nl_err(format!("adding address {addr} to link {index}"), e))
+    }
+
+    /// The addresses of link `index` (global and link scope).
+    pub fn addrs(&self, index: u32) -> NlResult<Vec<IpNet>> {
+        self.block(async {
+            let msgs: Vec<AddressMessage> = self
+                .h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await?;
+            Ok(msgs
+                .iter()
+                .filter(|m| m.header.index == index)
+                .filter_map(|m| {
+                    let ip = m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    let ip = ip.or_else(|| {
+                        m.attributes.iter().find_map(|a| match a {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })?;
+                    IpNet::new(ip, m.header.prefix_len).ok()
+                })
+                .collect())
+        })
+        .map_err(|e| nl_err(format!("listing addresses of link {index}"), e))
+    }
+
+    pub fn del_addr(&self, index: u32, addr: IpNet) -> NlResult<()> {
+        self.block(async {
+            let msgs: Vec<AddressMessage> = self
+                .h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await?;
+            for m in msgs {
+                let hit = m.header.index == index
+                    && m.header.prefix_len == addr.prefix_len()
+                    && m.attributes
+                        .iter()
+                        .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == addr.addr()));
+                if hit {
+                    self.h.address().del(m).execute().await?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| nl_err(format!("deleting address {addr} of link {index}"), e))
+    }
+
+    // ---- routes
+
+    pub fn add_route(&self, r: &NewRoute) -> NlResult<()> {
+        let mut msg = route_msg(r.dst);
+        msg.attributes.push(RouteAttribute::Oif(r.oif));
+        if let Some(gw) = r.gw {
+            msg.attributes.push(RouteAttribute::Gateway(match gw {
+                IpAddr::V4(a) => RouteAddress::Inet(a),
+                IpAddr::V6(a) => RouteAddress::Inet6(a),
+            }));
+        } else if r.scope.is_none() && r.dst.addr().is_ipv4() {
+            msg.header.scope = RouteScope::Link;
+        }
+        if let Some(s) = r.scope {
+            msg.header.scope = RouteScope::from(s);
+        }
+        if let Some(p) = r.priority {
+            msg.attributes.push(RouteAttribute::Priority(p));
+        }
+        if let Some(t) = r.table {
+            if t < 256 {
+                msg.header.table = t as u8;
+            } else {
+                msg.header.table = 252; // RT_TABLE_COMPAT: the real id is in RTA_TABLE
+            }
+            msg.attributes.push(RouteAttribute::Table(t));
+        }
+        let mut metrics = Vec::new();
+        if let Some(m) = r.mtu {
+            metrics.push(RouteMetric::Mtu(m));
+        }
+        if let Some(m) = r.advmss {
+            metrics.push(RouteMetric::Advmss(m));
+        }
+        if !metrics.is_empty() {
+            msg.attributes.push(RouteAttribute::Metrics(metrics));
+        }
+        self.block(async { self.h.route().add(msg).execute().await })
+            .map_err(|e| {
+                nl_err(
+                    format!("adding route to {} via {:?} dev {}", r.dst, r.gw, r.oif),
+                    e,
+                )
+            })
+    }
+
+    /// The routes of the main table (and others) of both families.
+    pub fn routes(&self) -> NlResult<Vec<RouteEntry>> {
+        self.block(async {
+            let mut out = Vec::new();
+            for v6 in [false, true] {
+                let q = if v6 {
+                    RouteMessageBuilder::<Ipv6Addr>::new().build()
+                } else {
+                    RouteMessageBuilder::<Ipv4Addr>::new().build()
+                };
+                let msgs: Vec<RouteMessage> = self.h.route().get(q).execute().try_collect().await?;
+                out.extend(msgs.iter().filter_map(parse_route));
+            }
+            Ok(out)
+        })
+        .map_err(|e| nl_err("listing routes", e))
+    }
+}
+
+fn route_msg(dst: IpNet) -> RouteMessage {
+    match dst {
+        IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(n.addr(), n.prefix_len())
+            .build(),
+        IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(n.addr(), n.prefix_len())
+            .build(),
+    }
+}
+
+fn parse_route(m: &RouteMessage) -> Option<RouteEntry> {
+    let v6 = m.header.address_family == AddressFamily::Inet6;
+    let mut dst_ip: IpAddr = if v6 {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let mut e = RouteEntry {
+        dst: IpNet::new(dst_ip, 0).ok()?,
+        gw: None,
+        oif: None,
+        table: m.header.table as u32,
+        priority: None,
+        mtu: None,
+        advmss: None,
+        scope: u8::from(m.header.scope),
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst_ip = (*a).into(),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst_ip = (*a).into(),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => e.gw = Some((*a).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => e.gw = Some((*a).into()),
+            RouteAttribute::Oif(i) => e.oif = Some(*i),
+            RouteAttribute::Table(t) => e.table = *t,
+            RouteAttribute::Priority(p) => e.priority = Some(*p),
+            RouteAttribute::Metrics(ms) => {
+                for x in ms {
+                    match x {
+                        RouteMetric::Mtu(v) => e.mtu = Some(*v),
+                        RouteMetric::Advmss(v) => e.advmss = Some(*v),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    e.dst = IpNet::new(dst_ip, m.header.destination_prefix_length).ok()?;
+    Some(e)
+}
+
+fn parse_link(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        up: m.header.flags.contains(LinkFlags::Up),
+        promisc: m.header.flags.contains(LinkFlags::Promisc),
+        ..Default::default()
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Address(b) => l.mac = format_mac(b),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Controller(v) => l.master = Some(*v),
+            LinkAttribute::Link(v) => l.parent = Some(*v),
+            LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::MacVlan(d)) => {
+                            for x in d {
+                                if let InfoMacVlan::Mode(mode) = x {
+                                    l.macvlan_mode = MacvlanMode::from_nl(mode);
+                                }
+                            }
+                        }
+                        LinkInfo::Data(InfoData::Bridge(d)) => {
+                            for x in d {
+                                if let netlink_packet_route::link::InfoBridge::VlanFiltering(v) = x
+                                {
+                                    l.vlan_filtering = Some(*v);
+                                }
+                            }
+                        }
+                        LinkInfo::PortData(InfoPortData::BridgePort(d)) => {
+                            for x in d {
+                                match x {
+                                    InfoBridgePort::HairpinMode(v) => l.hairpin = Some(*v),
+                                    InfoBridgePort::Isolated(v) => l.isolated = Some(*v),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("0a:58:0a:01:00:02"),
+            Some([0x0a, 0x58, 0x0a, 1, 0, 2])
+        );
+        assert_eq!(parse_mac("01:00:5e:00:00:01"), None, "multicast");
+        assert_eq!(parse_mac("00:00:00:00:00:00"), None);
+        assert_eq!(parse_mac("zz:00:00:00:00:01"), None);
+        assert_eq!(parse_mac("0a:58:0a:01:00"), None);
+        assert_eq!(
+            format_mac(&[0x0a, 0x58, 0x0a, 1, 0, 2]),
+            "0a:58:0a:01:00:02"
+        );
+    }
+}
