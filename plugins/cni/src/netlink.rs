@@ -527,6 +527,22 @@ impl Nl {
         .map_err(|e| nl_err(format!("listing addresses of link {index}"), e))
     }
 
+    /// Whether an IPv6 address of link `index` is still tentative (DAD running).
+    pub fn has_tentative(&self, index: u32) -> NlResult<bool> {
+        self.block(async {
+            let msgs: Vec<AddressMessage> =
+                self.h.address().get().set_link_index_filter(index).execute().try_collect().await?;
+            Ok(msgs.iter().any(|m| {
+                m.header.index == index
+                    && (m.header.flags.contains(AddressHeaderFlags::Tentative)
+                        || m.attributes.iter().any(|a| {
+                            matches!(a, AddressAttribute::Flags(f) if f.contains(netlink_packet_route::address::AddressFlags::Tentative))
+                        }))
+            }))
+        })
+        .map_err(|e| nl_err(format!("listing addresses of link {index}"), e))
+    }
+
     pub fn del_addr(&self, index: u32, addr: IpNet) -> NlResult<()> {
         self.block(async {
             let msgs: Vec<AddressMessage> = self

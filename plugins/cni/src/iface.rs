@@ -1,0 +1,187 @@
+//! Putting an IPAM result on a container interface, and checking it is still there: the
+//! shared steps of bridge and macvlan (the reference's `ipam.ConfigureIface` and the
+//! `ValidateExpected*` checks of CHECK).
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::netlink::{Link, NewRoute, Nl};
+use crate::netns::{write_sysctl, Netns};
+use crate::types::CniResult;
+
+/// Sysctls of the container interface, written inside `ns` on one short-lived thread:
+/// `arp_notify=1`, `ndisc_notify` (macvlan), IPv6 DAD on or off, and IPv6 enabled on `lo` and
+/// the interface when the result has an IPv6 address.
+pub fn container_sysctls(
+    ns: &Netns,
+    ifname: &str,
+    result: &CniResult,
+    enable_dad: bool,
+    ndisc_notify: bool,
+) -> Result<()> {
+    let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
+    let ifname = ifname.to_string();
+    ns.run(move || -> Result<()> {
+        // Best effort, as the reference: a kernel without IPv6 has none of the ipv6 keys.
+        let _ = write_sysctl(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+        if ndisc_notify {
+            let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
+        }
+        if has_v6 {
+            for i in ["lo", ifname.as_str()] {
+                write_sysctl(&format!("net/ipv6/conf/{i}/disable_ipv6"), "0")
+                    .map_err(|e| e.context(format!("enabling IPv6 on {i}")))?;
+            }
+        }
+        if enable_dad {
+            let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+            let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
+        } else {
+            let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+        }
+        Ok(())
+    })?
+}
+
+/// Brings `link` up and adds the result's addresses (those of interface index `if_index`, or
+/// all when the IPs name no interface) and routes. A route without a gateway goes via the
+/// first gateway of its family, as in the reference.
+pub fn configure(
+    nl: &Nl,
+    link: &Link,
+    result: &CniResult,
+    if_index: usize,
+    nodad: bool,
+) -> Result<()> {
+    let mut v4gw: Option<IpAddr> = None;
+    let mut v6gw: Option<IpAddr> = None;
+    let mut added_v6 = false;
+    for ipc in &result.ips {
+        if ipc.interface.is_some_and(|i| i != if_index) {
+            continue;
+        }
+        nl.add_addr(link.index, ipc.address, nodad).or_else(|e| {
+            if e.is(libc::EEXIST) {
+                Ok(())
+            } else {
+                Err(Error::from(e).context(format!("adding {} to {}", ipc.address, link.name)))
+            }
+        })?;
+        added_v6 |= ipc.address.addr().is_ipv6();
+        if let Some(gw) = ipc.gateway {
+            match gw {
+                IpAddr::V4(_) if v4gw.is_none() => v4gw = Some(gw),
+                IpAddr::V6(_) if v6gw.is_none() => v6gw = Some(gw),
+                _ => {}
+            }
+        }
+    }
+    if !link.up {
+        nl.set_link(
+            link.index,
+            &crate::netlink::LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| Error::from(e).context(format!("setting {} up", link.name)))?;
+    }
+    if added_v6 && !nodad {
+        settle(nl, link.index, Duration::from_secs(10))?;
+    }
+    for r in &result.routes {
+        let gw = r.gw.or(if r.dst.addr().is_ipv4() { v4gw } else { v6gw });
+        let nr = NewRoute {
+            dst: r.dst,
+            gw,
+            oif: link.index,
+            mtu: r.mtu,
+            advmss: r.advmss,
+            priority: r.priority,
+            table: r.table,
+            scope: r.scope,
+        };
+        nl.add_route(&nr).or_else(|e| {
+            if e.is(libc::EEXIST) {
+                Ok(())
+            } else {
+                Err(Error::from(e).context(format!(
+                    "failed to add route '{} via {} dev {}'",
+                    r.dst,
+                    gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+                    link.name
+                )))
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Waits until no IPv6 address of link `index` is tentative (DAD finished).
+fn settle(nl: &Nl, index: u32, max: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if !nl.has_tentative(index)? {
+            return Ok(());
+        }
+        if start.elapsed() > max {
+            return Err(Error::TryAgainLater(format!(
+                "IPv6 addresses of link {index} still tentative (DAD) after {max:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// CHECK: every address of the previous result for interface `if_index` is on `link`.
+pub fn check_addrs(nl: &Nl, link: &Link, prev: &CniResult, if_index: usize) -> Result<()> {
+    let have = nl.addrs(link.index)?;
+    for ipc in prev
+        .ips
+        .iter()
+        .filter(|i| i.interface.is_none_or(|i| i == if_index))
+    {
+        if !have.contains(&ipc.address) {
+            return Err(Error::CheckFailed(format!(
+                "address {} of the previous result is not on {}",
+                ipc.address, link.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// CHECK: every route of the previous result exists in the namespace of `nl`.
+pub fn check_routes(nl: &Nl, prev: &CniResult) -> Result<()> {
+    let have = nl.routes()?;
+    for r in &prev.routes {
+        let found = have
+            .iter()
+            .any(|h| h.dst == r.dst && (r.gw.is_none() || h.gw == r.gw));
+        if !found {
+            return Err(Error::CheckFailed(format!(
+                "route to {} via {} of the previous result is missing",
+                r.dst,
+                r.gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Brings `lo` up in the namespace of `nl`.
+pub fn loopback_up(nl: &Nl) -> Result<()> {
+    if let Some(lo) = nl.link("lo")? {
+        if !lo.up {
+            nl.set_link(
+                lo.index,
+                &crate::netlink::LinkChange {
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
