@@ -15,6 +15,7 @@ pub mod iface;
 pub mod netlink;
 pub mod netns;
 pub mod skel;
+pub mod spoofchk;
 pub mod trace;
 pub mod types;
 pub mod version;

@@ -9,14 +9,14 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth,
+    BridgeVlanInfoFlags, InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMacAddressMode, MacVlanMode,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope,
 };
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::Error;
 use crate::netns::Netns;
@@ -461,6 +461,37 @@ impl Nl {
             .set_port_data(InfoPortData::BridgePort(data));
         self.block(async { self.h.link().set_port(b.build()).execute().await })
             .map_err(|e| nl_err(format!("setting bridge port flags of link {index}"), e))
+    }
+
+    /// Adds VLAN `vid` to bridge port `index` (`pvid`: ingress untagged frames get it;
+    /// `untagged`: egress frames leave untagged). Needs a bridge with VLAN filtering.
+    pub fn bridge_vlan_add(&self, index: u32, vid: u16, pvid: bool, untagged: bool) -> NlResult<()> {
+        let mut flags = BridgeVlanInfoFlags::empty();
+        if pvid {
+            flags |= BridgeVlanInfoFlags::Pvid;
+        }
+        if untagged {
+            flags |= BridgeVlanInfoFlags::Untagged;
+        }
+        let msg = LinkBridgeVlan::new(index).vlan(vid, flags).build();
+        self.block(async { self.h.link().set(msg).execute().await })
+            .map_err(|e| nl_err(format!("adding VLAN {vid} to bridge port {index}"), e))
+    }
+
+    /// Removes VLAN `vid` from bridge port `index`; a VLAN that is not there is fine.
+    pub fn bridge_vlan_del(&self, index: u32, vid: u16) -> NlResult<()> {
+        let msg = LinkBridgeVlan::new(index).vlan(vid, BridgeVlanInfoFlags::empty()).build();
+        match self.block(async { self.h.link().del_with_message(msg).execute().await }) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl_err(format!("removing VLAN {vid} from bridge port {index}"), e);
+                if e.is(libc::ENOENT) || e.is(libc::EINVAL) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     pub fn del_link(&self, index: u32) -> NlResult<()> {

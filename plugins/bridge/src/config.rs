@@ -1,0 +1,219 @@
+//! The bridge plugin's configuration: the reference's keys and defaults, validated up front so
+//! that a bad config changes nothing on the node.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use cni::env::{check_ifname, cni_arg};
+use cni::netlink::parse_mac;
+use cni::{Call, Error, NetConf, Result};
+
+fn default_bridge() -> String {
+    "cni0".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VlanTrunk {
+    #[serde(rename = "minID")]
+    pub min_id: Option<i64>,
+    #[serde(rename = "maxID")]
+    pub max_id: Option<i64>,
+    pub id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BridgeConf {
+    #[serde(flatten)]
+    pub net: NetConf,
+    #[serde(rename = "bridge", default = "default_bridge")]
+    pub bridge: String,
+    #[serde(rename = "isGateway", default)]
+    pub is_gw: bool,
+    #[serde(rename = "isDefaultGateway", default)]
+    pub is_default_gw: bool,
+    #[serde(rename = "forceAddress", default)]
+    pub force_address: bool,
+    #[serde(rename = "ipMasq", default)]
+    pub ip_masq: bool,
+    #[serde(rename = "ipMasqBackend", default)]
+    pub ip_masq_backend: Option<String>,
+    #[serde(default)]
+    pub mtu: i64,
+    #[serde(rename = "hairpinMode", default)]
+    pub hairpin: bool,
+    #[serde(rename = "promiscMode", default)]
+    pub promisc: bool,
+    #[serde(default)]
+    pub vlan: i64,
+    #[serde(rename = "vlanTrunk", default)]
+    pub vlan_trunk: Option<Vec<VlanTrunk>>,
+    #[serde(rename = "preserveDefaultVlan", default)]
+    pub preserve_default_vlan: bool,
+    #[serde(rename = "macspoofchk", default)]
+    pub mac_spoof_chk: bool,
+    #[serde(rename = "enabledad", default)]
+    pub enable_dad: bool,
+    #[serde(rename = "disableContainerInterface", default)]
+    pub disable_container_interface: bool,
+    #[serde(rename = "portIsolation", default)]
+    pub port_isolation: bool,
+
+    /// Derived: the container MAC, from runtimeConfig.mac, args.cni.mac or CNI_ARGS MAC.
+    #[serde(skip)]
+    pub mac: Option<[u8; 6]>,
+    /// Derived: the trunk VLAN ids, sorted.
+    #[serde(skip)]
+    pub vlans: Vec<u16>,
+}
+
+impl BridgeConf {
+    /// Decodes and validates the config of `call`.
+    pub fn load(call: &Call) -> Result<BridgeConf> {
+        let mut c: BridgeConf = cni::types::decode(&call.stdin)?;
+        if c.is_default_gw {
+            c.is_gw = true;
+        }
+        if let Err(why) = check_ifname(&c.bridge) {
+            return Err(Error::InvalidConfig(format!(
+                "invalid bridge name \"{}\" (key \"bridge\"): {why}",
+                c.bridge.escape_debug()
+            )));
+        }
+        if c.mtu != 0 && !(68..=65535).contains(&c.mtu) {
+            return Err(Error::InvalidConfig(format!(
+                "invalid mtu {}: must be 0 (the default) or between 68 and 65535",
+                c.mtu
+            )));
+        }
+        if !(0..=4094).contains(&c.vlan) {
+            return Err(Error::InvalidConfig(format!(
+                "invalid VLAN ID {} (key \"vlan\"): must be between 0 and 4094",
+                c.vlan
+            )));
+        }
+        c.vlans = collect_trunk(c.vlan_trunk.as_deref())?;
+        if c.hairpin && c.promisc {
+            return Err(Error::InvalidConfig(
+                "cannot set hairpinMode and promiscMode at the same time".into(),
+            ));
+        }
+        if c.has_ipam() && c.disable_container_interface {
+            return Err(Error::InvalidConfig(
+                "cannot use IPAM (key \"ipam\") when disableContainerInterface is set".into(),
+            ));
+        }
+        if let Some(b) = &c.ip_masq_backend {
+            if b != "iptables" && b != "nftables" {
+                return Err(Error::InvalidConfig(format!(
+                    "invalid ipMasqBackend \"{}\": must be \"iptables\" or \"nftables\"",
+                    b.escape_debug()
+                )));
+            }
+        }
+        c.mac = container_mac(&c.net, &call.env.args)?;
+        Ok(c)
+    }
+
+    pub fn has_ipam(&self) -> bool {
+        self.net.ipam.as_ref().is_some_and(|i| !i.ipam_type.is_empty())
+    }
+
+    pub fn ipam_type(&self) -> Option<&str> {
+        self.net.ipam.as_ref().map(|i| i.ipam_type.as_str()).filter(|t| !t.is_empty())
+    }
+
+    pub fn mtu(&self) -> Option<u32> {
+        (self.mtu > 0).then_some(self.mtu as u32)
+    }
+}
+
+/// The container MAC in the reference's priority: runtimeConfig.mac, then args.cni.mac, then
+/// `CNI_ARGS` `MAC=`.
+pub fn container_mac(net: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>> {
+    fn get<'a>(v: &'a Option<Value>, path: &[&str]) -> Option<&'a Value> {
+        let mut cur = v.as_ref()?;
+        for p in path {
+            cur = cur.get(p)?;
+        }
+        Some(cur)
+    }
+    let candidates = [
+        ("runtimeConfig.mac", get(&net.runtime_config, &["mac"]).cloned()),
+        ("args.cni.mac", get(&net.args, &["cni", "mac"]).cloned()),
+        ("CNI_ARGS MAC", cni_arg(cni_args, "MAC")?.map(Value::String)),
+    ];
+    for (what, v) in candidates {
+        let Some(v) = v else { continue };
+        let s = v.as_str().ok_or_else(|| Error::InvalidConfig(format!("{what} must be a string")))?;
+        if s.is_empty() {
+            continue;
+        }
+        return parse_mac(s).map(Some).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "invalid MAC address \"{}\" in {what}: expected a unicast address like 0a:58:0a:f4:00:02",
+                s.escape_debug()
+            ))
+        });
+    }
+    Ok(None)
+}
+
+fn collect_trunk(trunk: Option<&[VlanTrunk]>) -> Result<Vec<u16>> {
+    let bad = |m: &str| Error::InvalidConfig(format!("invalid vlanTrunk: {m}"));
+    let mut out = std::collections::BTreeSet::new();
+    for t in trunk.unwrap_or_default() {
+        match (t.min_id, t.max_id) {
+            (Some(min), Some(max)) => {
+                if !(1..=4094).contains(&min) {
+                    return Err(bad("incorrect trunk minID parameter"));
+                }
+                if !(1..=4094).contains(&max) {
+                    return Err(bad("incorrect trunk maxID parameter"));
+                }
+                if max < min {
+                    return Err(bad("minID is greater than maxID in trunk parameter"));
+                }
+                out.extend((min..=max).map(|v| v as u16));
+            }
+            (None, Some(_)) => return Err(bad("minID and maxID should be configured simultaneously, minID is missing")),
+            (Some(_), None) => return Err(bad("minID and maxID should be configured simultaneously, maxID is missing")),
+            (None, None) => {}
+        }
+        if let Some(id) = t.id {
+            if !(1..=4094).contains(&id) {
+                return Err(bad("incorrect trunk id parameter"));
+            }
+            out.insert(id as u16);
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunk() {
+        let t = vec![
+            VlanTrunk { min_id: Some(10), max_id: Some(12), id: None },
+            VlanTrunk { min_id: None, max_id: None, id: Some(5) },
+        ];
+        assert_eq!(collect_trunk(Some(&t)).unwrap(), vec![5, 10, 11, 12]);
+        let bad = vec![VlanTrunk { min_id: Some(10), max_id: None, id: None }];
+        assert_eq!(collect_trunk(Some(&bad)).unwrap_err().code(), 7);
+    }
+
+    #[test]
+    fn mac_priority() {
+        let net: NetConf = serde_json::from_value(serde_json::json!({
+            "runtimeConfig": {"mac": "0a:00:00:00:00:01"},
+            "args": {"cni": {"mac": "0a:00:00:00:00:02"}}
+        }))
+        .unwrap();
+        assert_eq!(container_mac(&net, "MAC=0a:00:00:00:00:03").unwrap(), Some([10, 0, 0, 0, 0, 1]));
+        let net = NetConf::default();
+        assert_eq!(container_mac(&net, "MAC=0a:00:00:00:00:03").unwrap(), Some([10, 0, 0, 0, 0, 3]));
+        assert_eq!(container_mac(&net, "MAC=ff:ff:ff:ff:ff:ff").unwrap_err().code(), 7);
+    }
+}

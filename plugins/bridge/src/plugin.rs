@@ -1,0 +1,512 @@
+//! The bridge plugin's verbs, step by step as the reference does them, with every change of
+//! an ADD undone when a later step fails.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use cni::delegate;
+use cni::env::Command;
+use cni::firewall;
+use cni::iface;
+use cni::netlink::{Link, LinkChange, Nl};
+use cni::netns::{read_sysctl, write_sysctl, Netns};
+use cni::trace::step;
+use cni::{Call, CniResult, Error, Errors, Interface, Plugin, Result, Route};
+
+use crate::config::BridgeConf;
+
+pub struct Bridge;
+
+/// What an ADD has made so far, to undo on failure.
+#[derive(Default)]
+struct Undo {
+    created_bridge: Option<u32>,
+    host_veth: Option<String>,
+    ipam_added: bool,
+    masq_added: bool,
+    spoofchk_added: bool,
+}
+
+impl Plugin for Bridge {
+    fn add(&self, call: &Call) -> Result<CniResult> {
+        let conf = BridgeConf::load(call)?;
+        let netns = Netns::open(call.netns()?)?;
+        let host = Nl::current()?;
+        let mut undo = Undo::default();
+        let r = add(call, &conf, &netns, &host, &mut undo);
+        if r.is_err() {
+            rollback(call, &conf, &host, undo);
+        }
+        r
+    }
+
+    fn del(&self, call: &Call) -> Result<()> {
+        let conf = BridgeConf::load(call)?;
+        let mut errs = Errors::new();
+        // 1. The container interface, if the namespace and the link still exist.
+        if let Some(path) = call.env.netns.as_deref() {
+            match Netns::open(path) {
+                Ok(ns) => {
+                    errs.note(del_container_link(&ns, &call.env.ifname));
+                }
+                Err(Error::UnknownContainer(_)) => {} // namespace gone: its veth went with it
+                Err(e) => {
+                    errs.note::<()>(Err(e));
+                }
+            }
+        }
+        step("delete link");
+        // 2. The lease.
+        if let Some(t) = conf.ipam_type() {
+            errs.note(delegate::exec(t, Command::Del, call));
+        }
+        // 3. Rules: found by network and container, so this works with the netns gone.
+        if conf.ip_masq {
+            errs.note(firewall::teardown_masq(&conf.net.name, &call.env.container_id, &call.env.ifname, &[]));
+            step("masquerade teardown");
+        }
+        if conf.mac_spoof_chk {
+            errs.note(cni::spoofchk::teardown_spoofchk(&call.env.container_id, &call.env.ifname));
+        }
+        errs.into_result()
+    }
+
+    fn check(&self, call: &Call) -> Result<()> {
+        let conf = BridgeConf::load(call)?;
+        let netns = Netns::open(call.netns()?)?;
+        if let Some(t) = conf.ipam_type() {
+            delegate::exec(t, Command::Check, call)?;
+        }
+        let prev = conf
+            .net
+            .prev_result()?
+            .ok_or_else(|| Error::InvalidConfig("CHECK: required prevResult missing".into()))?;
+        let host = Nl::current()?;
+        let ifname = &call.env.ifname;
+
+        // The bridge.
+        let br = host
+            .link(&conf.bridge)?
+            .ok_or_else(|| Error::CheckFailed(format!("bridge {} does not exist", conf.bridge)))?;
+        if br.kind.as_deref() != Some("bridge") {
+            return Err(Error::CheckFailed(format!("{} is not a bridge", conf.bridge)));
+        }
+        if br.promisc != conf.promisc {
+            return Err(Error::CheckFailed(format!(
+                "bridge {} promiscuous mode is {}, config says {}",
+                conf.bridge, br.promisc, conf.promisc
+            )));
+        }
+
+        // The container interface of the previous result, and the link in the netns.
+        let (cidx, cif) = prev
+            .interfaces
+            .iter()
+            .enumerate()
+            .find(|(_, i)| &i.name == ifname && i.sandbox.is_some())
+            .ok_or_else(|| Error::CheckFailed(format!("previous result has no interface {ifname} in a sandbox")))?;
+        let cont = Nl::open_in(&netns)?;
+        let link = cont
+            .link(ifname)?
+            .ok_or_else(|| Error::CheckFailed(format!("interface {ifname} not found in {}", netns.path())))?;
+        if link.kind.as_deref() != Some("veth") {
+            return Err(Error::CheckFailed(format!("container interface {ifname} is not a veth")));
+        }
+        if !cif.mac.is_empty() && !cif.mac.eq_ignore_ascii_case(&link.mac) {
+            return Err(Error::CheckFailed(format!(
+                "interface {ifname} MAC {} does not match the previous result's {}",
+                link.mac, cif.mac
+            )));
+        }
+
+        // Its peer: a host veth of the previous result, on the bridge.
+        let peer = link.parent.unwrap_or(0);
+        let on_bridge = prev
+            .interfaces
+            .iter()
+            .filter(|i| i.sandbox.is_none() && i.name != conf.bridge)
+            .filter_map(|i| host.link(&i.name).ok().flatten())
+            .any(|h| h.index == peer && h.master == Some(br.index));
+        if !on_bridge {
+            return Err(Error::CheckFailed(format!(
+                "the host end of {ifname} is not a port of bridge {}",
+                conf.bridge
+            )));
+        }
+        iface::check_addrs(&cont, &link, &prev, cidx)?;
+        iface::check_routes(&cont, &prev)?;
+        Ok(())
+    }
+
+    fn gc(&self, call: &Call) -> Result<()> {
+        let conf = BridgeConf::load(call)?;
+        let mut errs = Errors::new();
+        if let Some(t) = conf.ipam_type() {
+            errs.note(delegate::exec(t, Command::Gc, call));
+        }
+        let keep: Vec<(String, String)> =
+            conf.net.gc_keep().into_iter().map(|a| (a.container_id, a.ifname)).collect();
+        errs.note(firewall::gc_masq(&conf.net.name, &keep));
+        errs.into_result()
+    }
+
+    fn status(&self, call: &Call) -> Result<()> {
+        let conf = BridgeConf::load(call)?;
+        if let Some(t) = conf.ipam_type() {
+            delegate::exec(t, Command::Status, call)?;
+        }
+        Ok(())
+    }
+}
+
+fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo) -> Result<CniResult> {
+    let ifname = &call.env.ifname;
+
+    // 1. The bridge, created or reused, up.
+    let br = ensure_bridge(host, conf, undo)?;
+    step("bridge");
+
+    // 2. The veth pair: the container end made inside the netns under a temporary name, then
+    //    renamed there; the host end on the bridge.
+    let cont = Nl::open_in(netns)?;
+    step("open netns socket");
+    let (host_veth, cont_link) = setup_veth(host, &cont, netns, ifname, conf.mtu(), conf.mac, undo)?;
+    step("veth");
+    host.set_link(host_veth.index, &LinkChange { master: Some(br.index), up: Some(true), ..Default::default() })
+        .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
+    if conf.hairpin || conf.port_isolation {
+        host.set_bridge_port(host_veth.index, Some(conf.hairpin), Some(conf.port_isolation))?;
+    }
+    setup_port_vlans(host, &host_veth, conf)?;
+    step("bridge port");
+
+    if conf.mac_spoof_chk {
+        undo.spoofchk_added = true;
+        cni::spoofchk::setup_spoofchk(&host_veth.name, &cont_link.mac, &call.env.container_id, ifname)?;
+    }
+
+    let mut result = CniResult {
+        interfaces: vec![
+            Interface { name: br.name.clone(), mac: br.mac.clone(), ..Default::default() },
+            Interface { name: host_veth.name.clone(), mac: host_veth.mac.clone(), ..Default::default() },
+            Interface {
+                name: ifname.clone(),
+                mac: cont_link.mac.clone(),
+                sandbox: Some(netns.path().to_string()),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+
+    // 3. Addresses from IPAM, put on the container interface; the gateway on the bridge.
+    if let Some(ipam_type) = conf.ipam_type() {
+        let ipam = delegate::exec(ipam_type, Command::Add, call)?
+            .ok_or_else(|| Error::Internal("IPAM returned no result".into()))?;
+        undo.ipam_added = true;
+        if ipam.ips.is_empty() {
+            return Err(Error::InvalidConfig(format!("IPAM plugin \"{ipam_type}\" returned no IP address")));
+        }
+        result.ips = ipam.ips;
+        result.routes = ipam.routes;
+        result.dns = ipam.dns;
+        let gateways = calc_gateways(&mut result, conf);
+
+        iface::container_sysctls(netns, ifname, &result, conf.enable_dad, false)?;
+        step("container sysctls");
+        iface::configure(&cont, &cont_link, &result, 2, !conf.enable_dad)?;
+        step("container addresses and routes");
+
+        if conf.is_gw {
+            let gw_link = if conf.vlan != 0 {
+                let l = ensure_vlan_gateway(host, &br, conf)?;
+                result.interfaces.push(Interface { name: l.name.clone(), mac: l.mac.clone(), ..Default::default() });
+                l
+            } else {
+                br.clone()
+            };
+            for gw in &gateways {
+                ensure_addr(host, &gw_link, *gw, conf.force_address)?;
+            }
+            enable_forwarding(&gateways)?;
+            step("gateway");
+        }
+        if conf.ip_masq {
+            let addrs: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
+            let backend = firewall::Backend::choose(conf.ip_masq_backend.as_deref())?;
+            undo.masq_added = true;
+            firewall::setup_masq(backend, &conf.net.name, &call.env.container_id, ifname, &addrs)?;
+            step("masquerade");
+        }
+    } else if !conf.disable_container_interface {
+        cont.set_link(cont_link.index, &LinkChange { up: Some(true), ..Default::default() })?;
+    }
+    iface::loopback_up(&cont)?;
+
+    // 4. MACs may change as ports come and go: report them as they are now.
+    if let Some(b) = host.link(&br.name)? {
+        result.interfaces[0].mac = b.mac;
+    }
+    if let Some(dns) = conf.net.dns.as_ref().filter(|d| !d.is_empty()) {
+        result.dns = dns.clone();
+    }
+    step("result");
+    Ok(result)
+}
+
+/// Undoes what a failed ADD made, newest first; errors are reported on stderr only, the
+/// original error is what the runtime gets.
+fn rollback(call: &Call, conf: &BridgeConf, host: &Nl, undo: Undo) {
+    let mut errs = Errors::new();
+    if undo.masq_added {
+        errs.note(firewall::teardown_masq(&conf.net.name, &call.env.container_id, &call.env.ifname, &[]));
+    }
+    if undo.spoofchk_added {
+        errs.note(cni::spoofchk::teardown_spoofchk(&call.env.container_id, &call.env.ifname));
+    }
+    if undo.ipam_added {
+        if let Some(t) = conf.ipam_type() {
+            errs.note(delegate::exec(t, Command::Del, call));
+        }
+    }
+    if let Some(v) = &undo.host_veth {
+        errs.note(host.del_link_by_name(v).map_err(Error::from));
+    }
+    if let Some(br) = undo.created_bridge {
+        // Only if no other container attached to it meanwhile.
+        let ports = host.links().map(|ls| ls.iter().any(|l| l.master == Some(br)));
+        if let Ok(false) = ports {
+            errs.note(host.del_link(br).map_err(Error::from));
+        }
+    }
+    if let Err(e) = errs.into_result() {
+        eprintln!("bridge: cleaning up after a failed ADD: {e}");
+    }
+}
+
+fn del_container_link(ns: &Netns, ifname: &str) -> Result<()> {
+    let cont = Nl::open_in(ns)?;
+    cont.del_link_by_name(ifname)?;
+    Ok(())
+}
+
+fn ensure_bridge(host: &Nl, conf: &BridgeConf, undo: &mut Undo) -> Result<Link> {
+    let vlan_filtering = conf.vlan != 0 || conf.vlan_trunk.is_some();
+    let mut br = host.link(&conf.bridge)?;
+    if br.is_none() {
+        match host.add_bridge(&conf.bridge, conf.mtu(), vlan_filtering) {
+            Ok(()) => {
+                br = host.link(&conf.bridge)?;
+                undo.created_bridge = br.as_ref().map(|b| b.index);
+                // We own the bridge's routes.
+                let _ = write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
+            }
+            // Another ADD created it meanwhile.
+            Err(e) if e.is(libc::EEXIST) => br = host.link(&conf.bridge)?,
+            Err(e) => return Err(Error::from(e).context(format!("failed to create bridge {}", conf.bridge))),
+        }
+    }
+    let br = br.ok_or_else(|| Error::Netlink(format!("bridge {} vanished while being set up", conf.bridge)))?;
+    if br.kind.as_deref() != Some("bridge") {
+        return Err(Error::Conflict(format!(
+            "\"{}\" already exists but is not a bridge (it is a {} link)",
+            conf.bridge,
+            br.kind.as_deref().unwrap_or("physical")
+        )));
+    }
+    if vlan_filtering && br.vlan_filtering != Some(true) {
+        return Err(Error::NotSupported(format!(
+            "bridge {} has no VLAN filtering (the kernel may lack CONFIG_BRIDGE_VLAN_FILTERING), so \"vlan\"/\"vlanTrunk\" cannot be applied",
+            conf.bridge
+        )));
+    }
+    let change = LinkChange {
+        up: (!br.up).then_some(true),
+        promisc: (conf.promisc && !br.promisc).then_some(true),
+        ..Default::default()
+    };
+    if change.up.is_some() || change.promisc.is_some() {
+        host.set_link(br.index, &change)?;
+    }
+    Ok(br)
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into our buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    if n != 4 {
+        // Fall back to time and pid: uniqueness is still checked by the kernel (EEXIST).
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        return t.subsec_nanos() ^ std::process::id().rotate_left(16);
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// Creates the pair and returns (host end, container end renamed to `ifname`).
+fn setup_veth(
+    host: &Nl,
+    cont: &Nl,
+    netns: &Netns,
+    ifname: &str,
+    mtu: Option<u32>,
+    mac: Option<[u8; 6]>,
+    undo: &mut Undo,
+) -> Result<(Link, Link)> {
+    let mut made = None;
+    for _ in 0..8 {
+        let host_name = format!("veth{:08x}", random_u32());
+        let tmp = format!("tmp{:08x}", random_u32());
+        match host.add_veth(&host_name, &tmp, netns, mtu, mac) {
+            Ok(()) => {
+                made = Some((host_name, tmp));
+                break;
+            }
+            Err(e) if e.is(libc::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (host_name, tmp) = made.ok_or_else(|| Error::Conflict("could not find a free veth name".into()))?;
+    undo.host_veth = Some(host_name.clone());
+    let peer = cont
+        .link(&tmp)?
+        .ok_or_else(|| Error::Netlink(format!("veth end {tmp} not found in {}", netns.path())))?;
+    cont.set_link(peer.index, &LinkChange { name: Some(ifname.to_string()), ..Default::default() })
+        .map_err(|e| {
+            if e.is(libc::EEXIST) {
+                Error::Conflict(format!("container interface \"{ifname}\" already exists in {}", netns.path()))
+            } else {
+                e.into()
+            }
+        })?;
+    let host_veth = host
+        .link(&host_name)?
+        .ok_or_else(|| Error::Netlink(format!("host veth {host_name} vanished")))?;
+    let cont_link = Link { name: ifname.to_string(), ..peer };
+    Ok((host_veth, cont_link))
+}
+
+fn setup_port_vlans(host: &Nl, port: &Link, conf: &BridgeConf) -> Result<()> {
+    if conf.vlan == 0 && conf.vlans.is_empty() {
+        return Ok(());
+    }
+    if !conf.preserve_default_vlan {
+        host.bridge_vlan_del(port.index, 1)?;
+    }
+    if conf.vlan != 0 {
+        host.bridge_vlan_add(port.index, conf.vlan as u16, true, true)?;
+    }
+    for v in &conf.vlans {
+        host.bridge_vlan_add(port.index, *v, false, false)?;
+    }
+    if conf.vlan == 0 && !conf.vlans.is_empty() {
+        host.bridge_vlan_add(port.index, 1, true, true)?;
+    }
+    Ok(())
+}
+
+/// The interface `<bridge>.<vlan>` that carries the gateway of a VLAN: a veth pair whose one
+/// end is a port of the bridge in that VLAN (as the reference does).
+fn ensure_vlan_gateway(host: &Nl, br: &Link, conf: &BridgeConf) -> Result<Link> {
+    let name = format!("{}.{}", br.name, conf.vlan);
+    if let Some(l) = host.link(&name)? {
+        return Ok(l);
+    }
+    let here = Netns::current()?;
+    let port_name = format!("veth{:08x}", random_u32());
+    host.add_veth(&port_name, &name, &here, Some(br.mtu), None)?;
+    let port = host.link(&port_name)?.ok_or_else(|| Error::Netlink(format!("{port_name} vanished")))?;
+    host.set_link(port.index, &LinkChange { master: Some(br.index), up: Some(true), ..Default::default() })?;
+    setup_port_vlans(host, &port, &BridgeConf { vlans: vec![], ..conf.clone() })?;
+    let l = host.link(&name)?.ok_or_else(|| Error::Netlink(format!("{name} vanished")))?;
+    host.set_link(l.index, &LinkChange { up: Some(true), ..Default::default() })?;
+    Ok(l)
+}
+
+/// Points every IP at the container interface (index 2), fills in gateways when the bridge is
+/// the gateway, adds default routes for `isDefaultGateway`; returns the gateway addresses.
+fn calc_gateways(result: &mut CniResult, conf: &BridgeConf) -> Vec<IpNet> {
+    let mut gws = Vec::new();
+    let mut default_done = [false, false];
+    for ipc in result.ips.iter_mut() {
+        ipc.interface = Some(2);
+        if ipc.gateway.is_none() && conf.is_gw {
+            ipc.gateway = first_host(ipc.address);
+        }
+        let v6 = ipc.address.addr().is_ipv6() as usize;
+        if conf.is_default_gw && !default_done[v6] {
+            let any: IpNet = if v6 == 1 { "::/0".parse().unwrap() } else { "0.0.0.0/0".parse().unwrap() };
+            if !result.routes.iter().any(|r| r.gw.is_some() && r.dst == any) {
+                result.routes.push(Route::new(any, ipc.gateway));
+            }
+            default_done[v6] = true;
+        }
+        if conf.is_gw {
+            if let Some(gw) = ipc.gateway {
+                if let Ok(n) = IpNet::new(gw, ipc.address.prefix_len()) {
+                    gws.push(n);
+                }
+            }
+        }
+    }
+    gws
+}
+
+/// The first address after the network address: the reference's default gateway.
+fn first_host(n: IpNet) -> Option<IpAddr> {
+    match n.network() {
+        IpAddr::V4(a) => Some(IpAddr::V4((u32::from(a).wrapping_add(1)).into())),
+        IpAddr::V6(a) => Some(IpAddr::V6((u128::from(a).wrapping_add(1)).into())),
+    }
+}
+
+/// Puts `gw` on `link` unless it is there; another address of the family (or an overlapping
+/// IPv6 one) is an error unless `force`, which replaces it.
+fn ensure_addr(host: &Nl, link: &Link, gw: IpNet, force: bool) -> Result<()> {
+    let have = host.addrs(link.index)?;
+    if have.contains(&gw) {
+        return Ok(());
+    }
+    for a in have.iter().filter(|a| a.addr().is_ipv4() == gw.addr().is_ipv4()) {
+        let conflicts = gw.addr().is_ipv4() || a.contains(&gw.addr()) || gw.contains(&a.addr());
+        if !conflicts {
+            continue;
+        }
+        if force {
+            host.del_addr(link.index, *a)?;
+        } else {
+            return Err(Error::Conflict(format!(
+                "\"{}\" already has an IP address different from {gw} ({a}); set forceAddress to replace it",
+                link.name
+            )));
+        }
+    }
+    match host.add_addr(link.index, gw, false) {
+        Ok(()) => {}
+        Err(e) if e.is(libc::EEXIST) => {}
+        Err(e) => return Err(Error::from(e).context(format!("adding gateway {gw} to {}", link.name))),
+    }
+    // Pin the bridge's MAC: otherwise it follows the lowest port MAC as ports come and go.
+    if let Some(mac) = cni::netlink::parse_mac(&link.mac) {
+        let _ = host.set_link(link.index, &LinkChange { mac: Some(mac), ..Default::default() });
+    }
+    Ok(())
+}
+
+fn enable_forwarding(gws: &[IpNet]) -> Result<()> {
+    let mut keys = Vec::new();
+    if gws.iter().any(|g| g.addr().is_ipv4()) {
+        keys.push("net/ipv4/ip_forward");
+    }
+    if gws.iter().any(|g| g.addr().is_ipv6()) {
+        keys.push("net/ipv6/conf/all/forwarding");
+    }
+    for k in keys {
+        if read_sysctl(k).ok().as_deref() != Some("1") {
+            write_sysctl(k, "1").map_err(|e| e.context("failed to enable forwarding"))?;
+        }
+    }
+    Ok(())
+}
+
