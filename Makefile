@@ -1,0 +1,53 @@
+# Build, install, test and benchmark the Rust CNI plugins (bridge, macvlan, host-local).
+CARGO        ?= cargo
+DESTDIR      ?=
+CNI_BIN_DIR  ?= $(DESTDIR)/opt/cni/bin
+BINS         := bridge macvlan host-local
+# Debian packages the tests, demo and benchmark use.
+DEB_PKGS     := iproute2 iptables nftables iputils-ping jq containernetworking-plugins \
+                golang-go golang-github-appc-cni-dev podman runc busybox-static
+
+.PHONY: all build install demo deps test unit lint bench fuzz clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+install: build
+	install -d $(CNI_BIN_DIR)
+	install -m 0755 $(addprefix target/release/,$(BINS)) $(CNI_BIN_DIR)/
+
+# First run: build, install into /opt/cni/bin, ADD and DEL a conf-example in scratch namespaces.
+demo: deps install
+	CNI_BIN_DIR=$(CNI_BIN_DIR) scripts/demo.sh conf-examples/bridge.conflist
+
+# What the tests, demo and benchmark need from Debian (as root; skipped when all are present).
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# Unit tests (no root) and integration tests (root: real namespaces).
+test: deps
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: deps build
+	scripts/bench.sh
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean
