@@ -1,0 +1,288 @@
+//! The macvlan plugin's configuration: the reference's keys and defaults, plus `source` mode
+//! with its `sourceMacs`. Everything that can be checked without looking at the machine is
+//! checked in [`MacvlanConf::load`]; the master (which may come from the default route) is
+//! resolved by the verbs that need it, so that DEL never depends on it.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use cni::env::{check_ifname, cni_arg};
+use cni::netlink::{parse_mac, MacvlanMode};
+use cni::{Call, Error, NetConf, Result};
+
+/// The smallest MTU a macvlan takes (the kernel's ETH_MIN_MTU).
+pub const MIN_MTU: i64 = 68;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MacvlanConf {
+    #[serde(flatten)]
+    pub net: NetConf,
+    /// The parent interface; empty: the interface of the default route.
+    #[serde(default)]
+    pub master: String,
+    /// `bridge` (default), `private`, `vepa`, `passthru` or `source`.
+    #[serde(default)]
+    pub mode: String,
+    /// 0: the master's MTU.
+    #[serde(default)]
+    pub mtu: i64,
+    /// The container MAC (lowest priority: `CNI_ARGS` `MAC=`, then `runtimeConfig.mac` win).
+    #[serde(default)]
+    pub mac: String,
+    /// The master is an interface of the container's namespace.
+    #[serde(rename = "linkInContainer", default)]
+    pub link_in_container: bool,
+    /// Length of the broadcast/multicast receive queue (kernel 5.11+); 0: the kernel default.
+    #[serde(default)]
+    pub bcqueuelen: u32,
+    /// `source` mode: the source MACs whose frames the interface receives.
+    #[serde(rename = "sourceMacs", default)]
+    pub source_macs: Vec<String>,
+
+    /// Derived from `mode`.
+    #[serde(skip, default = "default_mode")]
+    pub parsed_mode: MacvlanMode,
+    /// Derived: the container MAC, from the sources above in their priority.
+    #[serde(skip)]
+    pub parsed_mac: Option<[u8; 6]>,
+    /// Derived from `sourceMacs`.
+    #[serde(skip)]
+    pub parsed_source_macs: Vec<[u8; 6]>,
+}
+
+fn default_mode() -> MacvlanMode {
+    MacvlanMode::Bridge
+}
+
+impl MacvlanConf {
+    /// Decodes the config of `call` without checking it: what DEL needs, so that a config
+    /// that can no longer be used (a bad MAC in `CNI_ARGS`, a mode this build lacks) can
+    /// still be torn down.
+    pub fn decode(call: &Call) -> Result<MacvlanConf> {
+        cni::types::decode(&call.stdin)
+    }
+
+    /// Decodes and checks the config of `call` (everything but the master's existence and
+    /// MTU, which [`crate::plugin`] checks against the machine).
+    pub fn load(call: &Call) -> Result<MacvlanConf> {
+        let mut c = Self::decode(call)?;
+        if !c.master.is_empty() {
+            if let Err(why) = check_ifname(&c.master) {
+                return Err(Error::InvalidConfig(format!(
+                    "invalid master \"{}\" (key \"master\"): {why}",
+                    c.master.escape_debug()
+                )));
+            }
+        }
+        c.parsed_mode = MacvlanMode::parse(&c.mode).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "unknown macvlan mode \"{}\" (key \"mode\"): must be bridge, private, vepa, passthru or source",
+                c.mode.escape_debug()
+            ))
+        })?;
+        if c.mtu != 0 && c.mtu < MIN_MTU {
+            return Err(Error::InvalidConfig(format!(
+                "invalid mtu {} (key \"mtu\"): must be 0 (the master's) or between {MIN_MTU} and the master's MTU",
+                c.mtu
+            )));
+        }
+        c.parsed_source_macs = source_macs(&c.source_macs, c.parsed_mode)?;
+        c.parsed_mac = container_mac(&c.mac, &c.net, &call.env.args)?;
+        Ok(c)
+    }
+
+    pub fn ipam_type(&self) -> Option<&str> {
+        self.net
+            .ipam
+            .as_ref()
+            .map(|i| i.ipam_type.as_str())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The MTU to create the link with (None: the master's).
+    pub fn mtu(&self) -> Option<u32> {
+        (self.mtu > 0).then_some(self.mtu as u32)
+    }
+
+    pub fn bcqueuelen(&self) -> Option<u32> {
+        (self.bcqueuelen > 0).then_some(self.bcqueuelen)
+    }
+}
+
+/// `sourceMacs`: required (at least one) in `source` mode, refused in the others.
+fn source_macs(list: &[String], mode: MacvlanMode) -> Result<Vec<[u8; 6]>> {
+    if mode != MacvlanMode::Source {
+        if !list.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "key \"sourceMacs\" is only valid with mode \"source\", not \"{}\"",
+                mode.as_str()
+            )));
+        }
+        return Ok(Vec::new());
+    }
+    if list.is_empty() {
+        return Err(Error::InvalidConfig(
+            "mode \"source\" needs the allowed source MAC addresses in key \"sourceMacs\"".into(),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            parse_mac(s).ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "invalid MAC address \"{}\" in sourceMacs[{i}]: expected a unicast address like 0a:58:0a:f4:00:02",
+                    s.escape_debug()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The container MAC in the reference's priority: `runtimeConfig.mac`, then `CNI_ARGS`
+/// `MAC=`, then the config's `mac`. (The reference macvlan does not read `args.cni.mac`.)
+pub fn container_mac(conf_mac: &str, net: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>> {
+    let runtime = match net.runtime_config.as_ref().and_then(|r| r.get("mac")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(Error::InvalidConfig(
+                "runtimeConfig.mac must be a string".into(),
+            ))
+        }
+    };
+    let candidates = [
+        ("runtimeConfig.mac", runtime),
+        ("CNI_ARGS MAC", cni_arg(cni_args, "MAC")?),
+        ("key \"mac\"", Some(conf_mac.to_string())),
+    ];
+    for (what, v) in candidates {
+        let Some(s) = v.filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        return parse_mac(&s).map(Some).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "invalid MAC address \"{}\" in {what}: expected a unicast address like 0a:58:0a:f4:00:02",
+                s.escape_debug()
+            ))
+        });
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cni::env::{Command, Env};
+
+    fn call(conf: &str, args: &str) -> Call {
+        let env = Env::from_lookup(Command::Add, |k| {
+            Some(
+                match k {
+                    "CNI_CONTAINERID" => "c1",
+                    "CNI_NETNS" => "/run/netns/x",
+                    "CNI_IFNAME" => "eth0",
+                    "CNI_PATH" => "/opt/cni/bin",
+                    "CNI_ARGS" => args,
+                    _ => return None,
+                }
+                .to_string(),
+            )
+        })
+        .unwrap();
+        let mut v = String::new();
+        cni::skel::parse_call(env, conf.as_bytes().to_vec(), &mut v).unwrap()
+    }
+
+    fn load(conf: &str, args: &str) -> Result<MacvlanConf> {
+        MacvlanConf::load(&call(conf, args))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan"}"#, "").unwrap();
+        assert_eq!(c.parsed_mode, MacvlanMode::Bridge);
+        assert_eq!(c.master, "");
+        assert_eq!(c.mtu(), None);
+        assert_eq!(c.parsed_mac, None);
+        assert_eq!(c.ipam_type(), None);
+    }
+
+    #[test]
+    fn bad_values_are_code_7_and_named() {
+        let cases = [
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mode":"weird"}"#,
+                "mode",
+            ),
+            (r#"{"cniVersion":"1.0.0","name":"n","mtu":-1}"#, "mtu"),
+            (r#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#, "mtu"),
+            (r#"{"cniVersion":"1.0.0","name":"n","mac":"zz"}"#, "\"mac\""),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","master":"a/b"}"#,
+                "master",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mode":"source"}"#,
+                "sourceMacs",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mode":"source","sourceMacs":["01:00:00:00:00:01"]}"#,
+                "sourceMacs[0]",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","sourceMacs":["02:00:00:00:00:01"]}"#,
+                "sourceMacs",
+            ),
+        ];
+        for (conf, needle) in cases {
+            let e = load(conf, "").unwrap_err();
+            assert_eq!(e.code(), 7, "{conf}: {e}");
+            assert!(e.to_string().contains(needle), "{conf}: {e}");
+        }
+    }
+
+    #[test]
+    fn mac_priority() {
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","mac":"02:00:00:00:00:01",
+                       "runtimeConfig":{"mac":"02:00:00:00:00:03"}}"#;
+        assert_eq!(
+            load(conf, "MAC=02:00:00:00:00:02").unwrap().parsed_mac,
+            Some([2, 0, 0, 0, 0, 3])
+        );
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","mac":"02:00:00:00:00:01"}"#;
+        assert_eq!(
+            load(conf, "IgnoreUnknown=1;MAC=02:00:00:00:00:02")
+                .unwrap()
+                .parsed_mac,
+            Some([2, 0, 0, 0, 0, 2])
+        );
+        assert_eq!(load(conf, "").unwrap().parsed_mac, Some([2, 0, 0, 0, 0, 1]));
+        let e = load(conf, "MAC=nope").unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("CNI_ARGS MAC"), "{e}");
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"mac":"bad"}}"#;
+        assert!(load(conf, "")
+            .unwrap_err()
+            .to_string()
+            .contains("runtimeConfig.mac"));
+    }
+
+    #[test]
+    fn source_mode() {
+        let c = load(
+            r#"{"cniVersion":"1.0.0","name":"n","mode":"source","sourceMacs":["02:00:00:00:00:01","02:00:00:00:00:02"]}"#,
+            "",
+        )
+        .unwrap();
+        assert_eq!(c.parsed_mode, MacvlanMode::Source);
+        assert_eq!(c.parsed_source_macs.len(), 2);
+    }
+
+    #[test]
+    fn decode_errors_name_the_field() {
+        let e = cni::types::decode::<MacvlanConf>(br#"{"cniVersion":"1.0.0","bcqueuelen":"x"}"#)
+            .unwrap_err();
+        assert_eq!(e.code(), 6);
+        assert!(e.to_string().contains("bcqueuelen"), "{e}");
+    }
+}

@@ -1,0 +1,8 @@
+//! The `macvlan` CNI plugin binary: parse and dispatch; the steps live in `plugin.rs`.
+
+mod config;
+mod plugin;
+
+fn main() {
+    cni::skel::run("macvlan", &plugin::Macvlan)
+}

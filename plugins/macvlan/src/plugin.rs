@@ -1,0 +1,441 @@
+//! The macvlan plugin's verbs, step by step as the reference does them, with every change of
+//! an ADD undone when a later step fails.
+
+use cni::delegate;
+use cni::env::Command;
+use cni::iface;
+use cni::netlink::{Link, LinkChange, MacvlanMode, Nl};
+use cni::netns::Netns;
+use cni::trace::step;
+use cni::{Call, CniResult, Error, Errors, Interface, Plugin, Result};
+
+use crate::config::MacvlanConf;
+
+pub struct Macvlan;
+
+/// Where the master lives, and the netlink socket of that namespace.
+struct Master<'a> {
+    nl: &'a Nl,
+    link: Link,
+    /// "the host's" or "the container's": for messages.
+    place: &'static str,
+}
+
+/// What an ADD has made so far, to undo on failure.
+#[derive(Default)]
+struct Undo {
+    /// Index of the new link, in the container's namespace.
+    link: Option<u32>,
+    ipam_added: bool,
+}
+
+impl Plugin for Macvlan {
+    fn add(&self, call: &Call) -> Result<CniResult> {
+        let conf = MacvlanConf::load(call)?;
+        let netns = Netns::open(call.netns()?)?;
+        let cont = Nl::open_in(&netns)?;
+        step("open netns socket");
+        let mut undo = Undo::default();
+        let r = add(call, &conf, &netns, &cont, &mut undo);
+        if r.is_err() {
+            rollback(call, &conf, &cont, undo);
+        }
+        r
+    }
+
+    fn del(&self, call: &Call) -> Result<()> {
+        let conf = MacvlanConf::decode(call)?;
+        let mut errs = Errors::new();
+        // 1. The lease (found by container and interface: works with the netns gone).
+        if let Some(t) = conf.ipam_type() {
+            errs.note(delegate::exec(t, Command::Del, call));
+        }
+        // 2. The link, if the namespace and the link still exist.
+        if let Some(path) = call.env.netns.as_deref() {
+            match Netns::open(path) {
+                Ok(ns) => {
+                    errs.note(del_link(&ns, &call.env.ifname));
+                }
+                Err(Error::UnknownContainer(_)) => {} // namespace gone: the link went with it
+                Err(e) => {
+                    errs.note::<()>(Err(e));
+                }
+            }
+        }
+        step("delete link");
+        errs.into_result()
+    }
+
+    fn check(&self, call: &Call) -> Result<()> {
+        let conf = MacvlanConf::load(call)?;
+        let netns = Netns::open(call.netns()?)?;
+        if let Some(t) = conf.ipam_type() {
+            delegate::exec(t, Command::Check, call)?;
+        }
+        let prev = conf
+            .net
+            .prev_result()?
+            .ok_or_else(|| Error::InvalidConfig("CHECK: required prevResult missing".into()))?;
+        let ifname = &call.env.ifname;
+
+        // The container interface of the previous result: this name, in this namespace.
+        let (cidx, cif) = prev
+            .interfaces
+            .iter()
+            .enumerate()
+            .find(|(_, i)| &i.name == ifname && i.sandbox.as_deref() == Some(netns.path()))
+            .ok_or_else(|| {
+                Error::CheckFailed(format!(
+                    "previous result has no interface {ifname} in sandbox {}",
+                    netns.path()
+                ))
+            })?;
+
+        // The master still exists.
+        let cont = Nl::open_in(&netns)?;
+        let host = if conf.link_in_container {
+            None
+        } else {
+            Some(Nl::current()?)
+        };
+        let master = find_master(&conf, host.as_ref(), &cont)?;
+
+        // The link: a macvlan of the configured mode on that master, with the result's MAC.
+        let link = cont.link(ifname)?.ok_or_else(|| {
+            Error::CheckFailed(format!(
+                "container interface {ifname} not found in {}",
+                netns.path()
+            ))
+        })?;
+        if link.kind.as_deref() != Some("macvlan") {
+            return Err(Error::CheckFailed(format!(
+                "container interface {ifname} is not a macvlan (it is a {} link)",
+                link.kind.as_deref().unwrap_or("physical")
+            )));
+        }
+        if link.macvlan_mode != Some(conf.parsed_mode) {
+            return Err(Error::CheckFailed(format!(
+                "container macvlan {ifname} mode {} does not match the configured {}",
+                link.macvlan_mode.map(|m| m.as_str()).unwrap_or("unknown"),
+                conf.parsed_mode.as_str()
+            )));
+        }
+        // IFLA_LINK is the master's index in the master's namespace; a master in another
+        // namespace comes with a link-netnsid.
+        let master_elsewhere = link.link_netnsid.is_some();
+        if link.parent != Some(master.link.index) || master_elsewhere == conf.link_in_container {
+            return Err(Error::CheckFailed(format!(
+                "container macvlan {ifname} is not on master {} of {} namespace",
+                master.link.name, master.place
+            )));
+        }
+        if !cif.mac.is_empty() && !cif.mac.eq_ignore_ascii_case(&link.mac) {
+            return Err(Error::CheckFailed(format!(
+                "interface {ifname} MAC {} does not match the previous result's {}",
+                link.mac, cif.mac
+            )));
+        }
+        if let Some(mtu) = conf.mtu() {
+            if link.mtu != mtu {
+                return Err(Error::CheckFailed(format!(
+                    "interface {ifname} MTU {} does not match the configured {mtu}",
+                    link.mtu
+                )));
+            }
+        }
+        iface::check_addrs(&cont, &link, &prev, cidx)?;
+        iface::check_routes(&cont, &prev)?;
+        Ok(())
+    }
+
+    fn gc(&self, call: &Call) -> Result<()> {
+        let conf = MacvlanConf::decode(call)?;
+        if let Some(t) = conf.ipam_type() {
+            delegate::exec(t, Command::Gc, call)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, call: &Call) -> Result<()> {
+        let conf = MacvlanConf::load(call)?;
+        // A master in the container's namespace cannot be looked at without a container.
+        if !conf.link_in_container {
+            let host = Nl::current()?;
+            master_link(&conf, &host, "the host's").map_err(|e| {
+                Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}"))
+            })?;
+        }
+        if let Some(t) = conf.ipam_type() {
+            delegate::exec(t, Command::Status, call)?;
+        }
+        Ok(())
+    }
+}
+
+fn add(
+    call: &Call,
+    conf: &MacvlanConf,
+    netns: &Netns,
+    cont: &Nl,
+    undo: &mut Undo,
+) -> Result<CniResult> {
+    let ifname = &call.env.ifname;
+
+    // 1. The master: the configured one or the default route's, here or in the container;
+    //    the MTU must fit it.
+    let host = if conf.link_in_container {
+        None
+    } else {
+        Some(Nl::current()?)
+    };
+    let master = find_master(conf, host.as_ref(), cont)?;
+    if let Some(mtu) = conf.mtu() {
+        if mtu > master.link.mtu {
+            return Err(Error::InvalidConfig(format!(
+                "invalid mtu {mtu} (key \"mtu\"): must be 0 (the master's) or between {} and the MTU of master {} ({})",
+                crate::config::MIN_MTU,
+                master.link.name,
+                master.link.mtu
+            )));
+        }
+    }
+    step("master");
+
+    // 2. The macvlan, made directly in the container's namespace under a temporary name (so
+    //    that a host interface called `ifname` cannot get in the way), then renamed there.
+    let link = create_macvlan(conf, &master, netns, cont, ifname, undo)?;
+    step("macvlan");
+
+    let mut result = CniResult {
+        interfaces: vec![Interface {
+            name: ifname.clone(),
+            mac: link.mac.clone(),
+            sandbox: Some(netns.path().to_string()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+
+    // 3. Addresses and routes from IPAM, or an L2-only interface that is just up.
+    if let Some(ipam_type) = conf.ipam_type() {
+        let ipam = match delegate::exec(ipam_type, Command::Add, call) {
+            Ok(r) => r.ok_or_else(|| Error::Internal("IPAM returned no result".into()))?,
+            Err(e) => {
+                // The plugin succeeded but printed a result we cannot read: it holds a lease.
+                undo.ipam_added = matches!(e, Error::Decode(_));
+                return Err(e);
+            }
+        };
+        undo.ipam_added = true;
+        if ipam.ips.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "IPAM plugin \"{ipam_type}\" returned no IP address"
+            )));
+        }
+        result.ips = ipam.ips;
+        for ip in result.ips.iter_mut() {
+            ip.interface = Some(0);
+        }
+        result.routes = ipam.routes;
+        result.dns = ipam.dns;
+        step("ipam");
+
+        iface::container_sysctls(netns, ifname, &result, true, true)?;
+        step("container sysctls");
+        iface::configure(cont, &link, &result, 0, false)?;
+        step("container addresses and routes");
+    } else {
+        iface::container_sysctls(netns, ifname, &result, true, true)?;
+        cont.set_link(
+            link.index,
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| Error::from(e).context(format!("setting {ifname} up")))?;
+    }
+    iface::loopback_up(cont)?;
+
+    // 4. The config's DNS first, what IPAM said after it.
+    if let Some(dns) = conf.net.dns.as_ref() {
+        let mut merged = dns.clone();
+        merged.merge(&result.dns);
+        result.dns = merged;
+    }
+    // The MAC and MTU as they are now (passthru takes the master's MAC).
+    if let Some(l) = cont.link_by_index(link.index)? {
+        result.interfaces[0].mac = l.mac;
+        result.interfaces[0].mtu = Some(l.mtu);
+    }
+    step("result");
+    Ok(result)
+}
+
+/// Undoes what a failed ADD made, newest first; errors are reported on stderr only, the
+/// original error is what the runtime gets.
+fn rollback(call: &Call, conf: &MacvlanConf, cont: &Nl, undo: Undo) {
+    let mut errs = Errors::new();
+    if undo.ipam_added {
+        if let Some(t) = conf.ipam_type() {
+            errs.note(delegate::exec(t, Command::Del, call));
+        }
+    }
+    if let Some(index) = undo.link {
+        match cont.del_link(index) {
+            Ok(()) => {}
+            Err(e) if e.is(libc::ENODEV) => {}
+            Err(e) => {
+                errs.note::<()>(Err(e.into()));
+            }
+        }
+    }
+    if let Err(e) = errs.into_result() {
+        eprintln!("macvlan: cleaning up after a failed ADD: {e}");
+    }
+}
+
+fn del_link(ns: &Netns, ifname: &str) -> Result<()> {
+    let cont = Nl::open_in(ns)?;
+    cont.del_link_by_name(ifname)?;
+    Ok(())
+}
+
+/// The master link: in the container's namespace for `linkInContainer`, else in ours.
+fn find_master<'a>(conf: &MacvlanConf, host: Option<&'a Nl>, cont: &'a Nl) -> Result<Master<'a>> {
+    let (nl, place) = match host {
+        Some(h) if !conf.link_in_container => (h, "the host's"),
+        _ => (cont, "the container's"),
+    };
+    let link = master_link(conf, nl, place)?;
+    Ok(Master { nl, link, place })
+}
+
+/// Looks up `master`, or the interface of the default route when it is not set.
+fn master_link(conf: &MacvlanConf, nl: &Nl, place: &str) -> Result<Link> {
+    let name = if conf.master.is_empty() {
+        default_route_interface(nl, place)?
+    } else {
+        conf.master.clone()
+    };
+    nl.link(&name)?.ok_or_else(|| {
+        Error::InvalidConfig(format!(
+            "master interface \"{name}\" (key \"master\") not found in {place} network namespace"
+        ))
+    })
+}
+
+/// The interface of the first default route of the main table (IPv4 first), as the reference.
+fn default_route_interface(nl: &Nl, place: &str) -> Result<String> {
+    const RT_TABLE_MAIN: u32 = 254;
+    let routes = nl.routes()?;
+    for r in routes
+        .iter()
+        .filter(|r| r.table == RT_TABLE_MAIN && r.dst.prefix_len() == 0)
+    {
+        let Some(oif) = r.oif else { continue };
+        if let Some(l) = nl.link_by_index(oif)? {
+            return Ok(l.name);
+        }
+    }
+    Err(Error::InvalidConfig(format!(
+        "no master interface: key \"master\" is not set and {place} network namespace has no default route to take it from"
+    )))
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into our buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    if n != 4 {
+        // Fall back to time and pid: uniqueness is still checked by the kernel (EEXIST).
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return t.subsec_nanos() ^ std::process::id().rotate_left(16);
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// Creates the macvlan inside the container's namespace and renames it to `ifname` there;
+/// returns the link under its final name.
+fn create_macvlan(
+    conf: &MacvlanConf,
+    master: &Master,
+    netns: &Netns,
+    cont: &Nl,
+    ifname: &str,
+    undo: &mut Undo,
+) -> Result<Link> {
+    // With the master in the container, the link is made there already; else the request
+    // names the container's namespace.
+    let target = (!conf.link_in_container).then_some(netns);
+    let mut tmp = None;
+    for _ in 0..8 {
+        let name = format!("mv{:08x}", random_u32());
+        match master.nl.add_macvlan(
+            &name,
+            master.link.index,
+            conf.parsed_mode,
+            target,
+            conf.parsed_mac,
+            conf.mtu(),
+            conf.bcqueuelen(),
+            &conf.parsed_source_macs,
+        ) {
+            Ok(()) => {
+                tmp = Some(name);
+                break;
+            }
+            Err(e) if e.is(libc::EEXIST) && cont.link(&name).ok().flatten().is_some() => continue,
+            Err(e) => return Err(create_error(conf, &master.link, e)),
+        }
+    }
+    let tmp =
+        tmp.ok_or_else(|| Error::Conflict("could not find a free temporary link name".into()))?;
+    let made = cont.link(&tmp)?.ok_or_else(|| {
+        Error::Netlink(format!("new macvlan {tmp} not found in {}", netns.path()))
+    })?;
+    undo.link = Some(made.index);
+    cont.set_link(
+        made.index,
+        &LinkChange {
+            name: Some(ifname.to_string()),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| {
+        if e.is(libc::EEXIST) {
+            Error::Conflict(format!(
+                "container interface \"{ifname}\" already exists in {}",
+                netns.path()
+            ))
+        } else {
+            Error::from(e).context(format!("failed to rename macvlan to \"{ifname}\""))
+        }
+    })?;
+    Ok(Link {
+        name: ifname.to_string(),
+        ..made
+    })
+}
+
+/// The kernel's EINVAL for a macvlan next to a passthru one (or a passthru next to others)
+/// says nothing; say what it means.
+fn create_error(conf: &MacvlanConf, master: &Link, e: cni::netlink::NlError) -> Error {
+    if !e.is(libc::EINVAL) {
+        return Error::from(e).context("failed to create macvlan");
+    }
+    let m = &master.name;
+    if conf.parsed_mode == MacvlanMode::Passthru {
+        Error::Conflict(format!(
+            "failed to create macvlan: master {m} already has a passthru macvlan (or other \
+             macvlans): a passthru macvlan must be the only one on its master ({e})"
+        ))
+    } else {
+        Error::Conflict(format!(
+            "failed to create macvlan: master {m} refused a new macvlan; it most likely already \
+             has a passthru macvlan, which must be the only one on its master ({e})"
+        ))
+    }
+}
