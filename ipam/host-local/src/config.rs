@@ -1,0 +1,672 @@
+//! The `ipam` section of host-local, read and validated with the reference's rules
+//! (`backend/allocator/config.go`, `range.go`, `range_set.go` of containernetworking/plugins),
+//! with errors that name the offending field.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use cni::env::valid_container_id;
+use cni::version::Version;
+use cni::{Error, Result, Route};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Where leases live unless `ipam.dataDir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+
+/// One range of a range set, with its defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    /// The network; its address has no host bits.
+    pub subnet: IpNet,
+    /// First address handed out (inclusive); default: network + 1.
+    pub range_start: IpAddr,
+    /// Last address handed out (inclusive); default: broadcast - 1 (IPv4), last address (IPv6).
+    pub range_end: IpAddr,
+    /// Reported in the result and never handed out; default: network + 1.
+    pub gateway: IpAddr,
+}
+
+/// A set of ranges of one family, from which one address is allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeSet {
+    pub ranges: Vec<Range>,
+    /// Where the set came from, for messages: `ipam.ranges[1]`, `ipam` (the flat keys) or
+    /// `runtimeConfig.ipRanges[0]`.
+    pub origin: String,
+}
+
+/// A requested (static) address and the key it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requested {
+    pub ip: IpAddr,
+    pub source: String,
+}
+
+/// The validated configuration of one call.
+#[derive(Debug, Clone)]
+pub struct IpamConfig {
+    /// The network name: the lease store's directory under `data_dir`.
+    pub name: String,
+    pub cni_version: String,
+    pub range_sets: Vec<RangeSet>,
+    pub routes: Vec<Route>,
+    pub data_dir: PathBuf,
+    pub resolv_conf: Option<PathBuf>,
+    /// From `CNI_ARGS` `IP=`, then `args.cni.ips`, then `runtimeConfig.ips`.
+    pub requested: Vec<Requested>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRange {
+    #[serde(default)]
+    subnet: Option<String>,
+    #[serde(rename = "rangeStart", default)]
+    range_start: Option<String>,
+    #[serde(rename = "rangeEnd", default)]
+    range_end: Option<String>,
+    #[serde(default)]
+    gateway: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawIpam {
+    #[serde(flatten)]
+    flat: RawRange,
+    #[serde(default)]
+    routes: Option<Vec<Route>>,
+    #[serde(rename = "dataDir", default)]
+    data_dir: Option<String>,
+    #[serde(rename = "resolvConf", default)]
+    resolv_conf: Option<String>,
+    #[serde(default)]
+    ranges: Option<Vec<Vec<RawRange>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRuntime {
+    #[serde(rename = "ipRanges", default)]
+    ip_ranges: Option<Vec<Vec<RawRange>>>,
+    #[serde(default)]
+    ips: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawCniArgs {
+    #[serde(default)]
+    ips: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawArgs {
+    #[serde(default)]
+    cni: Option<RawCniArgs>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawNet {
+    #[serde(default)]
+    name: String,
+    #[serde(rename = "cniVersion", default)]
+    cni_version: String,
+    #[serde(default)]
+    ipam: Option<RawIpam>,
+    #[serde(rename = "runtimeConfig", default)]
+    runtime_config: Option<RawRuntime>,
+    #[serde(default)]
+    args: Option<RawArgs>,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidConfig(msg)
+}
+
+/// An address as a number, and back.
+pub fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+pub fn from_u128(v: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4((v as u32).into())
+    } else {
+        IpAddr::V6(v.into())
+    }
+}
+
+/// A plain address (`10.1.0.5`, `fd00::5`); IPv4-mapped IPv6 becomes IPv4, as Go's `To4`.
+fn parse_plain_ip(s: &str) -> Option<IpAddr> {
+    s.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// An address with or without a prefix length (`10.1.0.5` or `10.1.0.5/24`), as the
+/// reference's `ip.ParseIP` of requested addresses.
+pub fn parse_requested_ip(s: &str) -> Option<IpAddr> {
+    parse_plain_ip(s).or_else(|| {
+        s.trim()
+            .parse::<IpNet>()
+            .ok()
+            .map(|n| n.addr().to_canonical())
+    })
+}
+
+impl Range {
+    /// Whether `ip` lies in the subnet and between rangeStart and rangeEnd.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        if ip.is_ipv4() != self.subnet.addr().is_ipv4() || !self.subnet.contains(&ip) {
+            return false;
+        }
+        let v = to_u128(ip);
+        v >= to_u128(self.range_start) && v <= to_u128(self.range_end)
+    }
+
+    /// Whether the two ranges share an address (the reference's `Overlaps`).
+    pub fn overlaps(&self, other: &Range) -> bool {
+        if self.range_start.is_ipv4() != other.range_start.is_ipv4() {
+            return false;
+        }
+        self.contains(other.range_start)
+            || self.contains(other.range_end)
+            || other.contains(self.range_start)
+            || other.contains(self.range_end)
+    }
+
+    /// Addresses never handed out: the network address, the IPv4 broadcast and the gateway.
+    pub fn is_reserved_address(&self, ip: IpAddr) -> bool {
+        ip == self.gateway
+            || ip == self.subnet.network()
+            || (ip.is_ipv4() && ip == self.subnet.broadcast())
+    }
+
+    /// Number of addresses between rangeStart and rangeEnd (saturating at `u128::MAX`).
+    pub fn size(&self) -> u128 {
+        (to_u128(self.range_end) - to_u128(self.range_start)).saturating_add(1)
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.range_start, self.range_end)
+    }
+}
+
+impl RangeSet {
+    /// The range holding `ip`, if any.
+    pub fn range_for(&self, ip: IpAddr) -> Option<&Range> {
+        self.ranges.iter().find(|r| r.contains(ip))
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.range_for(ip).is_some()
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.ranges[0].range_start.is_ipv4()
+    }
+
+    pub fn overlaps(&self, other: &RangeSet) -> bool {
+        self.ranges
+            .iter()
+            .any(|a| other.ranges.iter().any(|b| a.overlaps(b)))
+    }
+}
+
+impl fmt::Display for RangeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Fills in the defaults of one range and checks it (`field` names it in messages, e.g.
+/// `ipam.ranges[0][1]`).
+fn canonicalize_range(raw: &RawRange, field: &str) -> Result<Range> {
+    let s = raw.subnet.as_deref().unwrap_or("");
+    if s.trim().is_empty() {
+        return Err(invalid(format!("{field}.subnet is missing")));
+    }
+    let given: IpNet = s.trim().parse().map_err(|_| {
+        invalid(format!(
+            "{field}.subnet \"{}\" is not a valid CIDR (address/prefix length)",
+            s.escape_debug()
+        ))
+    })?;
+    let (ones, bits) = (given.prefix_len(), given.max_prefix_len());
+    if ones > bits - 2 {
+        return Err(invalid(format!(
+            "{field}.subnet {given} is too small to allocate from"
+        )));
+    }
+    let subnet = given.trunc();
+    if given.addr() != subnet.addr() {
+        return Err(invalid(format!(
+            "{field}.subnet {given} has host bits set: for a prefix length of {ones} the network address is {}",
+            subnet.addr()
+        )));
+    }
+    let v4 = subnet.addr().is_ipv4();
+    let net = to_u128(subnet.network());
+    let last = to_u128(subnet.broadcast());
+    let in_subnet = |ip: IpAddr| ip.is_ipv4() == v4 && subnet.contains(&ip);
+    let parse = |key: &str, v: &Option<String>| -> Result<Option<IpAddr>> {
+        match v.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(t) => parse_plain_ip(t).map(Some).ok_or_else(|| {
+                invalid(format!(
+                    "{field}.{key} \"{}\" is not an IP address",
+                    t.escape_debug()
+                ))
+            }),
+        }
+    };
+
+    let gateway = match parse("gateway", &raw.gateway)? {
+        Some(g) if !in_subnet(g) => {
+            return Err(invalid(format!(
+                "{field}.gateway {g} is outside subnet {subnet}"
+            )))
+        }
+        Some(g) => g,
+        None => from_u128(net + 1, v4),
+    };
+    let range_start = match parse("rangeStart", &raw.range_start)? {
+        Some(ip) if !in_subnet(ip) => {
+            return Err(invalid(format!(
+                "{field}.rangeStart {ip} is outside subnet {subnet}"
+            )))
+        }
+        Some(ip) => ip,
+        None => from_u128(net + 1, v4),
+    };
+    let range_end = match parse("rangeEnd", &raw.range_end)? {
+        Some(ip) if !in_subnet(ip) => {
+            return Err(invalid(format!(
+                "{field}.rangeEnd {ip} is outside subnet {subnet}"
+            )))
+        }
+        Some(ip) if to_u128(ip) < to_u128(range_start) => {
+            return Err(invalid(format!(
+                "{field}.rangeEnd {ip} is before rangeStart {range_start}"
+            )))
+        }
+        Some(ip) => ip,
+        None => from_u128(if v4 { last - 1 } else { last }, v4),
+    };
+    if to_u128(range_end) < to_u128(range_start) {
+        return Err(invalid(format!(
+            "{field}.rangeStart {range_start} is after the last address of subnet {subnet} ({range_end})"
+        )));
+    }
+    Ok(Range {
+        subnet,
+        range_start,
+        range_end,
+        gateway,
+    })
+}
+
+/// Checks one range set: not empty, one family, no overlap inside.
+fn canonicalize_set(raw: &[RawRange], origin: String, flat: bool) -> Result<RangeSet> {
+    if raw.is_empty() {
+        return Err(invalid(format!("{origin} is an empty range set")));
+    }
+    let field = |j: usize| {
+        if flat {
+            origin.clone()
+        } else {
+            format!("{origin}[{j}]")
+        }
+    };
+    let mut ranges: Vec<Range> = Vec::with_capacity(raw.len());
+    for (j, r) in raw.iter().enumerate() {
+        let r = canonicalize_range(r, &field(j))?;
+        if let Some(first) = ranges.first() {
+            if first.range_start.is_ipv4() != r.range_start.is_ipv4() {
+                return Err(invalid(format!(
+                    "{}.subnet {} mixes address families with {}.subnet {}: a range set holds one family",
+                    field(j),
+                    r.subnet,
+                    field(0),
+                    first.subnet
+                )));
+            }
+        }
+        ranges.push(r);
+    }
+    for i in 0..ranges.len() {
+        for j in i + 1..ranges.len() {
+            if ranges[i].overlaps(&ranges[j]) {
+                return Err(invalid(format!(
+                    "{} ({}) overlaps {} ({})",
+                    field(i),
+                    ranges[i],
+                    field(j),
+                    ranges[j]
+                )));
+            }
+        }
+    }
+    Ok(RangeSet { ranges, origin })
+}
+
+/// `CNI_ARGS` as the reference's `types.LoadArgs` into `{IgnoreUnknown, IP}` reads it:
+/// `KEY=VALUE` pairs; keys other than `IP` and `IgnoreUnknown` are an error unless
+/// `IgnoreUnknown` is true. `IP` may hold several addresses separated by commas (an
+/// extension: the reference takes one).
+fn parse_env_ips(args: &str) -> Result<Vec<Requested>> {
+    let mut out = Vec::new();
+    let mut unknown = Vec::new();
+    let mut ignore_unknown = false;
+    for pair in args.split(';').filter(|p| !p.is_empty()) {
+        let kv: Vec<&str> = pair.split('=').collect();
+        if kv.len() != 2 {
+            return Err(Error::InvalidEnv(format!(
+                "CNI_ARGS: invalid pair \"{}\": expected KEY=VALUE",
+                pair.escape_debug()
+            )));
+        }
+        match kv[0] {
+            "IP" => {
+                for s in kv[1].split(',').filter(|s| !s.trim().is_empty()) {
+                    let ip = parse_requested_ip(s).ok_or_else(|| {
+                        Error::InvalidEnv(format!(
+                            "CNI_ARGS: IP \"{}\" is not an IP address",
+                            s.escape_debug()
+                        ))
+                    })?;
+                    out.push(Requested {
+                        ip,
+                        source: "CNI_ARGS IP".into(),
+                    });
+                }
+            }
+            "IgnoreUnknown" => {
+                ignore_unknown = match kv[1].to_ascii_lowercase().as_str() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => {
+                        return Err(Error::InvalidEnv(format!(
+                            "CNI_ARGS: IgnoreUnknown \"{}\" is not a boolean",
+                            kv[1].escape_debug()
+                        )))
+                    }
+                }
+            }
+            _ => unknown.push(pair.to_string()),
+        }
+    }
+    if !unknown.is_empty() && !ignore_unknown {
+        return Err(Error::InvalidEnv(format!(
+            "CNI_ARGS: unknown args {unknown:?} (set IgnoreUnknown=1 to ignore them)"
+        )));
+    }
+    Ok(out)
+}
+
+fn parse_ip_list(list: &Option<Vec<String>>, field: &str) -> Result<Vec<Requested>> {
+    let mut out = Vec::new();
+    for (i, s) in list.iter().flatten().enumerate() {
+        let ip = parse_requested_ip(s).ok_or_else(|| {
+            invalid(format!(
+                "{field}[{i}] \"{}\" is not an IP address",
+                s.escape_debug()
+            ))
+        })?;
+        out.push(Requested {
+            ip,
+            source: format!("{field}[{i}]"),
+        });
+    }
+    Ok(out)
+}
+
+impl IpamConfig {
+    /// Reads the config on stdin and `CNI_ARGS` as the reference's `LoadIPAMConfig`.
+    pub fn load(stdin: &[u8], env_args: &str) -> Result<IpamConfig> {
+        let n: RawNet = cni::types::decode(stdin)?;
+        if n.name.is_empty() {
+            return Err(invalid(
+                "missing network name (key \"name\"): host-local keeps its leases in a directory named after it".into(),
+            ));
+        }
+        if !valid_container_id(&n.name) {
+            return Err(invalid(format!(
+                "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+                n.name.escape_debug()
+            )));
+        }
+        let Some(ipam) = n.ipam else {
+            return Err(invalid("IPAM config missing 'ipam' key".into()));
+        };
+
+        let mut requested = parse_env_ips(env_args)?;
+        let cni_ips = n.args.as_ref().and_then(|a| a.cni.as_ref()).map(|c| &c.ips);
+        if let Some(ips) = cni_ips {
+            requested.extend(parse_ip_list(ips, "args.cni.ips")?);
+        }
+        let runtime = n.runtime_config.unwrap_or_default();
+        requested.extend(parse_ip_list(&runtime.ips, "runtimeConfig.ips")?);
+
+        // As the reference: runtime ranges first, then the flat (old-style) range, then
+        // `ranges`. The index of a set in this list names its last_reserved_ip file.
+        let mut range_sets = Vec::new();
+        for (i, set) in runtime.ip_ranges.iter().flatten().enumerate() {
+            range_sets.push(canonicalize_set(
+                set,
+                format!("runtimeConfig.ipRanges[{i}]"),
+                false,
+            )?);
+        }
+        let flat_subnet = ipam.flat.subnet.as_deref().is_some_and(|s| !s.is_empty());
+        if flat_subnet {
+            range_sets.push(canonicalize_set(
+                std::slice::from_ref(&ipam.flat),
+                "ipam".into(),
+                true,
+            )?);
+        }
+        for (i, set) in ipam.ranges.iter().flatten().enumerate() {
+            range_sets.push(canonicalize_set(set, format!("ipam.ranges[{i}]"), false)?);
+        }
+        if range_sets.is_empty() {
+            return Err(invalid(
+                "no IP ranges specified: set ipam.ranges (or ipam.subnet)".into(),
+            ));
+        }
+
+        // CNI 0.2.0 and earlier results hold one address per family.
+        let v4 = range_sets.iter().filter(|s| s.is_ipv4()).count();
+        let v6 = range_sets.len() - v4;
+        if v4 > 1 || v6 > 1 {
+            let new_enough = Version::parse(&n.cni_version).is_some_and(|v| v.at_least("0.3.0"));
+            if !new_enough {
+                return Err(invalid(format!(
+                    "CNI version \"{}\" does not support more than 1 address per family",
+                    n.cni_version
+                )));
+            }
+        }
+        for i in 0..range_sets.len() {
+            for j in i + 1..range_sets.len() {
+                if range_sets[i].overlaps(&range_sets[j]) {
+                    return Err(invalid(format!(
+                        "range set {i} ({}: {}) overlaps with range set {j} ({}: {})",
+                        range_sets[i].origin, range_sets[i], range_sets[j].origin, range_sets[j]
+                    )));
+                }
+            }
+        }
+
+        let data_dir = match ipam.data_dir.as_deref() {
+            None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
+            Some(d) => PathBuf::from(d),
+        };
+        Ok(IpamConfig {
+            name: n.name,
+            cni_version: n.cni_version,
+            range_sets,
+            routes: ipam.routes.unwrap_or_default(),
+            data_dir,
+            resolv_conf: ipam
+                .resolv_conf
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            requested,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load(v: serde_json::Value) -> Result<IpamConfig> {
+        IpamConfig::load(v.to_string().as_bytes(), "")
+    }
+
+    fn err(v: serde_json::Value) -> String {
+        let e = load(v).unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        e.to_string()
+    }
+
+    fn net(ipam: serde_json::Value) -> serde_json::Value {
+        json!({"cniVersion": "1.0.0", "name": "n", "ipam": ipam})
+    }
+
+    #[test]
+    fn defaults_v4_and_v6() {
+        let c = load(net(
+            json!({"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/120"}]]}),
+        ))
+        .unwrap();
+        let r = &c.range_sets[0].ranges[0];
+        assert_eq!(r.range_start.to_string(), "10.1.0.1");
+        assert_eq!(r.range_end.to_string(), "10.1.0.254");
+        assert_eq!(r.gateway.to_string(), "10.1.0.1");
+        let r6 = &c.range_sets[1].ranges[0];
+        assert_eq!(r6.range_start.to_string(), "fd00::1");
+        assert_eq!(r6.range_end.to_string(), "fd00::ff");
+        assert_eq!(c.range_sets[0].to_string(), "10.1.0.1-10.1.0.254");
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn order_runtime_flat_ranges() {
+        let v = json!({"cniVersion": "1.0.0", "name": "n",
+            "runtimeConfig": {"ipRanges": [[{"subnet": "10.3.0.0/24"}]]},
+            "ipam": {"subnet": "10.2.0.0/24", "ranges": [[{"subnet": "10.1.0.0/24"}]]}});
+        let c = load(v).unwrap();
+        let origins: Vec<_> = c.range_sets.iter().map(|s| s.origin.as_str()).collect();
+        assert_eq!(
+            origins,
+            ["runtimeConfig.ipRanges[0]", "ipam", "ipam.ranges[0]"]
+        );
+    }
+
+    #[test]
+    fn messages_name_the_field() {
+        let m = err(net(
+            json!({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "10.1.1.0/24", "rangeStart": "10.2.0.5"}]]}),
+        ));
+        assert_eq!(
+            m,
+            "ipam.ranges[0][1].rangeStart 10.2.0.5 is outside subnet 10.1.1.0/24"
+        );
+        let m = err(net(
+            json!({"ranges": [[{"subnet": "10.1.0.0/24", "rangeEnd": "10.1.1.5"}]]}),
+        ));
+        assert!(
+            m.starts_with("ipam.ranges[0][0].rangeEnd 10.1.1.5 is outside"),
+            "{m}"
+        );
+        let m = err(net(
+            json!({"ranges": [[{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.9", "rangeEnd": "10.1.0.5"}]]}),
+        ));
+        assert!(
+            m.contains("rangeEnd 10.1.0.5 is before rangeStart 10.1.0.9"),
+            "{m}"
+        );
+        let m = err(net(json!({"subnet": "10.1.0.5/24"})));
+        assert!(
+            m.starts_with("ipam.subnet 10.1.0.5/24 has host bits set"),
+            "{m}"
+        );
+        let m = err(net(json!({"subnet": "10.1.0.0/31"})));
+        assert!(m.contains("too small"), "{m}");
+        let m = err(net(json!({"ranges": [[{"subnet": "bogus"}]]})));
+        assert!(m.starts_with("ipam.ranges[0][0].subnet \"bogus\""), "{m}");
+        let m = err(net(
+            json!({"ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.9.0.1"}]]}),
+        ));
+        assert_eq!(
+            m,
+            "ipam.ranges[0][0].gateway 10.9.0.1 is outside subnet 10.1.0.0/24"
+        );
+        let m = err(net(
+            json!({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "fd00::/64"}]]}),
+        ));
+        assert!(m.contains("mixes address families"), "{m}");
+        let m = err(net(
+            json!({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "10.1.0.0/25"}]]}),
+        ));
+        assert!(
+            m.contains("ipam.ranges[0][0] (10.1.0.1-10.1.0.254) overlaps ipam.ranges[0][1]"),
+            "{m}"
+        );
+        let m = err(net(
+            json!({"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "10.1.0.0/16"}]]}),
+        ));
+        assert!(m.starts_with("range set 0 (ipam.ranges[0]"), "{m}");
+        let m = err(net(json!({"ranges": [[]]})));
+        assert_eq!(m, "ipam.ranges[0] is an empty range set");
+        let m = err(net(json!({})));
+        assert!(m.starts_with("no IP ranges specified"), "{m}");
+        let m = err(json!({"cniVersion": "1.0.0", "ipam": {"subnet": "10.1.0.0/24"}}));
+        assert!(m.contains("\"name\""), "{m}");
+        let m = err(json!({"cniVersion": "1.0.0", "name": "n"}));
+        assert!(m.contains("'ipam'"), "{m}");
+        let m = err(
+            json!({"cniVersion": "0.2.0", "name": "n", "ipam": {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "10.2.0.0/24"}]]}}),
+        );
+        assert!(m.contains("more than 1 address per family"), "{m}");
+        let m = err(
+            json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "10.1.0.0/24"}, "args": {"cni": {"ips": ["nope"]}}}),
+        );
+        assert_eq!(m, "args.cni.ips[0] \"nope\" is not an IP address");
+    }
+
+    #[test]
+    fn requested_ips_from_every_source() {
+        let v = json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"subnet": "10.1.0.0/24"},
+            "args": {"cni": {"ips": ["10.1.0.7/24"]}}, "runtimeConfig": {"ips": ["10.1.0.8"]}});
+        let c = IpamConfig::load(
+            v.to_string().as_bytes(),
+            "IgnoreUnknown=1;K8S_POD=x;IP=10.1.0.5,fd00::5",
+        )
+        .unwrap();
+        let ips: Vec<String> = c.requested.iter().map(|r| r.ip.to_string()).collect();
+        assert_eq!(ips, ["10.1.0.5", "fd00::5", "10.1.0.7", "10.1.0.8"]);
+        let e = IpamConfig::load(v.to_string().as_bytes(), "K8S_POD=x").unwrap_err();
+        assert_eq!(e.code(), 4, "{e}");
+        let e = IpamConfig::load(v.to_string().as_bytes(), "IP=zz").unwrap_err();
+        assert_eq!(e.code(), 4, "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_decode_errors() {
+        let e = load(net(json!({"ranges": 5}))).unwrap_err();
+        assert_eq!(e.code(), 6, "{e}");
+    }
+}

@@ -1,0 +1,602 @@
+//! The on-disk lease store, in the reference's layout so that either plugin can take over the
+//! other's leases:
+//!
+//! ```text
+//! <dataDir>/<network>/lock                 flock(2)ed for the whole call
+//! <dataDir>/<network>/<ip>                 a lease: "<container id>\r\n<ifname>" (no newline)
+//! <dataDir>/<network>/last_reserved_ip.<n> the address last reserved in range set n
+//! ```
+//!
+//! Our additions, which the reference ignores (it reads every file of the directory tree, and
+//! none of these can pass for a lease of a valid container id):
+//!
+//! ```text
+//! <dataDir>/<network>/.tmp-*               a lease being written (only while the lock is held)
+//! <dataDir>/<network>/.by-id/<id>:<ifname> index: the addresses of an attachment
+//! <dataDir>/<network>/.by-id/<id>:         index: the addresses of an old-format lease owner
+//! <dataDir>/<network>/.by-id/.stamp        the network directory's mtime the index matches
+//! ```
+//!
+//! **Atomic leases.** A lease is written to a temp file first and then `link(2)`ed to its
+//! address's name: the link is the reservation (it fails with `EEXIST` if the address is
+//! held), and the lease appears with its whole content or not at all.
+//!
+//! **Cost.** ADD probes candidate names with `link` (one syscall each), DEL and CHECK look the
+//! attachment up in the index and verify the lease files it names; neither reads the other
+//! leases. The index is *complete* when `.stamp` equals the network directory's mtime: every
+//! call of ours that changes the directory updates the index and then sets the directory's
+//! mtime to a value in the past (now − 10 s) and records it. Anything else that adds or removes
+//! a file there (the reference plugin, a person) sets the mtime to the current time, which can
+//! never equal the recorded value, so the next call of ours rebuilds the index with one full
+//! scan. When the index is complete, a missing index entry means "holds nothing".
+//!
+//! **Safety.** The network name must be a valid container-id-like name, the network directory
+//! must not be a symlink, and every file is opened relative to the directory's descriptor with
+//! `O_NOFOLLOW`: a symlink planted in the store is refused, never followed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cni::env::valid_container_id;
+use cni::{Error, Result};
+
+use crate::store::{GcReport, Owner, Store};
+use crate::sys::{self, Dir};
+
+pub const LOCK_FILE: &str = "lock";
+pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+pub const INDEX_DIR: &str = ".by-id";
+pub const STAMP_FILE: &str = ".stamp";
+pub const TMP_PREFIX: &str = ".tmp-";
+
+const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o755;
+/// Lease and index files are tiny; anything bigger is not ours.
+const MAX_READ: u64 = 64 * 1024;
+/// How far in the past we set the network directory's mtime (see the module doc).
+const STAMP_BACKDATE: Duration = Duration::from_secs(10);
+const INDEX_HEADER: &str = "# host-local lease index (not a lease)";
+
+/// The index key of an attachment, or of an old-format owner (`ifname` `None`): a valid file
+/// name that no lease, temp or stamp name can be. `None` when it would be too long.
+fn index_key(id: &str, ifname: Option<&str>) -> Option<String> {
+    let id = id.trim();
+    let key = format!("{id}:{}", ifname.unwrap_or(""));
+    let ok =
+        valid_container_id(id) && key.len() <= 250 && !key.contains('/') && !key.contains('\0');
+    ok.then_some(key)
+}
+
+/// The name of the lease file of `ip`.
+pub fn lease_name(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+fn io_err(what: impl std::fmt::Display, e: io::Error) -> Error {
+    Error::io(what, e)
+}
+
+/// The on-disk store of one network, locked while it lives.
+#[derive(Debug)]
+pub struct DiskStore {
+    dir: Dir,
+    path: PathBuf,
+    _lock: File,
+    index: Option<Dir>,
+    /// The index is complete (checked against the stamp, or rebuilt in this call).
+    complete: bool,
+    /// The index has to be stamped at commit (the directory changed, or it was rebuilt).
+    stamp_needed: bool,
+    /// A temp file holding `(content, name)`, ready to be linked as a lease.
+    tmp: Option<(String, String)>,
+    counter: u32,
+}
+
+impl DiskStore {
+    /// Opens (with `create`, making it if needed) the store of `network` under `data_dir` and
+    /// takes its lock. Without `create`, `Ok(None)` when the store does not exist.
+    pub fn open(data_dir: &Path, network: &str, create: bool) -> Result<Option<DiskStore>> {
+        if !valid_container_id(network) || network.len() > 200 {
+            return Err(Error::InvalidConfig(format!(
+                "invalid network name \"{}\": must start with a letter or digit, hold only letters, digits, '_', '.' and '-', and be at most 200 bytes",
+                network.escape_debug()
+            )));
+        }
+        let path = data_dir.join(network);
+        if create {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(data_dir)
+                .map_err(|e| io_err(format!("creating data dir {}", data_dir.display()), e))?;
+        }
+        let data = match Dir::open(data_dir) {
+            Ok(d) => d,
+            Err(e) if !create && sys::is_not_found(&e) => return Ok(None),
+            Err(e) => {
+                return Err(io_err(
+                    format!("opening data dir {}", data_dir.display()),
+                    e,
+                ))
+            }
+        };
+        if create {
+            data.mkdir(network, DIR_MODE)
+                .map_err(|e| io_err(format!("creating {}", path.display()), e))?;
+        }
+        let dir = match data.open_dir(network) {
+            Ok(d) => d,
+            Err(e) if !create && sys::is_not_found(&e) => return Ok(None),
+            Err(e) if sys::is_symlink_refusal(&e) => {
+                return Err(Error::Io(format!(
+                    "refusing lease store {}: it is a symlink or not a directory",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(io_err(format!("opening {}", path.display()), e)),
+        };
+        let lock = dir
+            .open_file(LOCK_FILE, libc::O_RDONLY | libc::O_CREAT, FILE_MODE)
+            .map_err(|e| io_err(format!("opening {}/{LOCK_FILE}", path.display()), e))?;
+        lock.lock()
+            .map_err(|e| io_err(format!("locking {}/{LOCK_FILE}", path.display()), e))?;
+        cni::trace::step("lock");
+
+        let index = match dir.mkdir(INDEX_DIR, DIR_MODE) {
+            Ok(()) => dir.open_dir(INDEX_DIR).ok(),
+            Err(_) => dir.open_dir(INDEX_DIR).ok(),
+        };
+        let mut store = DiskStore {
+            dir,
+            path,
+            _lock: lock,
+            index,
+            complete: false,
+            stamp_needed: false,
+            tmp: None,
+            counter: 0,
+        };
+        store.complete = store.stamp_matches();
+        Ok(Some(store))
+    }
+
+    /// The network directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the index is known complete (for tests and diagnostics).
+    pub fn index_complete(&self) -> bool {
+        self.complete
+    }
+
+    fn stamp_matches(&self) -> bool {
+        let Some(index) = &self.index else {
+            return false;
+        };
+        let Ok(Some(stamp)) = index.read_small(STAMP_FILE, 256) else {
+            return false;
+        };
+        let Ok(st) = self.dir.stat() else {
+            return false;
+        };
+        String::from_utf8_lossy(&stamp).trim() == format!("v1 {} {}", st.mtime.0, st.mtime.1)
+    }
+
+    fn next_tmp_name(&mut self) -> String {
+        self.counter += 1;
+        format!("{TMP_PREFIX}{}-{}", std::process::id(), self.counter)
+    }
+
+    /// Reads the lease of `ip`: `None` if there is none; a symlink or other non-regular file
+    /// at that name is an error.
+    fn read_lease(&self, ip: IpAddr) -> io::Result<Option<Vec<u8>>> {
+        self.dir.read_small(&lease_name(ip), MAX_READ)
+    }
+
+    fn lease_matches_new(content: &[u8], id: &str, ifname: &str) -> bool {
+        String::from_utf8_lossy(content).trim() == Owner::lease_content(id, ifname)
+    }
+
+    fn lease_matches_old(content: &[u8], id: &str) -> bool {
+        String::from_utf8_lossy(content).trim() == id.trim()
+    }
+
+    fn read_hint(&self, key: &str) -> Vec<IpAddr> {
+        let Some(index) = &self.index else {
+            return Vec::new();
+        };
+        match index.read_small(key, MAX_READ) {
+            Ok(Some(b)) => String::from_utf8_lossy(&b)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Replaces the index entry `key` (atomically: temp file and rename); no addresses
+    /// removes it.
+    fn write_hint(&mut self, key: &str, ips: &BTreeSet<IpAddr>) -> io::Result<()> {
+        let tmp = self.next_tmp_name();
+        let Some(index) = &self.index else {
+            return Ok(());
+        };
+        if ips.is_empty() {
+            return match index.unlink(key) {
+                Err(e) if !sys::is_not_found(&e) => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let mut content = format!("{INDEX_HEADER}\n");
+        for ip in ips {
+            content.push_str(&format!("{ip}\n"));
+        }
+        index.create_new(&tmp, content.as_bytes(), FILE_MODE)?;
+        if let Err(e) = index.rename(&tmp, key) {
+            let _ = index.unlink(&tmp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A failed index update makes the index incomplete: the next call rebuilds it.
+    fn note_index_error(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
+            eprintln!(
+                "host-local: updating the lease index in {}: {e}; it will be rebuilt",
+                self.path.display()
+            );
+            self.complete = false;
+            if let Some(index) = &self.index {
+                let _ = index.unlink(STAMP_FILE);
+            }
+        }
+    }
+
+    fn hint_add(&mut self, id: &str, ifname: Option<&str>, ip: IpAddr) {
+        let Some(key) = index_key(id, ifname) else {
+            return;
+        };
+        let mut ips: BTreeSet<IpAddr> = self.read_hint(&key).into_iter().collect();
+        if ips.insert(ip) {
+            let r = self.write_hint(&key, &ips);
+            self.note_index_error(r);
+        }
+    }
+
+    fn hint_remove(&mut self, id: &str, ifname: Option<&str>, gone: &[IpAddr]) {
+        let Some(key) = index_key(id, ifname) else {
+            return;
+        };
+        let before: BTreeSet<IpAddr> = self.read_hint(&key).into_iter().collect();
+        let after: BTreeSet<IpAddr> = before
+            .iter()
+            .filter(|ip| !gone.contains(ip))
+            .copied()
+            .collect();
+        if after != before {
+            let r = self.write_hint(&key, &after);
+            self.note_index_error(r);
+        }
+    }
+
+    /// Every lease of the directory: (address, content). Non-regular files named like an
+    /// address are skipped (and reported).
+    fn scan(&self) -> Result<Vec<(IpAddr, Vec<u8>)>> {
+        let names = self
+            .dir
+            .names()
+            .map_err(|e| io_err(format!("listing {}", self.path.display()), e))?;
+        let mut out = Vec::new();
+        for name in names {
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
+            match self.dir.read_small(&name, MAX_READ) {
+                Ok(Some(content)) => out.push((ip, content)),
+                Ok(None) => {}
+                Err(e) => eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the index from `leases` and marks it complete.
+    fn rewrite_index(&mut self, leases: &[(IpAddr, Vec<u8>)]) -> Result<()> {
+        let mut by_key: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (ip, content) in leases {
+            if let Some(o) = Owner::parse(content) {
+                if let Some(key) = index_key(&o.container_id, o.ifname.as_deref()) {
+                    by_key.entry(key).or_default().insert(*ip);
+                }
+            }
+        }
+        let Some(index) = &self.index else {
+            return Ok(());
+        };
+        let existing = index
+            .names()
+            .map_err(|e| io_err(format!("listing {}/{INDEX_DIR}", self.path.display()), e))?;
+        for name in existing {
+            if name == STAMP_FILE {
+                continue;
+            }
+            if name.starts_with('.') || !by_key.contains_key(&name) {
+                let _ = index.unlink(&name);
+            }
+        }
+        for (key, ips) in &by_key {
+            let mut content = format!("{INDEX_HEADER}\n");
+            for ip in ips {
+                content.push_str(&format!("{ip}\n"));
+            }
+            index
+                .write_file(key, content.as_bytes(), FILE_MODE)
+                .map_err(|e| {
+                    io_err(
+                        format!("writing {}/{INDEX_DIR}/{key}", self.path.display()),
+                        e,
+                    )
+                })?;
+        }
+        self.complete = true;
+        self.stamp_needed = true;
+        cni::trace::step("rebuild index");
+        Ok(())
+    }
+
+    /// Makes the index complete if it is not; `false` when there is no index at all.
+    fn ensure_index(&mut self) -> Result<bool> {
+        if self.index.is_none() {
+            return Ok(false);
+        }
+        if !self.complete {
+            let leases = self.scan()?;
+            self.rewrite_index(&leases)?;
+        }
+        Ok(true)
+    }
+
+    /// The verified addresses of (`id`, `ifname`) — or of old-format owner `id` when
+    /// `ifname` is `None` — by the index when it can answer, else by a full scan.
+    fn lookup(&mut self, id: &str, ifname: Option<&str>) -> Result<Vec<IpAddr>> {
+        let matches = |c: &[u8]| match ifname {
+            Some(ifn) => Self::lease_matches_new(c, id, ifn),
+            None => Self::lease_matches_old(c, id),
+        };
+        if let Some(key) = index_key(id, ifname) {
+            if self.ensure_index()? {
+                let hinted = self.read_hint(&key);
+                let mut found = Vec::new();
+                let mut stale = Vec::new();
+                for ip in hinted {
+                    match self.read_lease(ip) {
+                        Ok(Some(c)) if matches(&c) => found.push(ip),
+                        _ => stale.push(ip),
+                    }
+                }
+                if !stale.is_empty() {
+                    self.hint_remove(id, ifname, &stale);
+                }
+                return Ok(found);
+            }
+        }
+        Ok(self
+            .scan()?
+            .into_iter()
+            .filter(|(_, c)| matches(c))
+            .map(|(ip, _)| ip)
+            .collect())
+    }
+
+    fn remove_lease(&mut self, ip: IpAddr) -> Result<()> {
+        match self.dir.unlink(&lease_name(ip)) {
+            Ok(()) => {
+                self.stamp_needed = true;
+                Ok(())
+            }
+            Err(e) if sys::is_not_found(&e) => Ok(()),
+            Err(e) => Err(io_err(
+                format!("removing lease {}/{ip}", self.path.display()),
+                e,
+            )),
+        }
+    }
+
+    /// A temp file holding `content`, created on first use and reused for every probe.
+    fn tmp_with(&mut self, content: &str) -> Result<String> {
+        if let Some((c, name)) = &self.tmp {
+            if c == content {
+                return Ok(name.clone());
+            }
+        }
+        self.drop_tmp();
+        let name = self.next_tmp_name();
+        self.dir
+            .create_new(&name, content.as_bytes(), FILE_MODE)
+            .map_err(|e| io_err(format!("writing {}/{name}", self.path.display()), e))?;
+        self.stamp_needed = true;
+        self.tmp = Some((content.to_string(), name.clone()));
+        Ok(name)
+    }
+
+    fn drop_tmp(&mut self) {
+        if let Some((_, name)) = self.tmp.take() {
+            let _ = self.dir.unlink(&name);
+        }
+    }
+
+    fn write_stamp(&mut self) -> io::Result<()> {
+        let Some(index) = &self.index else {
+            return Ok(());
+        };
+        let back = SystemTime::now()
+            .checked_sub(STAMP_BACKDATE)
+            .unwrap_or(UNIX_EPOCH)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.dir
+            .set_mtime(back.as_secs() as i64, back.subsec_nanos() as i64)?;
+        let st = self.dir.stat()?;
+        let stamp = format!("v1 {} {}\n", st.mtime.0, st.mtime.1);
+        self.counter += 1;
+        let tmp = format!("{TMP_PREFIX}{}-{}", std::process::id(), self.counter);
+        index.create_new(&tmp, stamp.as_bytes(), FILE_MODE)?;
+        index.rename(&tmp, STAMP_FILE).inspect_err(|_| {
+            let _ = index.unlink(&tmp);
+        })
+    }
+}
+
+impl Store for DiskStore {
+    fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool> {
+        let content = Owner::lease_content(id, ifname);
+        let tmp = self.tmp_with(&content)?;
+        let name = lease_name(ip);
+        match self.dir.link(&tmp, &name) {
+            Ok(()) => {}
+            Err(e) if sys::is_exists(&e) => return Ok(false),
+            Err(e) => {
+                return Err(io_err(
+                    format!("reserving {}/{name}", self.path.display()),
+                    e,
+                ))
+            }
+        }
+        // The temp's inode is now the lease; the next reservation gets a new temp.
+        self.drop_tmp();
+        self.stamp_needed = true;
+        self.hint_add(id, Some(ifname), ip);
+        let last = format!("{LAST_RESERVED_PREFIX}{range_set}");
+        self.dir
+            .write_file(&last, name.as_bytes(), FILE_MODE)
+            .map_err(|e| io_err(format!("writing {}/{last}", self.path.display()), e))?;
+        Ok(true)
+    }
+
+    fn release(&mut self, id: &str, ifname: &str, ip: IpAddr) -> Result<bool> {
+        match self.read_lease(ip) {
+            Ok(Some(c)) if Self::lease_matches_new(&c, id, ifname) => {
+                self.remove_lease(ip)?;
+                self.hint_remove(id, Some(ifname), &[ip]);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn is_reserved(&mut self, ip: IpAddr) -> Result<bool> {
+        self.dir
+            .stat_at(&lease_name(ip))
+            .map(|s| s.is_some())
+            .map_err(|e| io_err(format!("checking {}/{ip}", self.path.display()), e))
+    }
+
+    fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>> {
+        let name = format!("{LAST_RESERVED_PREFIX}{range_set}");
+        match self.dir.read_small(&name, 256) {
+            Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).trim().parse().ok()),
+            Ok(None) => Ok(None),
+            // As the reference: a bad last-reserved file only costs the round robin.
+            Err(e) => {
+                eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display());
+                Ok(None)
+            }
+        }
+    }
+
+    fn get_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let mut ips = self.lookup(id, Some(ifname))?;
+        for ip in self.lookup(id, None)? {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        Ok(ips)
+    }
+
+    fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let mut owner_ifname = Some(ifname);
+        let mut ips = self.lookup(id, owner_ifname)?;
+        if ips.is_empty() {
+            owner_ifname = None;
+            ips = self.lookup(id, None)?;
+        }
+        for ip in &ips {
+            self.remove_lease(*ip)?;
+        }
+        if !ips.is_empty() {
+            self.hint_remove(id, owner_ifname, &ips);
+        }
+        Ok(ips)
+    }
+
+    fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<GcReport> {
+        self.drop_tmp();
+        let names = self
+            .dir
+            .names()
+            .map_err(|e| io_err(format!("listing {}", self.path.display()), e))?;
+        // Temp files of ours left by a crash: nobody else writes while we hold the lock.
+        for name in names.iter().filter(|n| n.starts_with(TMP_PREFIX)) {
+            if self.dir.unlink(name).is_ok() {
+                self.stamp_needed = true;
+            }
+        }
+        let mut report = GcReport::default();
+        let mut kept = Vec::new();
+        for (ip, content) in self.scan()? {
+            match Owner::parse(&content) {
+                None => {
+                    self.remove_lease(ip)?;
+                    report.empty_removed.push(ip);
+                }
+                Some(o) if !keep(&o) => {
+                    self.remove_lease(ip)?;
+                    report.released.push(ip);
+                }
+                Some(_) => kept.push((ip, content)),
+            }
+        }
+        report.kept = kept.len();
+        if self.index.is_some() {
+            self.rewrite_index(&kept)?;
+        }
+        Ok(report)
+    }
+
+    fn check_writable(&mut self) -> Result<()> {
+        let name = self.next_tmp_name();
+        self.dir
+            .create_new(&name, b"probe", FILE_MODE)
+            .map_err(|e| io_err(format!("cannot write in {}", self.path.display()), e))?;
+        self.stamp_needed = true;
+        self.dir
+            .unlink(&name)
+            .map_err(|e| io_err(format!("cannot remove files in {}", self.path.display()), e))
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.drop_tmp();
+        if self.complete && self.stamp_needed {
+            if let Err(e) = self.write_stamp() {
+                let r = Err(e);
+                self.note_index_error(r);
+            }
+            self.stamp_needed = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        self.drop_tmp();
+    }
+}

@@ -1,0 +1,87 @@
+//! What the allocator needs from a lease store. The on-disk store ([`crate::disk`]) is the
+//! one host-local uses; another backend (etcd, …) implements the same trait.
+
+use std::net::IpAddr;
+
+use cni::Result;
+
+/// Who holds a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub container_id: String,
+    /// `None` for leases of the reference's old format, which hold only the container id.
+    pub ifname: Option<String>,
+}
+
+impl Owner {
+    /// Parses a lease file's content: `<id>\r\n<ifname>`, or `<id>` (old format); surrounding
+    /// whitespace is ignored, as the reference does. `None` for an empty lease.
+    pub fn parse(content: &[u8]) -> Option<Owner> {
+        let s = String::from_utf8_lossy(content);
+        let s = s.trim();
+        if s.is_empty() {
+            return None;
+        }
+        Some(match s.split_once("\r\n") {
+            Some((id, ifname)) => Owner {
+                container_id: id.to_string(),
+                ifname: Some(ifname.to_string()),
+            },
+            None => Owner {
+                container_id: s.to_string(),
+                ifname: None,
+            },
+        })
+    }
+
+    /// The lease file content the reference writes (and matches after trimming).
+    pub fn lease_content(id: &str, ifname: &str) -> String {
+        format!("{}\r\n{}", id.trim(), ifname)
+    }
+}
+
+/// What a GC pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Leases of attachments that are no longer valid.
+    pub released: Vec<IpAddr>,
+    /// Empty lease files (a writer that crashed between create and write).
+    pub empty_removed: Vec<IpAddr>,
+    /// Leases kept.
+    pub kept: usize,
+}
+
+/// A lease store. Opening one takes the store's lock; it is held until the store is dropped,
+/// so a whole call (all its range sets, and the rollback of a failed ADD) is one transaction
+/// for the other callers.
+pub trait Store {
+    /// Reserves `ip` for (`id`, `ifname`) and records it as the last address reserved in range
+    /// set `range_set`. `Ok(false)` when `ip` is already held.
+    fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool>;
+
+    /// Releases `ip` if (`id`, `ifname`) holds it (the rollback of a failed ADD).
+    fn release(&mut self, id: &str, ifname: &str, ip: IpAddr) -> Result<bool>;
+
+    /// Whether `ip` is held by anyone.
+    fn is_reserved(&mut self, ip: IpAddr) -> Result<bool>;
+
+    /// The last address reserved in range set `range_set`, where round robin resumes.
+    fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>>;
+
+    /// The addresses (`id`, `ifname`) holds, including old-format leases of `id`.
+    fn get_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>>;
+
+    /// Releases what (`id`, `ifname`) holds; when it holds nothing, what old-format leases of
+    /// `id` hold (the reference's rule). Returns the addresses released.
+    fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>>;
+
+    /// Releases every lease whose owner `keep` refuses, and empty leases.
+    fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<GcReport>;
+
+    /// Fails when new leases cannot be written.
+    fn check_writable(&mut self) -> Result<()>;
+
+    /// Finishes the transaction (bookkeeping such as the lease index); the lock is released
+    /// when the store is dropped.
+    fn commit(&mut self) -> Result<()>;
+}

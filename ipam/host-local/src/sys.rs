@@ -1,0 +1,275 @@
+//! A directory held open by file descriptor, and the `*at` calls the lease store makes
+//! relative to it. Working from a descriptor means a path component swapped for a symlink
+//! after we opened the directory cannot redirect us, and every file is opened with
+//! `O_NOFOLLOW`, so a symlink planted in the store is refused instead of followed.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cstr(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name has a NUL"))
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Whether `e` is "the file exists".
+pub fn is_exists(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EEXIST)
+}
+
+/// Whether `e` is "no such file".
+pub fn is_not_found(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
+/// Whether `e` is what opening a symlink with `O_NOFOLLOW` (or a non-directory with
+/// `O_DIRECTORY`) gives.
+pub fn is_symlink_refusal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR))
+}
+
+/// What [`Dir::stat_at`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub mode: u32,
+    pub size: u64,
+    pub mtime: (i64, i64),
+}
+
+impl Stat {
+    fn from(st: &libc::stat) -> Stat {
+        Stat {
+            mode: st.st_mode,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+        }
+    }
+}
+
+/// An open directory.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+impl Dir {
+    /// Opens the directory at `path`; symlinks on the way are followed (this is for the
+    /// configured data dir, which an administrator may well have made a symlink).
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL"))?;
+        // SAFETY: a valid C string; the fd returned is owned below.
+        let fd = check(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fd is a new descriptor we own.
+        Ok(Dir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Opens the subdirectory `name`, refusing a symlink (`ELOOP`/`ENOTDIR`).
+    pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
+        let c = cstr(name)?;
+        // SAFETY: valid dirfd and C string; the fd returned is owned below.
+        let fd = check(unsafe {
+            libc::openat(
+                self.raw(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: fd is a new descriptor we own.
+        Ok(Dir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Creates the subdirectory `name`; an existing one is fine.
+    pub fn mkdir(&self, name: &str, mode: u32) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: valid dirfd and C string.
+        match check(unsafe { libc::mkdirat(self.raw(), c.as_ptr(), mode as libc::mode_t) }) {
+            Ok(_) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the file `name` with `flags` (`O_NOFOLLOW | O_CLOEXEC` are added).
+    pub fn open_file(&self, name: &str, flags: libc::c_int, mode: u32) -> io::Result<File> {
+        let c = cstr(name)?;
+        // SAFETY: valid dirfd and C string; the fd returned is owned below.
+        let fd = check(unsafe {
+            libc::openat(
+                self.raw(),
+                c.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        })?;
+        // SAFETY: fd is a new descriptor we own.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// Reads the regular file `name`, at most `max` bytes; `None` when it does not exist.
+    /// Symlinks, FIFOs and other non-regular files are refused without blocking.
+    pub fn read_small(&self, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+        let f = match self.open_file(name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+            Ok(f) => f,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        let mut buf = Vec::new();
+        f.take(max).read_to_end(&mut buf)?;
+        Ok(Some(buf))
+    }
+
+    /// Writes `data` to `name`, creating it with `mode` or truncating it.
+    pub fn write_file(&self, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        let mut f = self.open_file(name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, mode)?;
+        f.write_all(data)
+    }
+
+    /// Creates `name` (which must not exist) holding `data`.
+    pub fn create_new(&self, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        let mut f = self.open_file(name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, mode)?;
+        if let Err(e) = f.write_all(data) {
+            drop(f);
+            let _ = self.unlink(name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Hard-links `from` to `to` in this directory; fails with `EEXIST` if `to` exists. This
+    /// is the store's atomic reservation.
+    pub fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (cstr(from)?, cstr(to)?);
+        // SAFETY: valid dirfds and C strings; flags 0 means do not follow `from`.
+        check(unsafe { libc::linkat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr(), 0) })
+            .map(|_| ())
+    }
+
+    /// Renames `from` over `to` in this directory.
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (cstr(from)?, cstr(to)?);
+        // SAFETY: valid dirfds and C strings.
+        check(unsafe { libc::renameat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr()) }).map(|_| ())
+    }
+
+    /// Removes the file `name` (a symlink itself, never its target).
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: valid dirfd and C string.
+        check(unsafe { libc::unlinkat(self.raw(), c.as_ptr(), 0) }).map(|_| ())
+    }
+
+    /// `lstat` of `name`; `None` when it does not exist.
+    pub fn stat_at(&self, name: &str) -> io::Result<Option<Stat>> {
+        let c = cstr(name)?;
+        // SAFETY: zeroed stat is a valid out-parameter.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid dirfd, C string and out-pointer.
+        match check(unsafe {
+            libc::fstatat(self.raw(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+        }) {
+            Ok(_) => Ok(Some(Stat::from(&st))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `fstat` of the directory itself.
+    pub fn stat(&self) -> io::Result<Stat> {
+        // SAFETY: zeroed stat is a valid out-parameter.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and out-pointer.
+        check(unsafe { libc::fstat(self.raw(), &mut st) })?;
+        Ok(Stat::from(&st))
+    }
+
+    /// Sets the directory's modification time (the access time is left alone).
+    pub fn set_mtime(&self, sec: i64, nsec: i64) -> io::Result<()> {
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: sec as libc::time_t,
+                tv_nsec: nsec as _,
+            },
+        ];
+        // SAFETY: valid fd and a two-element timespec array.
+        check(unsafe { libc::futimens(self.raw(), times.as_ptr()) }).map(|_| ())
+    }
+
+    /// The names in the directory (without `.` and `..`), in no particular order.
+    pub fn names(&self) -> io::Result<Vec<String>> {
+        // SAFETY: F_DUPFD_CLOEXEC returns a new fd that fdopendir takes over.
+        let fd = check(unsafe { libc::fcntl(self.raw(), libc::F_DUPFD_CLOEXEC, 0) })?;
+        // SAFETY: fd is a valid directory fd; on success the DIR owns it.
+        let dir = unsafe { libc::fdopendir(fd) };
+        if dir.is_null() {
+            let e = io::Error::last_os_error();
+            // SAFETY: fdopendir failed, so fd is still ours to close.
+            unsafe { libc::close(fd) };
+            return Err(e);
+        }
+        // The duplicate shares the file offset with our fd: start from the beginning.
+        // SAFETY: dir is a valid DIR*.
+        unsafe { libc::rewinddir(dir) };
+        let mut out = Vec::new();
+        let result = loop {
+            // SAFETY: errno is thread-local; reset it to tell the end from an error.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: dir is a valid DIR*.
+            let ent = unsafe { libc::readdir(dir) };
+            if ent.is_null() {
+                let e = io::Error::last_os_error();
+                break if e.raw_os_error().unwrap_or(0) == 0 {
+                    Ok(())
+                } else {
+                    Err(e)
+                };
+            }
+            // SAFETY: d_name of a returned dirent is a NUL-terminated string.
+            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
+            let bytes = name.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            // Names that are not UTF-8 are no lease, hint or file of ours.
+            if let Ok(s) = std::str::from_utf8(bytes) {
+                out.push(s.to_string());
+            }
+        };
+        // SAFETY: dir is a valid DIR*, closed once (this closes fd too).
+        unsafe { libc::closedir(dir) };
+        result.map(|_| out)
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
