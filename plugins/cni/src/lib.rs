@@ -11,6 +11,7 @@
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod firewall;
 pub mod iface;
 pub mod netlink;
 pub mod netns;
