@@ -55,7 +55,7 @@ pub fn run(name: &str, plugin: &dyn Plugin) -> ! {
     // Panics become a code-100 error below; keep the default report off stdout (it goes to
     // stderr anyway) but short.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("{name_panic}: {info}", name_panic = "panic");
+        eprintln!("panic: {info}");
     }));
     let mut version_for_errors = version::CURRENT.to_string();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -110,11 +110,7 @@ fn read_stdin() -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn dispatch(
-    name: &str,
-    plugin: &dyn Plugin,
-    version_for_errors: &mut String,
-) -> Result<Option<serde_json::Value>> {
+fn dispatch(name: &str, plugin: &dyn Plugin, version_for_errors: &mut String) -> Result<Option<serde_json::Value>> {
     let Some(cmd) = std::env::var_os("CNI_COMMAND") else {
         eprintln!(
             "CNI {name} plugin {}\nCNI protocol versions supported: {}",
