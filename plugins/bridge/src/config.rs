@@ -119,7 +119,11 @@ impl BridgeConf {
     }
 
     pub fn ipam_type(&self) -> Option<&str> {
-        self.net.ipam.as_ref().map(|i| i.ipam_type.as_str()).filter(|t| !t.is_empty())
+        self.net
+            .ipam
+            .as_ref()
+            .map(|i| i.ipam_type.as_str())
+            .filter(|t| !t.is_empty())
     }
 
     pub fn mtu(&self) -> Option<u32> {
@@ -144,7 +148,9 @@ pub fn container_mac(net: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>> {
     ];
     for (what, v) in candidates {
         let Some(v) = v else { continue };
-        let s = v.as_str().ok_or_else(|| Error::InvalidConfig(format!("{what} must be a string")))?;
+        let s = v
+            .as_str()
+            .ok_or_else(|| Error::InvalidConfig(format!("{what} must be a string")))?;
         if s.is_empty() {
             continue;
         }
@@ -175,8 +181,16 @@ fn collect_trunk(trunk: Option<&[VlanTrunk]>) -> Result<Vec<u16>> {
                 }
                 out.extend((min..=max).map(|v| v as u16));
             }
-            (None, Some(_)) => return Err(bad("minID and maxID should be configured simultaneously, minID is missing")),
-            (Some(_), None) => return Err(bad("minID and maxID should be configured simultaneously, maxID is missing")),
+            (None, Some(_)) => {
+                return Err(bad(
+                    "minID and maxID should be configured simultaneously, minID is missing",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "minID and maxID should be configured simultaneously, maxID is missing",
+                ))
+            }
             (None, None) => {}
         }
         if let Some(id) = t.id {
@@ -196,11 +210,23 @@ mod tests {
     #[test]
     fn trunk() {
         let t = vec![
-            VlanTrunk { min_id: Some(10), max_id: Some(12), id: None },
-            VlanTrunk { min_id: None, max_id: None, id: Some(5) },
+            VlanTrunk {
+                min_id: Some(10),
+                max_id: Some(12),
+                id: None,
+            },
+            VlanTrunk {
+                min_id: None,
+                max_id: None,
+                id: Some(5),
+            },
         ];
         assert_eq!(collect_trunk(Some(&t)).unwrap(), vec![5, 10, 11, 12]);
-        let bad = vec![VlanTrunk { min_id: Some(10), max_id: None, id: None }];
+        let bad = vec![VlanTrunk {
+            min_id: Some(10),
+            max_id: None,
+            id: None,
+        }];
         assert_eq!(collect_trunk(Some(&bad)).unwrap_err().code(), 7);
     }
 
@@ -211,9 +237,15 @@ mod tests {
             "args": {"cni": {"mac": "0a:00:00:00:00:02"}}
         }))
         .unwrap();
-        assert_eq!(container_mac(&net, "MAC=0a:00:00:00:00:03").unwrap(), Some([10, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            container_mac(&net, "MAC=0a:00:00:00:00:03").unwrap(),
+            Some([10, 0, 0, 0, 0, 1])
+        );
         let net = NetConf::default();
-        assert_eq!(container_mac(&net, "MAC=0a:00:00:00:00:03").unwrap(), Some([10, 0, 0, 0, 0, 3]));
+        assert_eq!(
+            container_mac(&net, "MAC=0a:00:00:00:00:03").unwrap(),
+            Some([10, 0, 0, 0, 0, 3])
+        );
         assert_eq!(container_mac(&net, "MAC=ff:ff:ff:ff:ff:ff").unwrap_err().code(), 7);
     }
 }

@@ -63,11 +63,19 @@ impl Plugin for Bridge {
         }
         // 3. Rules: found by network and container, so this works with the netns gone.
         if conf.ip_masq {
-            errs.note(firewall::teardown_masq(&conf.net.name, &call.env.container_id, &call.env.ifname, &[]));
+            errs.note(firewall::teardown_masq(
+                &conf.net.name,
+                &call.env.container_id,
+                &call.env.ifname,
+                &[],
+            ));
             step("masquerade teardown");
         }
         if conf.mac_spoof_chk {
-            errs.note(cni::spoofchk::teardown_spoofchk(&call.env.container_id, &call.env.ifname));
+            errs.note(cni::spoofchk::teardown_spoofchk(
+                &call.env.container_id,
+                &call.env.ifname,
+            ));
         }
         errs.into_result()
     }
@@ -111,7 +119,9 @@ impl Plugin for Bridge {
             .link(ifname)?
             .ok_or_else(|| Error::CheckFailed(format!("interface {ifname} not found in {}", netns.path())))?;
         if link.kind.as_deref() != Some("veth") {
-            return Err(Error::CheckFailed(format!("container interface {ifname} is not a veth")));
+            return Err(Error::CheckFailed(format!(
+                "container interface {ifname} is not a veth"
+            )));
         }
         if !cif.mac.is_empty() && !cif.mac.eq_ignore_ascii_case(&link.mac) {
             return Err(Error::CheckFailed(format!(
@@ -145,8 +155,12 @@ impl Plugin for Bridge {
         if let Some(t) = conf.ipam_type() {
             errs.note(delegate::exec(t, Command::Gc, call));
         }
-        let keep: Vec<(String, String)> =
-            conf.net.gc_keep().into_iter().map(|a| (a.container_id, a.ifname)).collect();
+        let keep: Vec<(String, String)> = conf
+            .net
+            .gc_keep()
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect();
         errs.note(firewall::gc_masq(&conf.net.name, &keep));
         errs.into_result()
     }
@@ -173,8 +187,15 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
     step("open netns socket");
     let (host_veth, cont_link) = setup_veth(host, &cont, netns, ifname, conf.mtu(), conf.mac, undo)?;
     step("veth");
-    host.set_link(host_veth.index, &LinkChange { master: Some(br.index), up: Some(true), ..Default::default() })
-        .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
+    host.set_link(
+        host_veth.index,
+        &LinkChange {
+            master: Some(br.index),
+            up: Some(true),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
     if conf.hairpin || conf.port_isolation {
         host.set_bridge_port(host_veth.index, Some(conf.hairpin), Some(conf.port_isolation))?;
     }
@@ -188,8 +209,16 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
 
     let mut result = CniResult {
         interfaces: vec![
-            Interface { name: br.name.clone(), mac: br.mac.clone(), ..Default::default() },
-            Interface { name: host_veth.name.clone(), mac: host_veth.mac.clone(), ..Default::default() },
+            Interface {
+                name: br.name.clone(),
+                mac: br.mac.clone(),
+                ..Default::default()
+            },
+            Interface {
+                name: host_veth.name.clone(),
+                mac: host_veth.mac.clone(),
+                ..Default::default()
+            },
             Interface {
                 name: ifname.clone(),
                 mac: cont_link.mac.clone(),
@@ -206,7 +235,9 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
             .ok_or_else(|| Error::Internal("IPAM returned no result".into()))?;
         undo.ipam_added = true;
         if ipam.ips.is_empty() {
-            return Err(Error::InvalidConfig(format!("IPAM plugin \"{ipam_type}\" returned no IP address")));
+            return Err(Error::InvalidConfig(format!(
+                "IPAM plugin \"{ipam_type}\" returned no IP address"
+            )));
         }
         result.ips = ipam.ips;
         result.routes = ipam.routes;
@@ -221,7 +252,11 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
         if conf.is_gw {
             let gw_link = if conf.vlan != 0 {
                 let l = ensure_vlan_gateway(host, &br, conf)?;
-                result.interfaces.push(Interface { name: l.name.clone(), mac: l.mac.clone(), ..Default::default() });
+                result.interfaces.push(Interface {
+                    name: l.name.clone(),
+                    mac: l.mac.clone(),
+                    ..Default::default()
+                });
                 l
             } else {
                 br.clone()
@@ -240,7 +275,13 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
             step("masquerade");
         }
     } else if !conf.disable_container_interface {
-        cont.set_link(cont_link.index, &LinkChange { up: Some(true), ..Default::default() })?;
+        cont.set_link(
+            cont_link.index,
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )?;
     }
     iface::loopback_up(&cont)?;
 
@@ -260,10 +301,18 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
 fn rollback(call: &Call, conf: &BridgeConf, host: &Nl, undo: Undo) {
     let mut errs = Errors::new();
     if undo.masq_added {
-        errs.note(firewall::teardown_masq(&conf.net.name, &call.env.container_id, &call.env.ifname, &[]));
+        errs.note(firewall::teardown_masq(
+            &conf.net.name,
+            &call.env.container_id,
+            &call.env.ifname,
+            &[],
+        ));
     }
     if undo.spoofchk_added {
-        errs.note(cni::spoofchk::teardown_spoofchk(&call.env.container_id, &call.env.ifname));
+        errs.note(cni::spoofchk::teardown_spoofchk(
+            &call.env.container_id,
+            &call.env.ifname,
+        ));
     }
     if undo.ipam_added {
         if let Some(t) = conf.ipam_type() {
@@ -338,7 +387,9 @@ fn random_u32() -> u32 {
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
     if n != 4 {
         // Fall back to time and pid: uniqueness is still checked by the kernel (EEXIST).
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         return t.subsec_nanos() ^ std::process::id().rotate_left(16);
     }
     u32::from_ne_bytes(b)
@@ -372,18 +423,30 @@ fn setup_veth(
     let peer = cont
         .link(&tmp)?
         .ok_or_else(|| Error::Netlink(format!("veth end {tmp} not found in {}", netns.path())))?;
-    cont.set_link(peer.index, &LinkChange { name: Some(ifname.to_string()), ..Default::default() })
-        .map_err(|e| {
-            if e.is(libc::EEXIST) {
-                Error::Conflict(format!("container interface \"{ifname}\" already exists in {}", netns.path()))
-            } else {
-                e.into()
-            }
-        })?;
+    cont.set_link(
+        peer.index,
+        &LinkChange {
+            name: Some(ifname.to_string()),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| {
+        if e.is(libc::EEXIST) {
+            Error::Conflict(format!(
+                "container interface \"{ifname}\" already exists in {}",
+                netns.path()
+            ))
+        } else {
+            e.into()
+        }
+    })?;
     let host_veth = host
         .link(&host_name)?
         .ok_or_else(|| Error::Netlink(format!("host veth {host_name} vanished")))?;
-    let cont_link = Link { name: ifname.to_string(), ..peer };
+    let cont_link = Link {
+        name: ifname.to_string(),
+        ..peer
+    };
     Ok((host_veth, cont_link))
 }
 
@@ -416,11 +479,35 @@ fn ensure_vlan_gateway(host: &Nl, br: &Link, conf: &BridgeConf) -> Result<Link> 
     let here = Netns::current()?;
     let port_name = format!("veth{:08x}", random_u32());
     host.add_veth(&port_name, &name, &here, Some(br.mtu), None)?;
-    let port = host.link(&port_name)?.ok_or_else(|| Error::Netlink(format!("{port_name} vanished")))?;
-    host.set_link(port.index, &LinkChange { master: Some(br.index), up: Some(true), ..Default::default() })?;
-    setup_port_vlans(host, &port, &BridgeConf { vlans: vec![], ..conf.clone() })?;
-    let l = host.link(&name)?.ok_or_else(|| Error::Netlink(format!("{name} vanished")))?;
-    host.set_link(l.index, &LinkChange { up: Some(true), ..Default::default() })?;
+    let port = host
+        .link(&port_name)?
+        .ok_or_else(|| Error::Netlink(format!("{port_name} vanished")))?;
+    host.set_link(
+        port.index,
+        &LinkChange {
+            master: Some(br.index),
+            up: Some(true),
+            ..Default::default()
+        },
+    )?;
+    setup_port_vlans(
+        host,
+        &port,
+        &BridgeConf {
+            vlans: vec![],
+            ..conf.clone()
+        },
+    )?;
+    let l = host
+        .link(&name)?
+        .ok_or_else(|| Error::Netlink(format!("{name} vanished")))?;
+    host.set_link(
+        l.index,
+        &LinkChange {
+            up: Some(true),
+            ..Default::default()
+        },
+    )?;
     Ok(l)
 }
 
@@ -436,7 +523,11 @@ fn calc_gateways(result: &mut CniResult, conf: &BridgeConf) -> Vec<IpNet> {
         }
         let v6 = ipc.address.addr().is_ipv6() as usize;
         if conf.is_default_gw && !default_done[v6] {
-            let any: IpNet = if v6 == 1 { "::/0".parse().unwrap() } else { "0.0.0.0/0".parse().unwrap() };
+            let any: IpNet = if v6 == 1 {
+                "::/0".parse().unwrap()
+            } else {
+                "0.0.0.0/0".parse().unwrap()
+            };
             if !result.routes.iter().any(|r| r.gw.is_some() && r.dst == any) {
                 result.routes.push(Route::new(any, ipc.gateway));
             }
@@ -489,7 +580,13 @@ fn ensure_addr(host: &Nl, link: &Link, gw: IpNet, force: bool) -> Result<()> {
     }
     // Pin the bridge's MAC: otherwise it follows the lowest port MAC as ports come and go.
     if let Some(mac) = cni::netlink::parse_mac(&link.mac) {
-        let _ = host.set_link(link.index, &LinkChange { mac: Some(mac), ..Default::default() });
+        let _ = host.set_link(
+            link.index,
+            &LinkChange {
+                mac: Some(mac),
+                ..Default::default()
+            },
+        );
     }
     Ok(())
 }
@@ -509,4 +606,3 @@ fn enable_forwarding(gws: &[IpNet]) -> Result<()> {
     }
     Ok(())
 }
-

@@ -145,12 +145,7 @@ impl Env {
             }
         }
         let path = path
-            .map(|p| {
-                p.split(':')
-                    .filter(|s| !s.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            })
+            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
             .unwrap_or_default();
         Ok(Env {
             command,
@@ -186,10 +181,7 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
 
 /// The value of `key` in `CNI_ARGS`.
 pub fn cni_arg(s: &str, key: &str) -> Result<Option<String>> {
-    Ok(parse_cni_args(s)?
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v))
+    Ok(parse_cni_args(s)?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v))
 }
 
 #[cfg(test)]
@@ -198,10 +190,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(cmd: Command, vars: &[(&str, &str)]) -> Result<Env> {
-        let m: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Env::from_lookup(cmd, |k| m.get(k).cloned())
     }
 
@@ -245,9 +234,7 @@ mod tests {
     #[test]
     fn cni_args() {
         assert_eq!(
-            cni_arg("IgnoreUnknown=1;IP=10.0.0.5", "IP")
-                .unwrap()
-                .as_deref(),
+            cni_arg("IgnoreUnknown=1;IP=10.0.0.5", "IP").unwrap().as_deref(),
             Some("10.0.0.5")
         );
         assert_eq!(parse_cni_args("A=1;B=").unwrap().len(), 2);

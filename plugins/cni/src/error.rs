@@ -61,11 +61,7 @@ pub enum Error {
     NotSupported(String),
     /// An error returned by a delegated plugin (IPAM), passed on with its own code.
     #[error("{msg}")]
-    Delegated {
-        code: u32,
-        msg: String,
-        details: String,
-    },
+    Delegated { code: u32, msg: String, details: String },
 }
 
 impl Error {

@@ -46,10 +46,8 @@ use crate::error::{Error, Errors, Result};
 pub const NFT_TABLE: &str = "cni_plugins_masquerade";
 /// The reference's nftables chain holding one masquerade rule per address.
 pub const NFT_MASQ_CHAIN: &str = "masq_checks";
-const NFT_TABLE_COMMENT: &str =
-    "Masquerading for plugins from github.com/containernetworking/plugins";
-const NFT_CHAIN_COMMENT: &str =
-    "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet";
+const NFT_TABLE_COMMENT: &str = "Masquerading for plugins from github.com/containernetworking/plugins";
+const NFT_CHAIN_COMMENT: &str = "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet";
 /// knftables' `CommentLengthMax`.
 const NFT_COMMENT_MAX: usize = 128;
 const MULTICAST_V4: &str = "224.0.0.0/4";
@@ -86,21 +84,16 @@ impl Backend {
 /// Masquerades traffic from each of `addrs` (address with its subnet's prefix) leaving its
 /// subnet, except to multicast. Idempotent: a second call for the same attachment leaves one
 /// copy of each rule.
-pub fn setup_masq(
-    backend: Backend,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-    addrs: &[IpNet],
-) -> Result<()> {
+pub fn setup_masq(backend: Backend, network: &str, container_id: &str, ifname: &str, addrs: &[IpNet]) -> Result<()> {
     validate(network, container_id, ifname)?;
     let tools = Tools::find();
     match backend {
         Backend::Iptables => ipt_setup_all(&tools, network, container_id, addrs),
         Backend::Nftables => {
-            let nft = tools.nft.as_deref().ok_or_else(|| {
-                Error::Firewall("ipMasq with the nftables backend needs the nft binary".into())
-            })?;
+            let nft = tools
+                .nft
+                .as_deref()
+                .ok_or_else(|| Error::Firewall("ipMasq with the nftables backend needs the nft binary".into()))?;
             nft_setup(nft, network, ifname, container_id, addrs)
         }
     }
@@ -110,12 +103,7 @@ pub fn setup_masq(
 /// (us or the reference, any backend). Idempotent: nothing there, or no binary, is success.
 /// `addrs` may be empty: rules are found by chain name and comment; when given, it only
 /// says which address families must be readable.
-pub fn teardown_masq(
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-    addrs: &[IpNet],
-) -> Result<()> {
+pub fn teardown_masq(network: &str, container_id: &str, ifname: &str, addrs: &[IpNet]) -> Result<()> {
     validate(network, container_id, ifname)?;
     teardown_with(&Tools::find(), network, container_id, ifname, addrs)
 }
@@ -164,9 +152,7 @@ fn go_quote(s: &str) -> String {
             '\n' => q.push_str("\\n"),
             '\t' => q.push_str("\\t"),
             '\r' => q.push_str("\\r"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                q.push_str(&format!("\\x{:02x}", c as u32))
-            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => q.push_str(&format!("\\x{:02x}", c as u32)),
             c => q.push(c),
         }
     }
@@ -225,9 +211,8 @@ fn valid_ifname(s: &str) -> bool {
     (1..=15).contains(&s.len())
         && s != "."
         && s != ".."
-        && s.bytes().all(|c| {
-            c.is_ascii_graphic() && !matches!(c, b'/' | b':' | b'"' | b'\'' | b'\\' | b'`')
-        })
+        && s.bytes()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, b'/' | b':' | b'"' | b'\'' | b'\\' | b'`'))
 }
 
 fn check_network(network: &str) -> Result<()> {
@@ -306,11 +291,7 @@ struct Output {
 fn run(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
     let mut cmd = Command::new(bin);
     cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
@@ -333,10 +314,7 @@ fn run(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
 }
 
 fn failure(bin: &Path, args: &[&str], out: &Output) -> Error {
-    let name = bin
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
+    let name = bin.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let msg = if out.stderr.is_empty() {
         format!("exit status {:?}", out.code)
     } else {
@@ -578,9 +556,7 @@ fn ipt_setup_all(tools: &Tools, network: &str, container_id: &str, addrs: &[IpNe
         let rules = ipt
             .list_nat()?
             .map_err(|out| failure(bin, &["-t", "nat", "-S"], &out))?;
-        let has_chain = rules
-            .iter()
-            .any(|w| w.len() == 2 && w[0] == "-N" && w[1] == chain);
+        let has_chain = rules.iter().any(|w| w.len() == 2 && w[0] == "-N" && w[1] == chain);
         if !has_chain {
             let out = ipt.exec(&["-t", "nat", "-N", &chain])?;
             if !out.ok && !out.stderr.contains("Chain already exists") {
@@ -627,10 +603,7 @@ fn ipt_teardown_chain(ipt: &Ipt, rules: &[Vec<String>], chain: &str) -> Result<(
             ipt.remove(&args)?;
         }
     }
-    if rules
-        .iter()
-        .any(|w| w.len() == 2 && w[0] == "-N" && w[1] == chain)
-    {
+    if rules.iter().any(|w| w.len() == 2 && w[0] == "-N" && w[1] == chain) {
         ipt.remove(&["-t", "nat", "-F", chain])?;
         ipt.remove(&["-t", "nat", "-X", chain])?;
     }
@@ -639,11 +612,7 @@ fn ipt_teardown_chain(ipt: &Ipt, rules: &[Vec<String>], chain: &str) -> Result<(
 
 /// The listing of table nat for `fam`, or `None` when this family cannot hold rules of ours
 /// (no binary, no kernel support, or unreadable while the attachment has no such address).
-fn ipt_listing<'a>(
-    tools: &'a Tools,
-    fam: Family,
-    required: bool,
-) -> Result<Option<(Ipt<'a>, Vec<Vec<String>>)>> {
+fn ipt_listing<'a>(tools: &'a Tools, fam: Family, required: bool) -> Result<Option<(Ipt<'a>, Vec<Vec<String>>)>> {
     let Some(bin) = (match fam {
         Family::V4 => tools.ipt4.as_deref(),
         Family::V6 => tools.ipt6.as_deref(),
@@ -658,13 +627,7 @@ fn ipt_listing<'a>(
     }
 }
 
-fn teardown_with(
-    tools: &Tools,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-    addrs: &[IpNet],
-) -> Result<()> {
+fn teardown_with(tools: &Tools, network: &str, container_id: &str, ifname: &str, addrs: &[IpNet]) -> Result<()> {
     let mut errs = Errors::new();
     let chain = chain_name(network, container_id);
     for fam in [Family::V4, Family::V6] {
@@ -712,8 +675,7 @@ fn ipt_stale_ids(rules: &[Vec<String>], network: &str, keep: &HashSet<&str>) -> 
         let Some(in_chain) = appended_to(words) else {
             continue;
         };
-        let Some(id) = opt_value(words, &["--comment"]).and_then(|c| parse_ipt_comment(network, c))
-        else {
+        let Some(id) = opt_value(words, &["--comment"]).and_then(|c| parse_ipt_comment(network, c)) else {
             continue;
         };
         let chain = chain_name(network, id);
@@ -749,10 +711,7 @@ fn parse_nft_rules(json: &str) -> Result<Vec<NftRule>> {
             continue;
         };
         let s = |k: &str| rule.get(k).and_then(|x| x.as_str());
-        if s("family") != Some("inet")
-            || s("table") != Some(NFT_TABLE)
-            || s("chain") != Some(NFT_MASQ_CHAIN)
-        {
+        if s("family") != Some("inet") || s("table") != Some(NFT_TABLE) || s("chain") != Some(NFT_MASQ_CHAIN) {
             continue;
         }
         let handle = rule
@@ -792,11 +751,7 @@ fn nft_apply(nft: &Path, script: &str) -> Result<()> {
         Err(Error::Firewall(format!(
             "nft -f - ({}): {}",
             script.lines().count(),
-            if out.stderr.is_empty() {
-                "failed"
-            } else {
-                &out.stderr
-            }
+            if out.stderr.is_empty() { "failed" } else { &out.stderr }
         )))
     }
 }
@@ -853,13 +808,7 @@ fn nft_raced(e: &Error) -> bool {
     e.to_string().contains("No such file or directory")
 }
 
-fn nft_setup(
-    nft: &Path,
-    network: &str,
-    ifname: &str,
-    container_id: &str,
-    addrs: &[IpNet],
-) -> Result<()> {
+fn nft_setup(nft: &Path, network: &str, ifname: &str, container_id: &str, addrs: &[IpNet]) -> Result<()> {
     let prefix = nft_instance_hash(network, ifname, container_id);
     let mut object_comments = true;
     let mut first_err = None;
@@ -870,14 +819,7 @@ fn nft_setup(
             .filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(&prefix)))
             .map(|r| r.handle)
             .collect();
-        let script = nft_setup_script(
-            &stale,
-            network,
-            ifname,
-            container_id,
-            addrs,
-            object_comments,
-        );
+        let script = nft_setup_script(&stale, network, ifname, container_id, addrs, object_comments);
         match nft_apply(nft, &script) {
             Ok(()) => return Ok(()),
             Err(e) => {
@@ -934,14 +876,8 @@ mod tests {
     // pkg/ip/ipmasq_nftables_linux.go) run by go 1.19.
     #[test]
     fn names_match_the_reference() {
-        assert_eq!(
-            chain_name("mynet", "abc123"),
-            "CNI-70a29d9dc18bc4d652ea5d59"
-        );
-        assert_eq!(
-            iptables_comment("mynet", "abc123"),
-            r#"name: "mynet" id: "abc123""#
-        );
+        assert_eq!(chain_name("mynet", "abc123"), "CNI-70a29d9dc18bc4d652ea5d59");
+        assert_eq!(iptables_comment("mynet", "abc123"), r#"name: "mynet" id: "abc123""#);
         assert_eq!(nft_network_hash("mynet"), "d23676b4f2d9fe04");
         assert_eq!(
             nft_instance_hash("mynet", "eth0", "abc123"),
@@ -952,10 +888,7 @@ mod tests {
             "d23676b4f2d9fe04-ebce0e3dd4dafae3, net: mynet, if: eth0, id: abc123"
         );
         let id = "0123456789abcdef".repeat(4);
-        assert_eq!(
-            chain_name("cni-bridge0", &id),
-            "CNI-0cdad5388165d13384f12770"
-        );
+        assert_eq!(chain_name("cni-bridge0", &id), "CNI-0cdad5388165d13384f12770");
         assert_eq!(
             nft_comment("cni-bridge0", "net1", &id),
             "b690706bb9701a83-7ef39477148f39ce, net: cni-bridge0, if: net1, id: \
@@ -963,22 +896,13 @@ mod tests {
         );
         assert_eq!(nft_comment("cni-bridge0", "net1", &id).len(), 128);
         assert_eq!(chain_name("", ""), "CNI-cf83e1357eefb8bdf1542850");
-        assert_eq!(
-            iptables_comment("a\"b", "c\\d"),
-            r#"name: "a\"b" id: "c\\d""#
-        );
+        assert_eq!(iptables_comment("a\"b", "c\\d"), r#"name: "a\"b" id: "c\\d""#);
     }
 
     #[test]
     fn backend_choice() {
-        assert_eq!(
-            Backend::choose(Some("iptables")).unwrap(),
-            Backend::Iptables
-        );
-        assert_eq!(
-            Backend::choose(Some("nftables")).unwrap(),
-            Backend::Nftables
-        );
+        assert_eq!(Backend::choose(Some("iptables")).unwrap(), Backend::Iptables);
+        assert_eq!(Backend::choose(Some("nftables")).unwrap(), Backend::Nftables);
         let e = Backend::choose(Some("ipfw")).unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("ipMasqBackend"), "{e}");
@@ -1010,15 +934,10 @@ mod tests {
             assert_eq!(e.code(), code, "{n:?} {c:?} {i:?}: {e}");
         }
         assert_eq!(
-            setup_masq(Backend::Iptables, "n", "c", "e\"", &[])
-                .unwrap_err()
-                .code(),
+            setup_masq(Backend::Iptables, "n", "c", "e\"", &[]).unwrap_err().code(),
             4
         );
-        assert_eq!(
-            teardown_masq("n n", "c", "eth0", &[]).unwrap_err().code(),
-            7
-        );
+        assert_eq!(teardown_masq("n n", "c", "eth0", &[]).unwrap_err().code(), 7);
         assert_eq!(gc_masq("", &[]).unwrap_err().code(), 7);
     }
 
@@ -1043,19 +962,10 @@ mod tests {
         );
         assert_eq!(appended_to(&w), Some("POSTROUTING"));
         assert_eq!(jump_target(&w), Some("CNI-abc"));
-        assert_eq!(
-            opt_value(&w, &["--comment"]),
-            Some(r#"name: "mynet" id: "c1""#)
-        );
-        assert_eq!(
-            split_save_line(r#"-A X --comment "a\\b  c" -j Y"#)[3],
-            r"a\b  c"
-        );
+        assert_eq!(opt_value(&w, &["--comment"]), Some(r#"name: "mynet" id: "c1""#));
+        assert_eq!(split_save_line(r#"-A X --comment "a\\b  c" -j Y"#)[3], r"a\b  c");
         assert_eq!(split_save_line(r#"-A X --comment "" -j Y"#)[3], "");
-        assert_eq!(
-            jump_target(&split_save_line("-A X --comment -j -j Y")),
-            Some("Y")
-        );
+        assert_eq!(jump_target(&split_save_line("-A X --comment -j -j Y")), Some("Y"));
         assert_eq!(split_save_line("-N CNI-x"), ["-N", "CNI-x"]);
         assert!(split_save_line("").is_empty());
         assert_eq!(appended_to(&split_save_line("-P POSTROUTING ACCEPT")), None);
@@ -1063,19 +973,10 @@ mod tests {
 
     #[test]
     fn reference_comments_are_parsed() {
-        assert_eq!(
-            parse_ipt_comment("mynet", r#"name: "mynet" id: "c1""#),
-            Some("c1")
-        );
-        assert_eq!(
-            parse_ipt_comment("mynet", r#"name: "mynet2" id: "c1""#),
-            None
-        );
+        assert_eq!(parse_ipt_comment("mynet", r#"name: "mynet" id: "c1""#), Some("c1"));
+        assert_eq!(parse_ipt_comment("mynet", r#"name: "mynet2" id: "c1""#), None);
         assert_eq!(parse_ipt_comment("my", r#"name: "mynet" id: "c1""#), None);
-        assert_eq!(
-            parse_ipt_comment("mynet", r#"name: "mynet" id: "c 1""#),
-            None
-        );
+        assert_eq!(parse_ipt_comment("mynet", r#"name: "mynet" id: "c 1""#), None);
         assert_eq!(parse_ipt_comment("mynet", "plain"), None);
     }
 
@@ -1087,23 +988,11 @@ mod tests {
             "-P POSTROUTING ACCEPT".to_string(),
             format!("-N {a}"),
             format!("-N {b}"),
-            format!(
-                "-A POSTROUTING -s 10.0.0.2/32 -m comment --comment {} -j {a}",
-                c("a")
-            ),
-            format!(
-                "-A {b} -d 10.0.0.0/24 -m comment --comment {} -j ACCEPT",
-                c("b")
-            ),
+            format!("-A POSTROUTING -s 10.0.0.2/32 -m comment --comment {} -j {a}", c("a")),
+            format!("-A {b} -d 10.0.0.0/24 -m comment --comment {} -j ACCEPT", c("b")),
             // A comment naming "z" on a chain that is not z's: not ours to judge.
-            format!(
-                "-A {a} -d 10.0.0.0/24 -m comment --comment {} -j ACCEPT",
-                c("z")
-            ),
-            format!(
-                "-A POSTROUTING -s 10.0.0.9/32 -m comment --comment {} -j {b}",
-                c("x")
-            ),
+            format!("-A {a} -d 10.0.0.0/24 -m comment --comment {} -j ACCEPT", c("z")),
+            format!("-A POSTROUTING -s 10.0.0.9/32 -m comment --comment {} -j {b}", c("x")),
         ];
         let rules: Vec<Vec<String>> = listing.iter().map(|l| split_save_line(l)).collect();
         let ids = ipt_stale_ids(&rules, "n", &HashSet::new());
@@ -1130,10 +1019,7 @@ mod tests {
             format!("! -d 224.0.0.0/4 -j MASQUERADE -m comment --comment {c}")
         );
         assert_eq!(jump.chain, "POSTROUTING");
-        assert_eq!(
-            words(&jump),
-            format!("-s 10.88.3.7 -j {ch} -m comment --comment {c}")
-        );
+        assert_eq!(words(&jump), format!("-s 10.88.3.7 -j {ch} -m comment --comment {c}"));
         let [acc, masq, jump] = ipt_rules(&ch, &c, &net("fd00:88::7/64"));
         assert_eq!(
             words(&acc),
@@ -1143,10 +1029,7 @@ mod tests {
             words(&masq),
             format!("! -d ff00::/8 -j MASQUERADE -m comment --comment {c}")
         );
-        assert_eq!(
-            words(&jump),
-            format!("-s fd00:88::7 -j {ch} -m comment --comment {c}")
-        );
+        assert_eq!(words(&jump), format!("-s fd00:88::7 -j {ch} -m comment --comment {c}"));
     }
 
     #[test]
@@ -1175,9 +1058,9 @@ mod tests {
         );
         assert_eq!(s, expect);
         let s = nft_setup_script(&[], "mynet", "eth0", "abc123", &[], false);
-        assert!(s.starts_with(
-            "add table inet cni_plugins_masquerade\nadd chain inet cni_plugins_masquerade masq_checks\n"
-        ));
+        assert!(
+            s.starts_with("add table inet cni_plugins_masquerade\nadd chain inet cni_plugins_masquerade masq_checks\n")
+        );
         assert!(!s.contains("comment"));
     }
 
@@ -1213,14 +1096,7 @@ mod tests {
     fn absent_binaries_make_teardown_and_gc_no_ops() {
         let none = Tools::default();
         teardown_with(&none, "n", "c", "eth0", &[]).unwrap();
-        teardown_with(
-            &none,
-            "n",
-            "c",
-            "eth0",
-            &[net("10.0.0.2/24"), net("fd00::2/64")],
-        )
-        .unwrap();
+        teardown_with(&none, "n", "c", "eth0", &[net("10.0.0.2/24"), net("fd00::2/64")]).unwrap();
         gc_with(&none, "n", &[]).unwrap();
     }
 }
@@ -1241,11 +1117,7 @@ mod netns_tests {
     fn ready(test: &str, bins: &[&str]) -> bool {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        let missing: Vec<&str> = bins
-            .iter()
-            .copied()
-            .filter(|b| find_bin(b).is_none())
-            .collect();
+        let missing: Vec<&str> = bins.iter().copied().filter(|b| find_bin(b).is_none()).collect();
         let why = if !root {
             "not root".to_string()
         } else if !missing.is_empty() {
@@ -1267,11 +1139,7 @@ mod netns_tests {
 
     impl TestNs {
         fn new() -> TestNs {
-            let name = format!(
-                "fwt-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::SeqCst)
-            );
+            let name = format!("fwt-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
             let st = Command::new(find_bin("ip").expect("ip"))
                 .args(["netns", "add", &name])
                 .status()
@@ -1362,20 +1230,8 @@ mod netns_tests {
         ns.run(|| {
             let a = [net("10.88.0.2/16"), net("fd00:88::2/64")];
             setup_masq(Backend::Iptables, "fwnet", "ctr1", "eth0", &a).unwrap();
-            let v4 = ipt_lines(
-                "fwnet",
-                "ctr1",
-                "10.88.0.2/32",
-                "10.88.0.0/16",
-                "224.0.0.0/4",
-            );
-            let v6 = ipt_lines(
-                "fwnet",
-                "ctr1",
-                "fd00:88::2/128",
-                "fd00:88::/64",
-                "ff00::/8",
-            );
+            let v4 = ipt_lines("fwnet", "ctr1", "10.88.0.2/32", "10.88.0.0/16", "224.0.0.0/4");
+            let v6 = ipt_lines("fwnet", "ctr1", "fd00:88::2/128", "fd00:88::/64", "ff00::/8");
             assert_eq!(sorted(nat("iptables")), sorted(v4.clone()));
             assert_eq!(sorted(nat("ip6tables")), sorted(v6.clone()));
             // Again: no duplicates.
@@ -1383,21 +1239,8 @@ mod netns_tests {
             assert_eq!(sorted(nat("iptables")), sorted(v4.clone()));
             assert_eq!(sorted(nat("ip6tables")), sorted(v6.clone()));
             // A second container; the first one's teardown leaves it alone.
-            setup_masq(
-                Backend::Iptables,
-                "fwnet",
-                "ctr2",
-                "eth0",
-                &[net("10.88.0.3/16")],
-            )
-            .unwrap();
-            let v4b = ipt_lines(
-                "fwnet",
-                "ctr2",
-                "10.88.0.3/32",
-                "10.88.0.0/16",
-                "224.0.0.0/4",
-            );
+            setup_masq(Backend::Iptables, "fwnet", "ctr2", "eth0", &[net("10.88.0.3/16")]).unwrap();
+            let v4b = ipt_lines("fwnet", "ctr2", "10.88.0.3/32", "10.88.0.0/16", "224.0.0.0/4");
             teardown_masq("fwnet", "ctr1", "eth0", &[]).unwrap();
             assert_eq!(sorted(nat("iptables")), sorted(v4b.clone()));
             assert!(nat("ip6tables").is_empty());
@@ -1444,14 +1287,7 @@ mod netns_tests {
             assert!(listing.contains("ip6 daddr ff00::/8 return"), "{listing}");
             assert_eq!(listing.matches("goto masq_checks").count(), 1, "{listing}");
             // Another attachment of the same container (other ifname) is separate.
-            setup_masq(
-                Backend::Nftables,
-                "fwnet",
-                "ctr1",
-                "net1",
-                &[net("10.99.0.2/24")],
-            )
-            .unwrap();
+            setup_masq(Backend::Nftables, "fwnet", "ctr1", "net1", &[net("10.99.0.2/24")]).unwrap();
             teardown_masq("fwnet", "ctr1", "eth0", &[]).unwrap();
             assert_eq!(nft_rules(), [nft_comment("fwnet", "net1", "ctr1")]);
             teardown_masq("fwnet", "ctr1", "eth0", &[]).unwrap();
@@ -1487,13 +1323,7 @@ mod netns_tests {
                 ("keepC".to_string(), "eth0".to_string()),
             ];
             gc_masq("fwnet", &keep).unwrap();
-            let mut expect = ipt_lines(
-                "fwnet",
-                "keepA",
-                "10.88.0.2/32",
-                "10.88.0.0/16",
-                "224.0.0.0/4",
-            );
+            let mut expect = ipt_lines("fwnet", "keepA", "10.88.0.2/32", "10.88.0.0/16", "224.0.0.0/4");
             expect.extend(ipt_lines(
                 "other",
                 "goneB",
@@ -1519,10 +1349,7 @@ mod netns_tests {
     /// Many plugin processes at once: every setup lands, every teardown removes only its own.
     #[test]
     fn concurrent_setups_and_teardowns() {
-        if !ready(
-            "concurrent_setups_and_teardowns",
-            &["ip", "iptables", "nft"],
-        ) {
+        if !ready("concurrent_setups_and_teardowns", &["ip", "iptables", "nft"]) {
             return;
         }
         let ns = TestNs::new();
@@ -1538,11 +1365,7 @@ mod netns_tests {
         std::thread::scope(|s| {
             for i in 0..n {
                 let ns = &ns;
-                s.spawn(move || {
-                    ns.run(|| {
-                        setup_masq(backend(i), "conc", &format!("c{i}"), "eth0", &addr(i)).unwrap()
-                    })
-                });
+                s.spawn(move || ns.run(|| setup_masq(backend(i), "conc", &format!("c{i}"), "eth0", &addr(i)).unwrap()));
             }
         });
         ns.run(|| {
@@ -1555,9 +1378,7 @@ mod netns_tests {
         std::thread::scope(|s| {
             for i in 2..n {
                 let ns = &ns;
-                s.spawn(move || {
-                    ns.run(|| teardown_masq("conc", &format!("c{i}"), "eth0", &[]).unwrap())
-                });
+                s.spawn(move || ns.run(|| teardown_masq("conc", &format!("c{i}"), "eth0", &[]).unwrap()));
             }
         });
         ns.run(|| {
@@ -1571,10 +1392,7 @@ mod netns_tests {
     /// knftables feeds this transaction to `nft -f -`) are removed by our teardown.
     #[test]
     fn teardown_of_reference_rules() {
-        if !ready(
-            "teardown_of_reference_rules",
-            &["ip", "iptables", "ip6tables", "nft"],
-        ) {
+        if !ready("teardown_of_reference_rules", &["ip", "iptables", "ip6tables", "nft"]) {
             return;
         }
         let ns = TestNs::new();
@@ -1634,8 +1452,7 @@ mod netns_tests {
         }
         let host = TestNs::new();
         let ctr = TestNs::new();
-        let data =
-            std::env::temp_dir().join(format!("fwt-ipam-{}-{}", std::process::id(), host.name));
+        let data = std::env::temp_dir().join(format!("fwt-ipam-{}-{}", std::process::id(), host.name));
         let conf = serde_json::json!({
             "cniVersion": "0.4.0", "name": "refbr", "type": "bridge", "bridge": "fwtbr0",
             "isGateway": true, "ipMasq": true,
@@ -1669,13 +1486,7 @@ mod netns_tests {
             stdout
         };
         host.run(|| {
-            let expect = ipt_lines(
-                "refbr",
-                "refctr1",
-                "10.66.0.2/32",
-                "10.66.0.0/24",
-                "224.0.0.0/4",
-            );
+            let expect = ipt_lines("refbr", "refctr1", "10.66.0.2/32", "10.66.0.0/24", "224.0.0.0/4");
             // Reference ADD, our teardown.
             let res: serde_json::Value = serde_json::from_str(&plugin("ADD")).unwrap();
             assert_eq!(res["ips"][0]["address"], "10.66.0.2/24");
@@ -1683,14 +1494,7 @@ mod netns_tests {
             teardown_masq("refbr", "refctr1", "eth0", &[]).unwrap();
             assert!(nat("iptables").is_empty());
             // Our setup, reference DEL.
-            setup_masq(
-                Backend::Iptables,
-                "refbr",
-                "refctr1",
-                "eth0",
-                &[net("10.66.0.2/24")],
-            )
-            .unwrap();
+            setup_masq(Backend::Iptables, "refbr", "refctr1", "eth0", &[net("10.66.0.2/24")]).unwrap();
             assert_eq!(sorted(nat("iptables")), sorted(expect));
             plugin("DEL");
             assert!(nat("iptables").is_empty());

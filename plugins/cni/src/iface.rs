@@ -47,13 +47,7 @@ pub fn container_sysctls(
 /// Brings `link` up and adds the result's addresses (those of interface index `if_index`, or
 /// all when the IPs name no interface) and routes. A route without a gateway goes via the
 /// first gateway of its family, as in the reference.
-pub fn configure(
-    nl: &Nl,
-    link: &Link,
-    result: &CniResult,
-    if_index: usize,
-    nodad: bool,
-) -> Result<()> {
+pub fn configure(nl: &Nl, link: &Link, result: &CniResult, if_index: usize, nodad: bool) -> Result<()> {
     let mut v4gw: Option<IpAddr> = None;
     let mut v6gw: Option<IpAddr> = None;
     let mut added_v6 = false;
@@ -137,11 +131,7 @@ fn settle(nl: &Nl, index: u32, max: Duration) -> Result<()> {
 /// CHECK: every address of the previous result for interface `if_index` is on `link`.
 pub fn check_addrs(nl: &Nl, link: &Link, prev: &CniResult, if_index: usize) -> Result<()> {
     let have = nl.addrs(link.index)?;
-    for ipc in prev
-        .ips
-        .iter()
-        .filter(|i| i.interface.is_none_or(|i| i == if_index))
-    {
+    for ipc in prev.ips.iter().filter(|i| i.interface.is_none_or(|i| i == if_index)) {
         if !have.contains(&ipc.address) {
             return Err(Error::CheckFailed(format!(
                 "address {} of the previous result is not on {}",
@@ -156,9 +146,7 @@ pub fn check_addrs(nl: &Nl, link: &Link, prev: &CniResult, if_index: usize) -> R
 pub fn check_routes(nl: &Nl, prev: &CniResult) -> Result<()> {
     let have = nl.routes()?;
     for r in &prev.routes {
-        let found = have
-            .iter()
-            .any(|h| h.dst == r.dst && (r.gw.is_none() || h.gw == r.gw));
+        let found = have.iter().any(|h| h.dst == r.dst && (r.gw.is_none() || h.gw == r.gw));
         if !found {
             return Err(Error::CheckFailed(format!(
                 "route to {} via {} of the previous result is missing",

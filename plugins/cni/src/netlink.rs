@@ -12,9 +12,7 @@ use netlink_packet_route::link::{
     BridgeVlanInfoFlags, InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMacAddressMode, MacVlanMode,
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope,
-};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
@@ -188,10 +186,7 @@ pub struct LinkChange {
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`), refusing multicast and all-zero addresses.
@@ -283,15 +278,7 @@ impl Nl {
     }
 
     pub fn link_by_index(&self, index: u32) -> NlResult<Option<Link>> {
-        let r = self.block(async {
-            self.h
-                .link()
-                .get()
-                .match_index(index)
-                .execute()
-                .try_next()
-                .await
-        });
+        let r = self.block(async { self.h.link().get().match_index(index).execute().try_next().await });
         match r {
             Ok(m) => Ok(m.map(|m| parse_link(&m))),
             Err(e) => {
@@ -378,10 +365,7 @@ impl Nl {
         if mode == MacvlanMode::Source && !source_macs.is_empty() {
             info.push(InfoMacVlan::MacAddrMode(MacVlanMacAddressMode::Set));
             info.push(InfoMacVlan::MacAddrData(
-                source_macs
-                    .iter()
-                    .map(|m| InfoMacVlan::MacAddr(*m))
-                    .collect(),
+                source_macs.iter().map(|m| InfoMacVlan::MacAddr(*m)).collect(),
             ));
         }
         let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::MacVlan)
@@ -440,12 +424,7 @@ impl Nl {
     }
 
     /// Sets bridge port flags of `index` (hairpin, isolated, learning).
-    pub fn set_bridge_port(
-        &self,
-        index: u32,
-        hairpin: Option<bool>,
-        isolated: Option<bool>,
-    ) -> NlResult<()> {
+    pub fn set_bridge_port(&self, index: u32, hairpin: Option<bool>, isolated: Option<bool>) -> NlResult<()> {
         let mut data = Vec::new();
         if let Some(h) = hairpin {
             data.push(InfoBridgePort::HairpinMode(h));
@@ -480,7 +459,9 @@ impl Nl {
 
     /// Removes VLAN `vid` from bridge port `index`; a VLAN that is not there is fine.
     pub fn bridge_vlan_del(&self, index: u32, vid: u16) -> NlResult<()> {
-        let msg = LinkBridgeVlan::new(index).vlan(vid, BridgeVlanInfoFlags::empty()).build();
+        let msg = LinkBridgeVlan::new(index)
+            .vlan(vid, BridgeVlanInfoFlags::empty())
+            .build();
         match self.block(async { self.h.link().del_with_message(msg).execute().await }) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -637,12 +618,7 @@ impl Nl {
             msg.attributes.push(RouteAttribute::Metrics(metrics));
         }
         self.block(async { self.h.route().add(msg).execute().await })
-            .map_err(|e| {
-                nl_err(
-                    format!("adding route to {} via {:?} dev {}", r.dst, r.gw, r.oif),
-                    e,
-                )
-            })
+            .map_err(|e| nl_err(format!("adding route to {} via {:?} dev {}", r.dst, r.gw, r.oif), e))
     }
 
     /// The routes of the main table (and others) of both families.
@@ -745,8 +721,7 @@ fn parse_link(m: &LinkMessage) -> Link {
                         }
                         LinkInfo::Data(InfoData::Bridge(d)) => {
                             for x in d {
-                                if let netlink_packet_route::link::InfoBridge::VlanFiltering(v) = x
-                                {
+                                if let netlink_packet_route::link::InfoBridge::VlanFiltering(v) = x {
                                     l.vlan_filtering = Some(*v);
                                 }
                             }
@@ -776,17 +751,11 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(
-            parse_mac("0a:58:0a:01:00:02"),
-            Some([0x0a, 0x58, 0x0a, 1, 0, 2])
-        );
+        assert_eq!(parse_mac("0a:58:0a:01:00:02"), Some([0x0a, 0x58, 0x0a, 1, 0, 2]));
         assert_eq!(parse_mac("01:00:5e:00:00:01"), None, "multicast");
         assert_eq!(parse_mac("00:00:00:00:00:00"), None);
         assert_eq!(parse_mac("zz:00:00:00:00:01"), None);
         assert_eq!(parse_mac("0a:58:0a:01:00"), None);
-        assert_eq!(
-            format_mac(&[0x0a, 0x58, 0x0a, 1, 0, 2]),
-            "0a:58:0a:01:00:02"
-        );
+        assert_eq!(format_mac(&[0x0a, 0x58, 0x0a, 1, 0, 2]), "0a:58:0a:01:00:02");
     }
 }

@@ -22,9 +22,7 @@ impl Netns {
     pub fn open(path: &str) -> Result<Netns> {
         let file = File::open(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::UnknownContainer(format!(
-                    "network namespace CNI_NETNS \"{path}\" does not exist"
-                ))
+                Error::UnknownContainer(format!("network namespace CNI_NETNS \"{path}\" does not exist"))
             } else {
                 Error::InvalidEnv(format!("cannot open CNI_NETNS \"{path}\": {e}"))
             }
@@ -44,8 +42,8 @@ impl Netns {
 
     /// The namespace of this process.
     pub fn current() -> Result<Netns> {
-        let file = File::open("/proc/thread-self/ns/net")
-            .map_err(|e| Error::io("opening /proc/thread-self/ns/net", e))?;
+        let file =
+            File::open("/proc/thread-self/ns/net").map_err(|e| Error::io("opening /proc/thread-self/ns/net", e))?;
         Ok(Netns {
             file,
             path: "/proc/thread-self/ns/net".into(),

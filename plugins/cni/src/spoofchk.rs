@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 
 fn ref_id(container_id: &str, ifname: &str) -> Result<String> {
     let id = format!("{container_id}-{ifname}");
-    if !id.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')) {
+    if !id
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+    {
         return Err(Error::InvalidConfig(format!(
             "macspoofchk: container id and interface name must hold only letters, digits, '_', '.' and '-' (got \"{}\")",
             id.escape_debug()
@@ -83,7 +86,11 @@ pub fn teardown_spoofchk(container_id: &str, ifname: &str) -> Result<()> {
     let comment = format!("comment \"macspoofchk-{id}\"");
     let mut script = String::new();
     for line in listing.lines().filter(|l| l.contains(&comment)) {
-        if let Some(h) = line.rsplit("# handle ").next().and_then(|h| h.trim().parse::<u64>().ok()) {
+        if let Some(h) = line
+            .rsplit("# handle ")
+            .next()
+            .and_then(|h| h.trim().parse::<u64>().ok())
+        {
             script.push_str(&format!("delete rule bridge nat PREROUTING handle {h}\n"));
         }
     }

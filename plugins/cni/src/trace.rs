@@ -37,10 +37,6 @@ pub fn report() {
     let steps = STEPS.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
     for w in steps.windows(2) {
-        eprintln!(
-            "TRACE {pid} {} {}",
-            w[1].0,
-            w[1].1.duration_since(w[0].1).as_micros()
-        );
+        eprintln!("TRACE {pid} {} {}", w[1].0, w[1].1.duration_since(w[0].1).as_micros());
     }
 }

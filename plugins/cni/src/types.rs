@@ -23,19 +23,11 @@ pub struct NetConf {
     pub ipam: Option<IpamRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Dns>,
-    #[serde(
-        rename = "runtimeConfig",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "runtimeConfig", default, skip_serializing_if = "Option::is_none")]
     pub runtime_config: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
-    #[serde(
-        rename = "prevResult",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "prevResult", default, skip_serializing_if = "Option::is_none")]
     pub prev_result: Option<Value>,
     /// GC: the attachments the runtime still uses (1.1.0).
     #[serde(
@@ -45,11 +37,7 @@ pub struct NetConf {
     )]
     pub valid_attachments: Option<Vec<Attachment>>,
     /// GC: the key of the 1.1.0 drafts, still sent by some runtimes.
-    #[serde(
-        rename = "cni.dev/attachments",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "cni.dev/attachments", default, skip_serializing_if = "Option::is_none")]
     pub attachments: Option<Vec<Attachment>>,
 }
 
@@ -84,9 +72,7 @@ impl NetConf {
     pub fn prev_result(&self) -> Result<Option<CniResult>> {
         match &self.prev_result {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => CniResult::from_value(v)
-                .map(Some)
-                .map_err(|e| e.context("prevResult")),
+            Some(v) => CniResult::from_value(v).map(Some).map_err(|e| e.context("prevResult")),
         }
     }
 }
@@ -134,11 +120,7 @@ pub struct Interface {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
-    #[serde(
-        rename = "socketPath",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "socketPath", default, skip_serializing_if = "Option::is_none")]
     pub socket_path: Option<String>,
     #[serde(rename = "pciID", default, skip_serializing_if = "Option::is_none")]
     pub pci_id: Option<String>,
@@ -255,8 +237,7 @@ impl CniResult {
     }
 
     pub fn from_slice(b: &[u8]) -> Result<CniResult> {
-        let v: Value = serde_json::from_slice(b)
-            .map_err(|e| Error::Decode(format!("invalid result JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(b).map_err(|e| Error::Decode(format!("invalid result JSON: {e}")))?;
         CniResult::from_value(&v)
     }
 
@@ -293,11 +274,7 @@ impl CniResult {
                 .map(|ip| {
                     let mut m = Map::new();
                     if !v1 {
-                        let fam = if ip.address.addr().is_ipv4() {
-                            "4"
-                        } else {
-                            "6"
-                        };
+                        let fam = if ip.address.addr().is_ipv4() { "4" } else { "6" };
                         m.insert("version".into(), json!(fam));
                     }
                     if let Some(i) = ip.interface {
@@ -330,10 +307,7 @@ impl CniResult {
                 .collect();
             out.insert("routes".into(), Value::Array(routes));
         }
-        out.insert(
-            "dns".into(),
-            serde_json::to_value(&self.dns).expect("dns serializes"),
-        );
+        out.insert("dns".into(), serde_json::to_value(&self.dns).expect("dns serializes"));
         Value::Object(out)
     }
 
@@ -368,10 +342,7 @@ impl CniResult {
             }
             out.insert(key.into(), Value::Object(m));
         }
-        out.insert(
-            "dns".into(),
-            serde_json::to_value(&self.dns).expect("dns serializes"),
-        );
+        out.insert("dns".into(), serde_json::to_value(&self.dns).expect("dns serializes"));
         Value::Object(out)
     }
 }
@@ -419,10 +390,7 @@ mod tests {
             ],
             routes: vec![Route {
                 mtu: Some(1300),
-                ..Route::new(
-                    "0.0.0.0/0".parse().unwrap(),
-                    Some("10.1.0.1".parse().unwrap()),
-                )
+                ..Route::new("0.0.0.0/0".parse().unwrap(), Some("10.1.0.1".parse().unwrap()))
             }],
             dns: Dns {
                 nameservers: vec!["10.1.0.1".into()],

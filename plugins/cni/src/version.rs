@@ -3,9 +3,7 @@
 use crate::error::{Error, Result};
 
 /// Every version whose configs we accept and whose results we print.
-pub const SUPPORTED: &[&str] = &[
-    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
-];
+pub const SUPPORTED: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// The newest version we speak.
 pub const CURRENT: &str = "1.1.0";
