@@ -64,8 +64,7 @@ fn passthru_allows_one_child_and_refuses_a_second() {
     let out = bed.add("cb", &b, &conf);
     out.expect_code(103);
     assert!(
-        out.msg()
-            .contains("master m0 already has a passthru macvlan"),
+        out.msg().contains("master m0 already has a passthru macvlan"),
         "{}",
         out.msg()
     );
@@ -84,8 +83,7 @@ fn passthru_allows_one_child_and_refuses_a_second() {
 fn vepa_mode() {
     let bed = Bed::new("ve");
     let a = Ns::new("ve-a");
-    bed.add("ca", &a, &bed.conf(json!({"mode": "vepa"})))
-        .expect_ok();
+    bed.add("ca", &a, &bed.conf(json!({"mode": "vepa"}))).expect_ok();
     assert!(a.link_details("eth0").contains("macvlan mode vepa"));
 }
 
@@ -105,10 +103,7 @@ fn source_mode_with_its_allowed_macs() {
     let d = a.link_details("eth0");
     assert!(d.contains("macvlan mode source"), "{d}");
     assert!(d.contains("remotes (2)"), "{d}");
-    assert!(
-        d.contains(&lan_mac) && d.contains("02:11:22:33:44:55"),
-        "{d}"
-    );
+    assert!(d.contains(&lan_mac) && d.contains("02:11:22:33:44:55"), "{d}");
     // The allowed LAN peer talks to the container.
     assert!(lan.ping(&ip_of(&addr(&r))));
 
@@ -139,10 +134,7 @@ fn lan_peer_and_container_reach_each_other_directly() {
 
     assert!(lan.ping(&cip), "LAN cannot reach the container");
     let neigh = lan.ip(&["neigh", "show", &cip, "dev", "m1"]);
-    assert!(
-        neigh.contains(&cmac),
-        "LAN sees {cip} at {neigh}, not {cmac}"
-    );
+    assert!(neigh.contains(&cmac), "LAN sees {cip} at {neigh}, not {cmac}");
     assert!(a.ping("10.77.0.254"), "container cannot reach the LAN");
     let neigh = a.ip(&["neigh", "show", "10.77.0.254"]);
     assert!(neigh.contains(&lan.mac("m1")), "{neigh}");
@@ -212,9 +204,7 @@ fn link_in_container() {
     a.ip(&["link", "set", "c0", "up"]);
     a.ip(&["link", "set", "c1", "up"]);
     let conf = bed.conf(json!({"master": "c0", "linkInContainer": true}));
-    let r = bed
-        .run_if("ADD", "ca", Some(&a), "net1", "", &conf)
-        .expect_ok();
+    let r = bed.run_if("ADD", "ca", Some(&a), "net1", "", &conf).expect_ok();
     let d = a.link_details("net1");
     assert!(d.contains("net1@c0"), "{d}");
     assert!(d.contains("macvlan mode bridge"), "{d}");
@@ -222,8 +212,7 @@ fn link_in_container() {
 
     let mut cc = conf.clone();
     cc["prevResult"] = r.clone();
-    bed.run_if("CHECK", "ca", Some(&a), "net1", "", &cc)
-        .expect_ok();
+    bed.run_if("CHECK", "ca", Some(&a), "net1", "", &cc).expect_ok();
 
     // The master is looked for in the container, not in the host.
     let out = bed.run_if(
@@ -237,8 +226,7 @@ fn link_in_container() {
     out.expect_code(7);
     assert!(out.msg().contains("master"), "{}", out.msg());
 
-    bed.run_if("DEL", "ca", Some(&a), "net1", "", &conf)
-        .expect_ok();
+    bed.run_if("DEL", "ca", Some(&a), "net1", "", &conf).expect_ok();
     assert!(!a.has_link("net1"));
     assert!(a.has_link("c0"));
     assert!(bed.leases().is_empty());
@@ -253,12 +241,9 @@ fn mtu_is_checked_against_the_master() {
     assert!(out.msg().contains("mtu"), "{}", out.msg());
     assert!(a.links().is_empty());
     assert!(bed.leases().is_empty());
-    bed.add("ca", &a, &bed.conf(json!({"mtu": -5})))
-        .expect_code(7);
+    bed.add("ca", &a, &bed.conf(json!({"mtu": -5}))).expect_code(7);
 
-    let r = bed
-        .add("ca", &a, &bed.conf(json!({"mtu": 1400})))
-        .expect_ok();
+    let r = bed.add("ca", &a, &bed.conf(json!({"mtu": 1400}))).expect_ok();
     assert!(a.link_details("eth0").contains("mtu 1400"));
     assert_eq!(r["interfaces"][0]["sandbox"], a.path());
 }
@@ -295,8 +280,7 @@ fn missing_master_and_default_master() {
     let m0 = bed.host.ip(&["-o", "link", "show", "dev", "m0"]);
     let m0_index = m0.split(':').next().unwrap().trim().to_string();
     assert!(
-        a.link_details("eth0")
-            .contains(&format!("eth0@if{m0_index}")),
+        a.link_details("eth0").contains(&format!("eth0@if{m0_index}")),
         "{}",
         a.link_details("eth0")
     );
@@ -305,9 +289,8 @@ fn missing_master_and_default_master() {
 #[test]
 fn host_eth0_does_not_get_in_the_way() {
     let bed = Bed::new("he");
-    bed.host.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
-    ]);
+    bed.host
+        .ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
     let a = Ns::new("he-a");
     bed.add("ca", &a, &bed.conf(json!({}))).expect_ok();
     assert!(a.has_link("eth0"));
@@ -405,15 +388,7 @@ fn check_passes_after_add_and_fails_when_the_address_is_gone() {
     // The route removed.
     a.ip(&["route", "del", "10.200.0.0/16"]);
     bed.check("ca", &a, &conf, &r).expect_code(104);
-    a.ip(&[
-        "route",
-        "add",
-        "10.200.0.0/16",
-        "via",
-        "10.77.0.1",
-        "dev",
-        "eth0",
-    ]);
+    a.ip(&["route", "add", "10.200.0.0/16", "via", "10.77.0.1", "dev", "eth0"]);
     bed.check("ca", &a, &conf, &r).expect_ok();
     // The address removed.
     a.ip(&["addr", "del", &addr(&r), "dev", "eth0"]);
@@ -523,9 +498,7 @@ fn conf_example_static() {
     let r = bed.add("ca", &a, &conf).expect_ok();
     assert_eq!(addr(&r), "192.168.1.200/24");
     assert_eq!(r["dns"]["nameservers"][0], "192.168.1.1");
-    assert!(a
-        .ip(&["route"])
-        .contains("default via 192.168.1.1 dev eth0"));
+    assert!(a.ip(&["route"]).contains("default via 192.168.1.1 dev eth0"));
     assert!(a.ping("192.168.1.1"));
     assert!(lan.ping("192.168.1.200"));
     bed.check("ca", &a, &conf, &r).expect_ok();

@@ -144,11 +144,7 @@ pub fn container_mac(conf_mac: &str, net: &NetConf, cni_args: &str) -> Result<Op
     let runtime = match net.runtime_config.as_ref().and_then(|r| r.get("mac")) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(Error::InvalidConfig(
-                "runtimeConfig.mac must be a string".into(),
-            ))
-        }
+        Some(_) => return Err(Error::InvalidConfig("runtimeConfig.mac must be a string".into())),
     };
     let candidates = [
         ("runtimeConfig.mac", runtime),
@@ -210,21 +206,12 @@ mod tests {
     #[test]
     fn bad_values_are_code_7_and_named() {
         let cases = [
-            (
-                r#"{"cniVersion":"1.0.0","name":"n","mode":"weird"}"#,
-                "mode",
-            ),
+            (r#"{"cniVersion":"1.0.0","name":"n","mode":"weird"}"#, "mode"),
             (r#"{"cniVersion":"1.0.0","name":"n","mtu":-1}"#, "mtu"),
             (r#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#, "mtu"),
             (r#"{"cniVersion":"1.0.0","name":"n","mac":"zz"}"#, "\"mac\""),
-            (
-                r#"{"cniVersion":"1.0.0","name":"n","master":"a/b"}"#,
-                "master",
-            ),
-            (
-                r#"{"cniVersion":"1.0.0","name":"n","mode":"source"}"#,
-                "sourceMacs",
-            ),
+            (r#"{"cniVersion":"1.0.0","name":"n","master":"a/b"}"#, "master"),
+            (r#"{"cniVersion":"1.0.0","name":"n","mode":"source"}"#, "sourceMacs"),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","mode":"source","sourceMacs":["01:00:00:00:00:01"]}"#,
                 "sourceMacs[0]",
@@ -251,9 +238,7 @@ mod tests {
         );
         let conf = r#"{"cniVersion":"1.0.0","name":"n","mac":"02:00:00:00:00:01"}"#;
         assert_eq!(
-            load(conf, "IgnoreUnknown=1;MAC=02:00:00:00:00:02")
-                .unwrap()
-                .parsed_mac,
+            load(conf, "IgnoreUnknown=1;MAC=02:00:00:00:00:02").unwrap().parsed_mac,
             Some([2, 0, 0, 0, 0, 2])
         );
         assert_eq!(load(conf, "").unwrap().parsed_mac, Some([2, 0, 0, 0, 0, 1]));
@@ -261,10 +246,7 @@ mod tests {
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("CNI_ARGS MAC"), "{e}");
         let conf = r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"mac":"bad"}}"#;
-        assert!(load(conf, "")
-            .unwrap_err()
-            .to_string()
-            .contains("runtimeConfig.mac"));
+        assert!(load(conf, "").unwrap_err().to_string().contains("runtimeConfig.mac"));
     }
 
     #[test]
@@ -280,8 +262,7 @@ mod tests {
 
     #[test]
     fn decode_errors_name_the_field() {
-        let e = cni::types::decode::<MacvlanConf>(br#"{"cniVersion":"1.0.0","bcqueuelen":"x"}"#)
-            .unwrap_err();
+        let e = cni::types::decode::<MacvlanConf>(br#"{"cniVersion":"1.0.0","bcqueuelen":"x"}"#).unwrap_err();
         assert_eq!(e.code(), 6);
         assert!(e.to_string().contains("bcqueuelen"), "{e}");
     }

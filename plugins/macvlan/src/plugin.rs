@@ -101,12 +101,9 @@ impl Plugin for Macvlan {
         let master = find_master(&conf, host.as_ref(), &cont)?;
 
         // The link: a macvlan of the configured mode on that master, with the result's MAC.
-        let link = cont.link(ifname)?.ok_or_else(|| {
-            Error::CheckFailed(format!(
-                "container interface {ifname} not found in {}",
-                netns.path()
-            ))
-        })?;
+        let link = cont
+            .link(ifname)?
+            .ok_or_else(|| Error::CheckFailed(format!("container interface {ifname} not found in {}", netns.path())))?;
         if link.kind.as_deref() != Some("macvlan") {
             return Err(Error::CheckFailed(format!(
                 "container interface {ifname} is not a macvlan (it is a {} link)",
@@ -161,9 +158,8 @@ impl Plugin for Macvlan {
         // A master in the container's namespace cannot be looked at without a container.
         if !conf.link_in_container {
             let host = Nl::current()?;
-            master_link(&conf, &host, "the host's").map_err(|e| {
-                Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}"))
-            })?;
+            master_link(&conf, &host, "the host's")
+                .map_err(|e| Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}")))?;
         }
         if let Some(t) = conf.ipam_type() {
             delegate::exec(t, Command::Status, call)?;
@@ -172,13 +168,7 @@ impl Plugin for Macvlan {
     }
 }
 
-fn add(
-    call: &Call,
-    conf: &MacvlanConf,
-    netns: &Netns,
-    cont: &Nl,
-    undo: &mut Undo,
-) -> Result<CniResult> {
+fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Undo) -> Result<CniResult> {
     let ifname = &call.env.ifname;
 
     // 1. The master: the configured one or the default route's, here or in the container;
@@ -391,11 +381,10 @@ fn create_macvlan(
             Err(e) => return Err(create_error(conf, &master.link, e)),
         }
     }
-    let tmp =
-        tmp.ok_or_else(|| Error::Conflict("could not find a free temporary link name".into()))?;
-    let made = cont.link(&tmp)?.ok_or_else(|| {
-        Error::Netlink(format!("new macvlan {tmp} not found in {}", netns.path()))
-    })?;
+    let tmp = tmp.ok_or_else(|| Error::Conflict("could not find a free temporary link name".into()))?;
+    let made = cont
+        .link(&tmp)?
+        .ok_or_else(|| Error::Netlink(format!("new macvlan {tmp} not found in {}", netns.path())))?;
     undo.link = Some(made.index);
     cont.set_link(
         made.index,

@@ -60,10 +60,7 @@ impl Ns {
     pub fn new(tag: &str) -> Ns {
         let name = unique(tag);
         sh(&["ip", "netns", "add", &name]);
-        let ns = Ns {
-            name,
-            deleted: false,
-        };
+        let ns = Ns { name, deleted: false };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
@@ -194,10 +191,7 @@ pub fn plugin_bin(name: &str) -> PathBuf {
 pub fn cni_path() -> String {
     let ours = bin_dir();
     if !ours.join("host-local").is_file() {
-        eprintln!(
-            "note: {} has no host-local; IPAM from /usr/lib/cni",
-            ours.display()
-        );
+        eprintln!("note: {} has no host-local; IPAM from /usr/lib/cni", ours.display());
     }
     format!("{}:/usr/lib/cni", ours.display())
 }
@@ -224,20 +218,12 @@ impl Out {
     }
     #[track_caller]
     pub fn expect_ok(self) -> Value {
-        assert!(
-            self.ok,
-            "plugin failed: {} (stderr: {})",
-            self.json, self.stderr
-        );
+        assert!(self.ok, "plugin failed: {} (stderr: {})", self.json, self.stderr);
         self.json
     }
     #[track_caller]
     pub fn expect_code(&self, code: u64) {
-        assert!(
-            !self.ok,
-            "plugin succeeded, expected code {code}: {}",
-            self.json
-        );
+        assert!(!self.ok, "plugin succeeded, expected code {code}: {}", self.json);
         assert_eq!(self.code(), code, "{} (stderr: {})", self.json, self.stderr);
     }
 }
@@ -280,8 +266,7 @@ pub fn run_plugin(inside: &Ns, name: &str, call: &Call, conf: &Value) -> Out {
     let json = if stdout.trim().is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("plugin stdout is not JSON ({e}): {stdout}"))
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("plugin stdout is not JSON ({e}): {stdout}"))
     };
     Out {
         ok: out.status.success(),
@@ -333,15 +318,7 @@ impl Bed {
         self.run_if(command, id, ns, "eth0", "", conf)
     }
 
-    pub fn run_if(
-        &self,
-        command: &str,
-        id: &str,
-        ns: Option<&Ns>,
-        ifname: &str,
-        args: &str,
-        conf: &Value,
-    ) -> Out {
+    pub fn run_if(&self, command: &str, id: &str, ns: Option<&Ns>, ifname: &str, args: &str, conf: &Value) -> Out {
         run_plugin(
             &self.host,
             "macvlan",
@@ -371,7 +348,8 @@ impl Bed {
         self.run("CHECK", id, Some(ns), &c)
     }
 
-    /// The addresses leased in this bed's store for network `net`.
+    /// The addresses leased in this bed's store for network `net` (the reference's layout:
+    /// one file per address).
     pub fn leases_of(&self, net: &str) -> Vec<String> {
         let dir = self.data.0.join(net);
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -380,7 +358,8 @@ impl Bed {
         let mut v: Vec<String> = rd
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+            // Lease files are named by their address; anything else is the store's own.
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
             .collect();
         v.sort();
         v
