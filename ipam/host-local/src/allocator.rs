@@ -101,9 +101,7 @@ pub fn allocate(
             )));
         };
         if ip == r.gateway {
-            return Err(Error::InvalidConfig(format!(
-                "requested ip {ip} is subnet's gateway"
-            )));
+            return Err(Error::InvalidConfig(format!("requested ip {ip} is subnet's gateway")));
         }
         if r.is_reserved_address(ip) {
             return Err(Error::InvalidConfig(format!(
@@ -147,4 +145,155 @@ pub fn has_free_address(store: &mut dyn Store, set: &RangeSet, idx: usize) -> Re
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IpamConfig;
+    use crate::disk::DiskStore;
+    use serde_json::json;
+
+    fn sets(ranges: serde_json::Value) -> Vec<RangeSet> {
+        let v = json!({"cniVersion": "1.0.0", "name": "n", "ipam": {"ranges": ranges}});
+        IpamConfig::load(v.to_string().as_bytes(), "").unwrap().range_sets
+    }
+
+    fn order(set: &RangeSet, last: Option<&str>) -> Vec<String> {
+        Candidates::new(set, last.map(|s| s.parse().unwrap()))
+            .map(|(ip, _)| ip.to_string())
+            .collect()
+    }
+
+    struct Bed {
+        _dir: tempfile::TempDir,
+        store: DiskStore,
+    }
+
+    fn bed() -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), "n", true).unwrap().unwrap();
+        Bed { _dir: dir, store }
+    }
+
+    fn get(b: &mut Bed, set: &RangeSet, id: &str) -> Result<String> {
+        allocate(&mut b.store, set, 0, id, "eth0", None).map(|c| c.address.to_string())
+    }
+
+    #[test]
+    fn candidates_follow_the_reference_order() {
+        let s = &sets(json!([[{"subnet": "10.1.0.0/29"}]]))[0];
+        // From the start: .1 is the gateway.
+        assert_eq!(
+            order(s, None),
+            [".2", ".3", ".4", ".5", ".6"].map(|x| format!("10.1.0{x}"))
+        );
+        // After the last reserved one, wrapping around; the last reserved one comes last.
+        assert_eq!(
+            order(s, Some("10.1.0.4")),
+            [".5", ".6", ".2", ".3", ".4"].map(|x| format!("10.1.0{x}"))
+        );
+        // A last reserved address outside the set is ignored.
+        assert_eq!(order(s, Some("10.9.0.4"))[0], "10.1.0.2");
+    }
+
+    #[test]
+    fn candidates_cross_ranges_of_a_set() {
+        let s = &sets(json!([[
+            {"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.11"},
+            {"subnet": "10.2.0.0/24", "rangeStart": "10.2.0.10", "rangeEnd": "10.2.0.11"}
+        ]]))[0];
+        assert_eq!(
+            order(s, Some("10.1.0.11")),
+            ["10.2.0.10", "10.2.0.11", "10.1.0.10", "10.1.0.11"]
+        );
+    }
+
+    #[test]
+    fn skips_network_broadcast_and_gateway() {
+        let s = &sets(
+            json!([[{"subnet": "10.1.0.0/29", "rangeStart": "10.1.0.0", "rangeEnd": "10.1.0.7", "gateway": "10.1.0.3"}]]),
+        )[0];
+        assert_eq!(
+            order(s, None),
+            ["10.1.0.1", "10.1.0.2", "10.1.0.4", "10.1.0.5", "10.1.0.6"]
+        );
+        // IPv6 has no broadcast: the last address is handed out; the network address is not.
+        let s6 = &sets(json!([[{"subnet": "fd00::/126", "rangeStart": "fd00::"}]]))[0];
+        assert_eq!(order(s6, None), ["fd00::2", "fd00::3"]);
+    }
+
+    #[test]
+    fn round_robin_does_not_reuse_a_released_address_at_once() {
+        let s = &sets(json!([[{"subnet": "10.1.0.0/29"}]]))[0];
+        let mut b = bed();
+        assert_eq!(get(&mut b, s, "c1").unwrap(), "10.1.0.2/29");
+        assert_eq!(get(&mut b, s, "c2").unwrap(), "10.1.0.3/29");
+        b.store.release_by_id("c1", "eth0").unwrap();
+        assert_eq!(get(&mut b, s, "c3").unwrap(), "10.1.0.4/29");
+        assert_eq!(get(&mut b, s, "c4").unwrap(), "10.1.0.5/29");
+        assert_eq!(get(&mut b, s, "c5").unwrap(), "10.1.0.6/29");
+        // Wraps to the released .2.
+        assert_eq!(get(&mut b, s, "c6").unwrap(), "10.1.0.2/29");
+        let e = get(&mut b, s, "c7").unwrap_err();
+        assert_eq!(e.code(), 102);
+        assert_eq!(
+            e.to_string(),
+            "no IP addresses available in range set: 10.1.0.1-10.1.0.6"
+        );
+        assert!(!has_free_address(&mut b.store, s, 0).unwrap());
+        b.store.release_by_id("c4", "eth0").unwrap();
+        assert!(has_free_address(&mut b.store, s, 0).unwrap());
+        assert_eq!(get(&mut b, s, "c7").unwrap(), "10.1.0.5/29");
+    }
+
+    #[test]
+    fn ipv6_allocation_and_exhaustion() {
+        let s = &sets(json!([[{"subnet": "fd00:1::/126"}]]))[0];
+        let mut b = bed();
+        assert_eq!(get(&mut b, s, "a").unwrap(), "fd00:1::2/126");
+        assert_eq!(get(&mut b, s, "b").unwrap(), "fd00:1::3/126");
+        let e = get(&mut b, s, "c").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no IP addresses available in range set: fd00:1::1-fd00:1::3"
+        );
+        let c = allocate(&mut b.store, s, 0, "a", "eth1", None).unwrap_err();
+        assert_eq!(c.code(), 102);
+    }
+
+    #[test]
+    fn duplicate_allocation_is_refused() {
+        let s = &sets(json!([[{"subnet": "10.1.0.0/24"}]]))[0];
+        let mut b = bed();
+        get(&mut b, s, "c1").unwrap();
+        let e = get(&mut b, s, "c1").unwrap_err();
+        assert_eq!(e.code(), 103);
+        assert!(e.to_string().contains("duplicate allocation is not allowed"), "{e}");
+        // Another interface of the same container is another attachment.
+        allocate(&mut b.store, s, 0, "c1", "eth1", None).unwrap();
+    }
+
+    #[test]
+    fn static_requests() {
+        let s = &sets(json!([[{"subnet": "10.1.0.0/24"}]]))[0];
+        let mut b = bed();
+        let ip = |s: &str| Some(s.parse().unwrap());
+        let c = allocate(&mut b.store, s, 0, "c1", "eth0", ip("10.1.0.50")).unwrap();
+        assert_eq!(c.address.to_string(), "10.1.0.50/24");
+        assert_eq!(c.gateway, Some("10.1.0.1".parse().unwrap()));
+        // Held by another container: conflict.
+        let e = allocate(&mut b.store, s, 0, "c2", "eth0", ip("10.1.0.50")).unwrap_err();
+        assert_eq!(e.code(), 103, "{e}");
+        // The gateway and addresses outside the set: invalid.
+        let e = allocate(&mut b.store, s, 0, "c2", "eth0", ip("10.1.0.1")).unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string()),
+            (7, "requested ip 10.1.0.1 is subnet's gateway".into())
+        );
+        let e = allocate(&mut b.store, s, 0, "c2", "eth0", ip("10.1.1.1")).unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        // The round robin goes on after the static one.
+        assert_eq!(get(&mut b, s, "c3").unwrap(), "10.1.0.51/24");
+    }
 }

@@ -146,12 +146,7 @@ fn parse_plain_ip(s: &str) -> Option<IpAddr> {
 /// An address with or without a prefix length (`10.1.0.5` or `10.1.0.5/24`), as the
 /// reference's `ip.ParseIP` of requested addresses.
 pub fn parse_requested_ip(s: &str) -> Option<IpAddr> {
-    parse_plain_ip(s).or_else(|| {
-        s.trim()
-            .parse::<IpNet>()
-            .ok()
-            .map(|n| n.addr().to_canonical())
-    })
+    parse_plain_ip(s).or_else(|| s.trim().parse::<IpNet>().ok().map(|n| n.addr().to_canonical()))
 }
 
 impl Range {
@@ -178,9 +173,7 @@ impl Range {
 
     /// Addresses never handed out: the network address, the IPv4 broadcast and the gateway.
     pub fn is_reserved_address(&self, ip: IpAddr) -> bool {
-        ip == self.gateway
-            || ip == self.subnet.network()
-            || (ip.is_ipv4() && ip == self.subnet.broadcast())
+        ip == self.gateway || ip == self.subnet.network() || (ip.is_ipv4() && ip == self.subnet.broadcast())
     }
 
     /// Number of addresses between rangeStart and rangeEnd (saturating at `u128::MAX`).
@@ -210,9 +203,7 @@ impl RangeSet {
     }
 
     pub fn overlaps(&self, other: &RangeSet) -> bool {
-        self.ranges
-            .iter()
-            .any(|a| other.ranges.iter().any(|b| a.overlaps(b)))
+        self.ranges.iter().any(|a| other.ranges.iter().any(|b| a.overlaps(b)))
     }
 }
 
@@ -243,9 +234,7 @@ fn canonicalize_range(raw: &RawRange, field: &str) -> Result<Range> {
     })?;
     let (ones, bits) = (given.prefix_len(), given.max_prefix_len());
     if ones > bits - 2 {
-        return Err(invalid(format!(
-            "{field}.subnet {given} is too small to allocate from"
-        )));
+        return Err(invalid(format!("{field}.subnet {given} is too small to allocate from")));
     }
     let subnet = given.trunc();
     if given.addr() != subnet.addr() {
@@ -261,39 +250,26 @@ fn canonicalize_range(raw: &RawRange, field: &str) -> Result<Range> {
     let parse = |key: &str, v: &Option<String>| -> Result<Option<IpAddr>> {
         match v.as_deref().map(str::trim) {
             None | Some("") => Ok(None),
-            Some(t) => parse_plain_ip(t).map(Some).ok_or_else(|| {
-                invalid(format!(
-                    "{field}.{key} \"{}\" is not an IP address",
-                    t.escape_debug()
-                ))
-            }),
+            Some(t) => parse_plain_ip(t)
+                .map(Some)
+                .ok_or_else(|| invalid(format!("{field}.{key} \"{}\" is not an IP address", t.escape_debug()))),
         }
     };
 
     let gateway = match parse("gateway", &raw.gateway)? {
-        Some(g) if !in_subnet(g) => {
-            return Err(invalid(format!(
-                "{field}.gateway {g} is outside subnet {subnet}"
-            )))
-        }
+        Some(g) if !in_subnet(g) => return Err(invalid(format!("{field}.gateway {g} is outside subnet {subnet}"))),
         Some(g) => g,
         None => from_u128(net + 1, v4),
     };
     let range_start = match parse("rangeStart", &raw.range_start)? {
         Some(ip) if !in_subnet(ip) => {
-            return Err(invalid(format!(
-                "{field}.rangeStart {ip} is outside subnet {subnet}"
-            )))
+            return Err(invalid(format!("{field}.rangeStart {ip} is outside subnet {subnet}")))
         }
         Some(ip) => ip,
         None => from_u128(net + 1, v4),
     };
     let range_end = match parse("rangeEnd", &raw.range_end)? {
-        Some(ip) if !in_subnet(ip) => {
-            return Err(invalid(format!(
-                "{field}.rangeEnd {ip} is outside subnet {subnet}"
-            )))
-        }
+        Some(ip) if !in_subnet(ip) => return Err(invalid(format!("{field}.rangeEnd {ip} is outside subnet {subnet}"))),
         Some(ip) if to_u128(ip) < to_u128(range_start) => {
             return Err(invalid(format!(
                 "{field}.rangeEnd {ip} is before rangeStart {range_start}"
@@ -379,10 +355,7 @@ fn parse_env_ips(args: &str) -> Result<Vec<Requested>> {
             "IP" => {
                 for s in kv[1].split(',').filter(|s| !s.trim().is_empty()) {
                     let ip = parse_requested_ip(s).ok_or_else(|| {
-                        Error::InvalidEnv(format!(
-                            "CNI_ARGS: IP \"{}\" is not an IP address",
-                            s.escape_debug()
-                        ))
+                        Error::InvalidEnv(format!("CNI_ARGS: IP \"{}\" is not an IP address", s.escape_debug()))
                     })?;
                     out.push(Requested {
                         ip,
@@ -416,12 +389,8 @@ fn parse_env_ips(args: &str) -> Result<Vec<Requested>> {
 fn parse_ip_list(list: &Option<Vec<String>>, field: &str) -> Result<Vec<Requested>> {
     let mut out = Vec::new();
     for (i, s) in list.iter().flatten().enumerate() {
-        let ip = parse_requested_ip(s).ok_or_else(|| {
-            invalid(format!(
-                "{field}[{i}] \"{}\" is not an IP address",
-                s.escape_debug()
-            ))
-        })?;
+        let ip = parse_requested_ip(s)
+            .ok_or_else(|| invalid(format!("{field}[{i}] \"{}\" is not an IP address", s.escape_debug())))?;
         out.push(Requested {
             ip,
             source: format!("{field}[{i}]"),
@@ -461,19 +430,11 @@ impl IpamConfig {
         // `ranges`. The index of a set in this list names its last_reserved_ip file.
         let mut range_sets = Vec::new();
         for (i, set) in runtime.ip_ranges.iter().flatten().enumerate() {
-            range_sets.push(canonicalize_set(
-                set,
-                format!("runtimeConfig.ipRanges[{i}]"),
-                false,
-            )?);
+            range_sets.push(canonicalize_set(set, format!("runtimeConfig.ipRanges[{i}]"), false)?);
         }
         let flat_subnet = ipam.flat.subnet.as_deref().is_some_and(|s| !s.is_empty());
         if flat_subnet {
-            range_sets.push(canonicalize_set(
-                std::slice::from_ref(&ipam.flat),
-                "ipam".into(),
-                true,
-            )?);
+            range_sets.push(canonicalize_set(std::slice::from_ref(&ipam.flat), "ipam".into(), true)?);
         }
         for (i, set) in ipam.ranges.iter().flatten().enumerate() {
             range_sets.push(canonicalize_set(set, format!("ipam.ranges[{i}]"), false)?);
@@ -517,10 +478,7 @@ impl IpamConfig {
             range_sets,
             routes: ipam.routes.unwrap_or_default(),
             data_dir,
-            resolv_conf: ipam
-                .resolv_conf
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
+            resolv_conf: ipam.resolv_conf.filter(|s| !s.is_empty()).map(PathBuf::from),
             requested,
         })
     }
@@ -569,10 +527,7 @@ mod tests {
             "ipam": {"subnet": "10.2.0.0/24", "ranges": [[{"subnet": "10.1.0.0/24"}]]}});
         let c = load(v).unwrap();
         let origins: Vec<_> = c.range_sets.iter().map(|s| s.origin.as_str()).collect();
-        assert_eq!(
-            origins,
-            ["runtimeConfig.ipRanges[0]", "ipam", "ipam.ranges[0]"]
-        );
+        assert_eq!(origins, ["runtimeConfig.ipRanges[0]", "ipam", "ipam.ranges[0]"]);
     }
 
     #[test]
@@ -580,29 +535,17 @@ mod tests {
         let m = err(net(
             json!({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "10.1.1.0/24", "rangeStart": "10.2.0.5"}]]}),
         ));
-        assert_eq!(
-            m,
-            "ipam.ranges[0][1].rangeStart 10.2.0.5 is outside subnet 10.1.1.0/24"
-        );
+        assert_eq!(m, "ipam.ranges[0][1].rangeStart 10.2.0.5 is outside subnet 10.1.1.0/24");
         let m = err(net(
             json!({"ranges": [[{"subnet": "10.1.0.0/24", "rangeEnd": "10.1.1.5"}]]}),
         ));
-        assert!(
-            m.starts_with("ipam.ranges[0][0].rangeEnd 10.1.1.5 is outside"),
-            "{m}"
-        );
+        assert!(m.starts_with("ipam.ranges[0][0].rangeEnd 10.1.1.5 is outside"), "{m}");
         let m = err(net(
             json!({"ranges": [[{"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.9", "rangeEnd": "10.1.0.5"}]]}),
         ));
-        assert!(
-            m.contains("rangeEnd 10.1.0.5 is before rangeStart 10.1.0.9"),
-            "{m}"
-        );
+        assert!(m.contains("rangeEnd 10.1.0.5 is before rangeStart 10.1.0.9"), "{m}");
         let m = err(net(json!({"subnet": "10.1.0.5/24"})));
-        assert!(
-            m.starts_with("ipam.subnet 10.1.0.5/24 has host bits set"),
-            "{m}"
-        );
+        assert!(m.starts_with("ipam.subnet 10.1.0.5/24 has host bits set"), "{m}");
         let m = err(net(json!({"subnet": "10.1.0.0/31"})));
         assert!(m.contains("too small"), "{m}");
         let m = err(net(json!({"ranges": [[{"subnet": "bogus"}]]})));
@@ -610,10 +553,7 @@ mod tests {
         let m = err(net(
             json!({"ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.9.0.1"}]]}),
         ));
-        assert_eq!(
-            m,
-            "ipam.ranges[0][0].gateway 10.9.0.1 is outside subnet 10.1.0.0/24"
-        );
+        assert_eq!(m, "ipam.ranges[0][0].gateway 10.9.0.1 is outside subnet 10.1.0.0/24");
         let m = err(net(
             json!({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "fd00::/64"}]]}),
         ));

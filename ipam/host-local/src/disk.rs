@@ -67,8 +67,7 @@ const INDEX_HEADER: &str = "# host-local lease index (not a lease)";
 fn index_key(id: &str, ifname: Option<&str>) -> Option<String> {
     let id = id.trim();
     let key = format!("{id}:{}", ifname.unwrap_or(""));
-    let ok =
-        valid_container_id(id) && key.len() <= 250 && !key.contains('/') && !key.contains('\0');
+    let ok = valid_container_id(id) && key.len() <= 250 && !key.contains('/') && !key.contains('\0');
     ok.then_some(key)
 }
 
@@ -118,12 +117,7 @@ impl DiskStore {
         let data = match Dir::open(data_dir) {
             Ok(d) => d,
             Err(e) if !create && sys::is_not_found(&e) => return Ok(None),
-            Err(e) => {
-                return Err(io_err(
-                    format!("opening data dir {}", data_dir.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(io_err(format!("opening data dir {}", data_dir.display()), e)),
         };
         if create {
             data.mkdir(network, DIR_MODE)
@@ -275,11 +269,7 @@ impl DiskStore {
             return;
         };
         let before: BTreeSet<IpAddr> = self.read_hint(&key).into_iter().collect();
-        let after: BTreeSet<IpAddr> = before
-            .iter()
-            .filter(|ip| !gone.contains(ip))
-            .copied()
-            .collect();
+        let after: BTreeSet<IpAddr> = before.iter().filter(|ip| !gone.contains(ip)).copied().collect();
         if after != before {
             let r = self.write_hint(&key, &after);
             self.note_index_error(r);
@@ -338,12 +328,7 @@ impl DiskStore {
             }
             index
                 .write_file(key, content.as_bytes(), FILE_MODE)
-                .map_err(|e| {
-                    io_err(
-                        format!("writing {}/{INDEX_DIR}/{key}", self.path.display()),
-                        e,
-                    )
-                })?;
+                .map_err(|e| io_err(format!("writing {}/{INDEX_DIR}/{key}", self.path.display()), e))?;
         }
         self.complete = true;
         self.stamp_needed = true;
@@ -402,10 +387,7 @@ impl DiskStore {
                 Ok(())
             }
             Err(e) if sys::is_not_found(&e) => Ok(()),
-            Err(e) => Err(io_err(
-                format!("removing lease {}/{ip}", self.path.display()),
-                e,
-            )),
+            Err(e) => Err(io_err(format!("removing lease {}/{ip}", self.path.display()), e)),
         }
     }
 
@@ -441,8 +423,7 @@ impl DiskStore {
             .unwrap_or(UNIX_EPOCH)
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        self.dir
-            .set_mtime(back.as_secs() as i64, back.subsec_nanos() as i64)?;
+        self.dir.set_mtime(back.as_secs() as i64, back.subsec_nanos() as i64)?;
         let st = self.dir.stat()?;
         let stamp = format!("v1 {} {}\n", st.mtime.0, st.mtime.1);
         self.counter += 1;
@@ -462,21 +443,18 @@ impl Store for DiskStore {
         match self.dir.link(&tmp, &name) {
             Ok(()) => {}
             Err(e) if sys::is_exists(&e) => return Ok(false),
-            Err(e) => {
-                return Err(io_err(
-                    format!("reserving {}/{name}", self.path.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(io_err(format!("reserving {}/{name}", self.path.display()), e)),
         }
         // The temp's inode is now the lease; the next reservation gets a new temp.
         self.drop_tmp();
         self.stamp_needed = true;
-        self.hint_add(id, Some(ifname), ip);
         let last = format!("{LAST_RESERVED_PREFIX}{range_set}");
-        self.dir
-            .write_file(&last, name.as_bytes(), FILE_MODE)
-            .map_err(|e| io_err(format!("writing {}/{last}", self.path.display()), e))?;
+        if let Err(e) = self.dir.write_file(&last, name.as_bytes(), FILE_MODE) {
+            // Fail whole: no lease without its bookkeeping.
+            let _ = self.dir.unlink(&name);
+            return Err(io_err(format!("writing {}/{last}", self.path.display()), e));
+        }
+        self.hint_add(id, Some(ifname), ip);
         Ok(true)
     }
 
@@ -584,6 +562,13 @@ impl Store for DiskStore {
 
     fn commit(&mut self) -> Result<()> {
         self.drop_tmp();
+        if self.stamp_needed && !self.complete && self.index.is_some() {
+            // The directory changed in a call that did not need the index (a first call, a
+            // static address): bring the index up to date now, once.
+            if let Err(e) = self.ensure_index() {
+                eprintln!("host-local: rebuilding the lease index: {e}");
+            }
+        }
         if self.complete && self.stamp_needed {
             if let Err(e) = self.write_stamp() {
                 let r = Err(e);
@@ -598,5 +583,269 @@ impl Store for DiskStore {
 impl Drop for DiskStore {
     fn drop(&mut self) {
         self.drop_tmp();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn open(dir: &Path) -> DiskStore {
+        DiskStore::open(dir, "net", true).unwrap().unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Plants a lease as the reference writes it, which changes the directory's mtime.
+    fn plant(dir: &Path, ip: &str, content: &str) {
+        std::fs::write(dir.join("net").join(ip), content).unwrap();
+    }
+
+    #[test]
+    fn lease_layout_is_the_reference_one() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        assert!(s.reserve(" c1 ", "eth0", ip("10.1.0.2"), 0).unwrap());
+        assert!(s.reserve("c1", "eth0", ip("fd00::2"), 1).unwrap());
+        s.commit().unwrap();
+        drop(s);
+        let net = t.path().join("net");
+        assert_eq!(std::fs::read(net.join("10.1.0.2")).unwrap(), b"c1\r\neth0");
+        assert_eq!(std::fs::read(net.join("fd00::2")).unwrap(), b"c1\r\neth0");
+        assert_eq!(std::fs::read(net.join("last_reserved_ip.0")).unwrap(), b"10.1.0.2");
+        assert_eq!(std::fs::read(net.join("last_reserved_ip.1")).unwrap(), b"fd00::2");
+        // No temp file is left, and nothing is writable by others.
+        assert_eq!(
+            names(&net),
+            [
+                ".by-id",
+                "10.1.0.2",
+                "fd00::2",
+                "last_reserved_ip.0",
+                "last_reserved_ip.1",
+                "lock"
+            ]
+        );
+        for n in names(&net) {
+            let mode = std::fs::symlink_metadata(net.join(&n)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o022, 0, "{n} has mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn reserve_never_overwrites_an_existing_file() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        // An empty lease left by a writer that crashed is still a held address.
+        plant(t.path(), "10.1.0.2", "");
+        assert!(!s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap());
+        assert!(s.reserve("c1", "eth0", ip("10.1.0.3"), 0).unwrap());
+        s.commit().unwrap();
+        let net = t.path().join("net");
+        assert_eq!(std::fs::read(net.join("10.1.0.2")).unwrap(), b"");
+        assert!(!names(&net).iter().any(|n| n.starts_with(TMP_PREFIX)));
+    }
+
+    #[test]
+    fn temp_files_are_no_leases_and_gc_removes_them() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        // What a crash between writing the temp and linking it leaves.
+        plant(t.path(), ".tmp-999-1", "c9\r\neth0");
+        assert!(s.get_by_id("c9", "eth0").unwrap().is_empty());
+        s.gc(&|_| true).unwrap();
+        s.commit().unwrap();
+        assert!(!names(&t.path().join("net")).contains(&".tmp-999-1".to_string()));
+    }
+
+    #[test]
+    fn index_answers_without_a_scan_when_complete() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let s = open(t.path());
+        assert!(s.index_complete(), "our own change keeps the index complete");
+        drop(s);
+        // A lease planted behind the index's back, with the directory's mtime put back as
+        // we left it, is not seen: lookups use the index, not a scan of the leases.
+        let net = t.path().join("net");
+        let before = std::fs::metadata(&net).unwrap().modified().unwrap();
+        plant(t.path(), "10.1.0.9", "ghost\r\neth0");
+        let f = std::fs::File::open(&net).unwrap();
+        f.set_modified(before).unwrap();
+        let mut s = open(t.path());
+        assert!(s.index_complete());
+        assert!(s.release_by_id("ghost", "eth0").unwrap().is_empty());
+        assert_eq!(s.release_by_id("c1", "eth0").unwrap(), [ip("10.1.0.2")]);
+        s.commit().unwrap();
+    }
+
+    #[test]
+    fn foreign_changes_make_the_index_rebuild() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        // The reference adds a lease (new format) and an old-format one.
+        plant(t.path(), "10.1.0.3", "c2\r\neth0");
+        plant(t.path(), "10.1.0.4", "  c3 \n");
+        let mut s = open(t.path());
+        assert!(!s.index_complete());
+        assert_eq!(s.get_by_id("c2", "eth0").unwrap(), [ip("10.1.0.3")]);
+        assert!(s.index_complete(), "rebuilt by the lookup");
+        assert_eq!(s.release_by_id("c3", "eth0").unwrap(), [ip("10.1.0.4")]);
+        s.commit().unwrap();
+        drop(s);
+        let mut s = open(t.path());
+        assert!(s.index_complete());
+        assert_eq!(s.release_by_id("c2", "eth0").unwrap(), [ip("10.1.0.3")]);
+        s.commit().unwrap();
+        drop(s);
+        // The reference removes a lease of ours: the index notices (and does not lie).
+        std::fs::remove_file(t.path().join("net/10.1.0.2")).unwrap();
+        let mut s = open(t.path());
+        assert!(!s.index_complete());
+        assert!(s.get_by_id("c1", "eth0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn new_format_first_then_old_format() {
+        let t = tempfile::tempdir().unwrap();
+        plant_dir(t.path());
+        plant(t.path(), "10.1.0.2", "c1\r\neth0");
+        plant(t.path(), "10.1.0.3", "c1");
+        let mut s = open(t.path());
+        assert_eq!(s.get_by_id("c1", "eth0").unwrap().len(), 2);
+        assert_eq!(s.release_by_id("c1", "eth0").unwrap(), [ip("10.1.0.2")]);
+        assert_eq!(s.release_by_id("c1", "eth0").unwrap(), [ip("10.1.0.3")]);
+        assert!(s.release_by_id("c1", "eth0").unwrap().is_empty());
+    }
+
+    fn plant_dir(dir: &Path) {
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+    }
+
+    #[test]
+    fn stale_index_entries_are_verified() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        // The lease now names someone else, rewritten in place (which no plugin does, and
+        // which leaves the directory's mtime alone): the index entry of c1 is stale and the
+        // lease must not be released for c1.
+        std::fs::write(t.path().join("net/10.1.0.2"), "c2\r\neth0").unwrap();
+        let mut s = open(t.path());
+        assert!(s.index_complete());
+        assert!(s.release_by_id("c1", "eth0").unwrap().is_empty());
+        assert!(t.path().join("net/10.1.0.2").exists());
+        // GC rebuilds the index from the leases themselves.
+        s.gc(&|_| true).unwrap();
+        assert_eq!(s.release_by_id("c2", "eth0").unwrap(), [ip("10.1.0.2")]);
+    }
+
+    #[test]
+    fn long_ids_fall_back_to_a_scan() {
+        let t = tempfile::tempdir().unwrap();
+        let id = "x".repeat(300);
+        let mut s = open(t.path());
+        s.reserve(&id, "eth0", ip("10.1.0.2"), 0).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let mut s = open(t.path());
+        assert_eq!(s.release_by_id(&id, "eth0").unwrap(), [ip("10.1.0.2")]);
+    }
+
+    #[test]
+    fn gc_keeps_valid_releases_invalid_and_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        s.reserve("keep", "eth0", ip("10.1.0.2"), 0).unwrap();
+        s.reserve("gone", "eth0", ip("10.1.0.3"), 0).unwrap();
+        s.reserve("keep", "eth1", ip("10.1.0.4"), 0).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        plant(t.path(), "10.1.0.5", "");
+        plant(t.path(), "10.1.0.6", "keep");
+        plant(t.path(), "10.1.0.7", "old");
+        let mut s = open(t.path());
+        let keep = |o: &Owner| o.container_id == "keep" && o.ifname.as_deref().is_none_or(|i| i == "eth0");
+        let mut r = s.gc(&keep).unwrap();
+        r.released.sort();
+        assert_eq!(r.released, [ip("10.1.0.3"), ip("10.1.0.4"), ip("10.1.0.7")]);
+        assert_eq!(r.empty_removed, [ip("10.1.0.5")]);
+        assert_eq!(r.kept, 2);
+        s.commit().unwrap();
+        drop(s);
+        let mut s = open(t.path());
+        assert!(s.index_complete());
+        assert_eq!(s.get_by_id("keep", "eth0").unwrap().len(), 2);
+        assert!(s.get_by_id("gone", "eth0").unwrap().is_empty());
+    }
+
+    #[test]
+    fn symlinks_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        // A symlinked network directory.
+        symlink(elsewhere.path(), t.path().join("net")).unwrap();
+        let e = DiskStore::open(t.path(), "net", true).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+        // A symlinked lock file.
+        let t = tempfile::tempdir().unwrap();
+        plant_dir(t.path());
+        symlink(elsewhere.path().join("x"), t.path().join("net/lock")).unwrap();
+        assert!(DiskStore::open(t.path(), "net", true).is_err());
+        assert!(!elsewhere.path().join("x").exists());
+
+        // A symlink where a lease or last_reserved_ip file would be.
+        let t = tempfile::tempdir().unwrap();
+        plant_dir(t.path());
+        let target = elsewhere.path().join("target");
+        std::fs::write(&target, "c1\r\neth0").unwrap();
+        symlink(&target, t.path().join("net/10.1.0.2")).unwrap();
+        symlink(&target, t.path().join("net/last_reserved_ip.0")).unwrap();
+        let mut s = open(t.path());
+        assert!(!s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap());
+        assert!(s.get_by_id("c1", "eth0").unwrap().is_empty());
+        assert!(s.reserve("c1", "eth0", ip("10.1.0.3"), 0).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"c1\r\neth0");
+        assert!(s.release_by_id("c1", "eth0").unwrap().is_empty());
+        assert!(target.exists());
+    }
+
+    #[test]
+    fn bad_network_names_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        for bad in ["..", ".", "a/b", "", "-x", ".hidden"] {
+            let e = DiskStore::open(t.path(), bad, true).unwrap_err();
+            assert_eq!(e.code(), 7, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_store_is_none_without_create() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(DiskStore::open(&t.path().join("nope"), "net", false).unwrap().is_none());
+        assert!(DiskStore::open(t.path(), "net", false).unwrap().is_none());
+        assert!(!t.path().join("nope").exists() && !t.path().join("net").exists());
     }
 }

@@ -32,8 +32,7 @@ pub fn parse(text: &str) -> Dns {
 
 /// Reads and parses the resolv.conf file at `path`.
 pub fn parse_file(path: &Path) -> Result<Dns> {
-    let text = std::fs::read(path)
-        .map_err(|e| Error::io(format!("ipam.resolvConf {}", path.display()), e))?;
+    let text = std::fs::read(path).map_err(|e| Error::io(format!("ipam.resolvConf {}", path.display()), e))?;
     Ok(parse(&String::from_utf8_lossy(&text)))
 }
 

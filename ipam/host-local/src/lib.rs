@@ -49,8 +49,7 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
         if !seen.insert(req.ip) {
             continue;
         }
-        let slot = (0..conf.range_sets.len())
-            .find(|&i| per_set[i].is_none() && conf.range_sets[i].contains(req.ip));
+        let slot = (0..conf.range_sets.len()).find(|&i| per_set[i].is_none() && conf.range_sets[i].contains(req.ip));
         match slot {
             Some(i) => per_set[i] = Some(req.ip),
             None => unmatched.push(format!("{} ({})", req.ip, req.source)),
@@ -148,9 +147,7 @@ pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcRepo
 pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
     let unavailable = |e: Error| Error::PluginNotAvailable(e.to_string());
-    let mut store = open_store(&conf, true)
-        .map_err(unavailable)?
-        .expect("created on open");
+    let mut store = open_store(&conf, true).map_err(unavailable)?.expect("created on open");
     store.check_writable().map_err(unavailable)?;
     for (idx, set) in conf.range_sets.iter().enumerate() {
         if !allocator::has_free_address(&mut store, set, idx).map_err(unavailable)? {
@@ -164,30 +161,15 @@ pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
 
 impl cni::Plugin for HostLocal {
     fn add(&self, call: &cni::Call) -> Result<CniResult> {
-        add(
-            &call.stdin,
-            &call.env.container_id,
-            &call.env.ifname,
-            &call.env.args,
-        )
+        add(&call.stdin, &call.env.container_id, &call.env.ifname, &call.env.args)
     }
 
     fn del(&self, call: &cni::Call) -> Result<()> {
-        del(
-            &call.stdin,
-            &call.env.container_id,
-            &call.env.ifname,
-            &call.env.args,
-        )
+        del(&call.stdin, &call.env.container_id, &call.env.ifname, &call.env.args)
     }
 
     fn check(&self, call: &cni::Call) -> Result<()> {
-        check(
-            &call.stdin,
-            &call.env.container_id,
-            &call.env.ifname,
-            &call.env.args,
-        )
+        check(&call.stdin, &call.env.container_id, &call.env.ifname, &call.env.args)
     }
 
     fn gc(&self, call: &cni::Call) -> Result<()> {
@@ -203,5 +185,163 @@ impl cni::Plugin for HostLocal {
 
     fn status(&self, call: &cni::Call) -> Result<()> {
         status(&call.stdin, &call.env.args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn conf(dir: &std::path::Path, ipam: Value) -> Vec<u8> {
+        let mut ipam = ipam;
+        ipam["type"] = json!("host-local");
+        ipam["dataDir"] = json!(dir);
+        json!({"cniVersion": "1.1.0", "name": "net", "ipam": ipam})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn leases(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("net"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<IpAddr>().is_ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn dual(dir: &std::path::Path) -> Vec<u8> {
+        conf(
+            dir,
+            json!({"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/64"}]],
+                   "routes": [{"dst": "0.0.0.0/0"}]}),
+        )
+    }
+
+    #[test]
+    fn add_check_del_dual_stack() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        let r = add(&c, "c1", "eth0", "").unwrap();
+        let j = r.to_json("1.1.0");
+        assert_eq!(j["ips"][0]["address"], "10.1.0.2/24");
+        assert_eq!(j["ips"][0]["gateway"], "10.1.0.1");
+        assert_eq!(j["ips"][1]["address"], "fd00::2/64");
+        assert!(j["ips"][0].get("interface").is_none());
+        assert_eq!(j["routes"][0]["dst"], "0.0.0.0/0");
+        check(&c, "c1", "eth0", "").unwrap();
+        let e = check(&c, "c1", "eth1", "").unwrap_err();
+        assert_eq!(e.code(), 104);
+        del(&c, "c1", "eth0", "").unwrap();
+        del(&c, "c1", "eth0", "").unwrap();
+        assert!(leases(t.path()).is_empty());
+        let e = check(&c, "c1", "eth0", "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "host-local: Failed to find address added by container c1"
+        );
+    }
+
+    #[test]
+    fn failed_static_request_reserves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        add(&c, "other", "eth0", "IP=fd00::9").unwrap();
+        // The IPv4 set would get a dynamic address, the IPv6 request is held: nothing stays.
+        let e = add(&c, "c1", "eth0", "IP=fd00::9").unwrap_err();
+        assert_eq!(e.code(), 103, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("failed to allocate for range 1: requested IP address fd00::9 is not available"),
+            "{e}"
+        );
+        assert_eq!(leases(t.path()), ["10.1.0.2", "fd00::9"]);
+        // Outside every range set: code 7, before anything is reserved.
+        let e = add(&c, "c1", "eth0", "IP=10.9.0.1").unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("failed to allocate all requested IPs: 10.9.0.1"),
+            "{e}"
+        );
+        // Two requests for one range set.
+        let e = add(&c, "c1", "eth0", "IP=10.1.0.7,10.1.0.8").unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        assert_eq!(leases(t.path()), ["10.1.0.2", "fd00::9"]);
+        // A request per set, in every source.
+        let mut v: Value = serde_json::from_slice(&c).unwrap();
+        v["args"] = json!({"cni": {"ips": ["10.1.0.7/24"]}});
+        v["runtimeConfig"] = json!({"ips": ["fd00::7"]});
+        let r = add(v.to_string().as_bytes(), "c1", "eth0", "").unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.7/24");
+        assert_eq!(r.ips[1].address.to_string(), "fd00::7/64");
+    }
+
+    #[test]
+    fn del_without_a_store_creates_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let missing = t.path().join("missing");
+        let c = dual(&missing);
+        del(&c, "c1", "eth0", "").unwrap();
+        assert!(!missing.exists());
+        assert_eq!(check(&c, "c1", "eth0", "").unwrap_err().code(), 104);
+        gc(&c, &[]).unwrap();
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn gc_releases_what_is_not_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        add(&c, "c1", "eth0", "").unwrap();
+        add(&c, "c2", "eth0", "").unwrap();
+        let keep = [cni::types::Attachment {
+            container_id: "c2".into(),
+            ifname: "eth0".into(),
+        }];
+        let r = gc(&c, &keep).unwrap();
+        assert_eq!(r.released.len(), 2);
+        assert_eq!(leases(t.path()), ["10.1.0.3", "fd00::3"]);
+    }
+
+    #[test]
+    fn status_reports_a_full_range() {
+        let t = tempfile::tempdir().unwrap();
+        let c = conf(t.path(), json!({"ranges": [[{"subnet": "10.1.0.0/30"}]]}));
+        status(&c, "").unwrap();
+        add(&c, "c1", "eth0", "").unwrap();
+        let e = status(&c, "").unwrap_err();
+        assert_eq!(e.code(), 50, "{e}");
+        assert_eq!(add(&c, "c2", "eth0", "").unwrap_err().code(), 102);
+        del(&c, "c1", "eth0", "").unwrap();
+        status(&c, "").unwrap();
+    }
+
+    #[test]
+    fn status_reports_an_unusable_data_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let c = conf(&file, json!({"subnet": "10.1.0.0/24"}));
+        let e = status(&c, "").unwrap_err();
+        assert_eq!(e.code(), 50, "{e}");
+    }
+
+    #[test]
+    fn resolv_conf_fills_dns() {
+        let t = tempfile::tempdir().unwrap();
+        let rc = t.path().join("resolv.conf");
+        std::fs::write(&rc, "nameserver 10.0.0.53\nsearch example.com\n").unwrap();
+        let c = conf(t.path(), json!({"subnet": "10.1.0.0/24", "resolvConf": rc}));
+        let r = add(&c, "c1", "eth0", "").unwrap();
+        assert_eq!(r.dns.nameservers, ["10.0.0.53"]);
+        assert_eq!(r.dns.search, ["example.com"]);
+        let c = conf(
+            t.path(),
+            json!({"subnet": "10.1.0.0/24", "resolvConf": t.path().join("nope")}),
+        );
+        assert_eq!(add(&c, "c2", "eth0", "").unwrap_err().code(), 5);
     }
 }

@@ -69,12 +69,7 @@ impl Dir {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL"))?;
         // SAFETY: a valid C string; the fd returned is owned below.
-        let fd = check(unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        })?;
+        let fd = check(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
         // SAFETY: fd is a new descriptor we own.
         Ok(Dir {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
@@ -134,10 +129,7 @@ impl Dir {
             Err(e) => return Err(e),
         };
         if !f.metadata()?.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a regular file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
         }
         let mut buf = Vec::new();
         f.take(max).read_to_end(&mut buf)?;
@@ -166,8 +158,7 @@ impl Dir {
     pub fn link(&self, from: &str, to: &str) -> io::Result<()> {
         let (a, b) = (cstr(from)?, cstr(to)?);
         // SAFETY: valid dirfds and C strings; flags 0 means do not follow `from`.
-        check(unsafe { libc::linkat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr(), 0) })
-            .map(|_| ())
+        check(unsafe { libc::linkat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr(), 0) }).map(|_| ())
     }
 
     /// Renames `from` over `to` in this directory.
@@ -190,9 +181,7 @@ impl Dir {
         // SAFETY: zeroed stat is a valid out-parameter.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid dirfd, C string and out-pointer.
-        match check(unsafe {
-            libc::fstatat(self.raw(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
-        }) {
+        match check(unsafe { libc::fstatat(self.raw(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
             Ok(_) => Ok(Some(Stat::from(&st))),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
