@@ -1,0 +1,562 @@
+//! Test bed of the integration tests: find the built plugin binaries, run them exactly as a
+//! container runtime does, in private network namespaces that are always removed, with private
+//! lease stores.
+//!
+//! ```no_run
+//! use cni_tests::{bin, Cni, Netns, TempDir};
+//! use serde_json::json;
+//!
+//! let data = TempDir::new("hl");
+//! let host = Netns::new();          // the plugin's "host": never the machine's own namespace
+//! let ctr = Netns::new();           // the container
+//! let conf = json!({"cniVersion": "1.0.0", "name": "n", "type": "host-local",
+//!                   "ipam": {"type": "host-local", "subnet": "10.1.0.0/24", "dataDir": data.path()}});
+//! let out = Cni::new(bin("host-local"))
+//!     .command("ADD")
+//!     .container_id("c1")
+//!     .netns(ctr.path())
+//!     .host(&host)
+//!     .config(&conf)
+//!     .run();
+//! let result = out.expect_ok();
+//! assert_eq!(result["ips"][0]["address"], "10.1.0.2/24");
+//! ```
+//!
+//! Rules for tests built on this: run as root (namespaces), create everything through these
+//! helpers (unique names, removed on drop even when the test panics), and run plugins that
+//! touch interfaces inside a private host namespace ([`Cni::host`]) so the machine's own
+//! interfaces, addresses, routes and firewall are never touched.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `<prefix><pid>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether we run as root (namespaces and most plugin calls need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether this is a CI run (`CI` set and not empty/`false`/`0`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The directory of the built binaries, in this order: `CNI_RS_BIN_DIR` or `CNI_BIN_DIR` if
+/// set; the profile directory of the running test executable (`target/<profile>`, whatever
+/// `CARGO_TARGET_DIR` or `--release` made it); `$CARGO_TARGET_DIR/debug`;
+/// `<workspace>/target/debug`.
+pub fn bin_dir() -> PathBuf {
+    for var in ["CNI_RS_BIN_DIR", "CNI_BIN_DIR"] {
+        if let Some(d) = std::env::var_os(var).filter(|d| !d.is_empty()) {
+            return PathBuf::from(d);
+        }
+    }
+    // Test executables live in target/<profile>/deps.
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(profile) = exe
+            .parent()
+            .and_then(|deps| (deps.file_name()? == "deps").then(|| deps.parent()).flatten())
+        {
+            return profile.to_path_buf();
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target"));
+    target.join("debug")
+}
+
+/// The path of built binary `name` (e.g. `host-local`); panics with what to do when it is not
+/// built.
+#[track_caller]
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --workspace` first (or set CNI_RS_BIN_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// Where Debian's containernetworking-plugins installs the reference plugins.
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+/// The reference plugin `name` (Debian's `containernetworking-plugins`) for differential
+/// tests. When it is missing: in CI (env `CI`) the test fails; elsewhere this says so loudly on
+/// stderr and returns `None`, and the test should return early.
+#[track_caller]
+pub fn reference_bin(name: &str) -> Option<PathBuf> {
+    let p = Path::new(REFERENCE_DIR).join(name);
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        !in_ci(),
+        "reference plugin {} is missing in CI: `apt-get install containernetworking-plugins` (make deps)",
+        p.display()
+    );
+    eprintln!(
+        "\n*** SKIPPED: reference plugin {} is not installed (apt-get install containernetworking-plugins); \
+         this differential test did not run ***\n",
+        p.display()
+    );
+    None
+}
+
+/// Runs a command; panics with its output when it fails; returns its stdout.
+#[track_caller]
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace of this test (`ip netns add cnit<pid>-<n>`), deleted on drop — also
+/// when the test panics. Its loopback is up.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    #[track_caller]
+    pub fn new() -> Netns {
+        let name = unique_name("cnit");
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`, what `CNI_NETNS` holds.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs `cmd` inside the namespace (`ip netns exec`), returning its output whatever its
+    /// status.
+    pub fn exec(&self, cmd: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd:?} in {}: {e}", self.name))
+    }
+
+    /// `ip -n <name> args...`; panics on failure; returns stdout.
+    #[track_caller]
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["ip", "-n", &self.name];
+        a.extend_from_slice(args);
+        sh(&a)
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Netns::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A private temporary directory (e.g. a lease store's `dataDir`), removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique_name(&format!("cni-tests-{tag}-")));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `path/rel`.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What one plugin call gave.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Stdout parsed as JSON (`Null` when empty).
+    pub stdout: Value,
+    pub raw_stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The spec error's `code`, when the call failed with an error JSON.
+    pub fn error_code(&self) -> Option<u64> {
+        if self.success() {
+            return None;
+        }
+        self.stdout.get("code").and_then(Value::as_u64)
+    }
+
+    /// The spec error's `msg`.
+    pub fn error_msg(&self) -> String {
+        self.stdout
+            .get("msg")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The result; panics with the error and stderr when the call failed.
+    #[track_caller]
+    pub fn expect_ok(&self) -> Value {
+        assert!(
+            self.success(),
+            "plugin failed (exit {:?}): {} (stderr: {})",
+            self.code,
+            self.raw_stdout.trim(),
+            self.stderr.trim()
+        );
+        self.stdout.clone()
+    }
+
+    /// Asserts the call failed with error `code` (exit status 1 and an error JSON); returns
+    /// the message.
+    #[track_caller]
+    pub fn expect_error(&self, code: u64) -> String {
+        assert!(
+            !self.success(),
+            "plugin succeeded, expected error code {code}: {}",
+            self.raw_stdout.trim()
+        );
+        assert_eq!(
+            self.code,
+            Some(1),
+            "a failed call exits 1 (stdout {}, stderr {})",
+            self.raw_stdout.trim(),
+            self.stderr.trim()
+        );
+        assert_eq!(
+            self.error_code(),
+            Some(code),
+            "error JSON {} (stderr: {})",
+            self.raw_stdout.trim(),
+            self.stderr.trim()
+        );
+        self.error_msg()
+    }
+}
+
+/// One plugin call, built up and run as a runtime runs it: a clean environment with the
+/// `CNI_*` variables, the network config on stdin, the result or error JSON on stdout.
+///
+/// Defaults: `CNI_CONTAINERID=ctr1`, `CNI_IFNAME=eth0`, `CNI_NETNS=/var/run/netns/none` (a
+/// path that does not exist: fine for IPAM plugins; give a real one for others),
+/// `CNI_PATH=<bin dir>:/usr/lib/cni`, no `CNI_ARGS`. `CNI_RS_TRACE` is passed on when set.
+#[derive(Debug, Clone)]
+pub struct Cni {
+    bin: PathBuf,
+    env: Vec<(String, Option<String>)>,
+    stdin: Vec<u8>,
+    host: Option<String>,
+    via_ip_netns_exec: bool,
+    wrapper: Vec<String>,
+}
+
+impl Cni {
+    pub fn new(bin: impl Into<PathBuf>) -> Cni {
+        let mut c = Cni {
+            bin: bin.into(),
+            env: Vec::new(),
+            stdin: Vec::new(),
+            host: None,
+            via_ip_netns_exec: false,
+            wrapper: Vec::new(),
+        };
+        let cni_path = format!("{}:{REFERENCE_DIR}", bin_dir().display());
+        c = c
+            .env("CNI_CONTAINERID", "ctr1")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", "/var/run/netns/none")
+            .env("CNI_PATH", &cni_path);
+        c
+    }
+
+    /// `CNI_COMMAND`: ADD, DEL, CHECK, GC, STATUS, VERSION.
+    pub fn command(self, cmd: &str) -> Cni {
+        self.env("CNI_COMMAND", cmd)
+    }
+
+    pub fn container_id(self, id: &str) -> Cni {
+        self.env("CNI_CONTAINERID", id)
+    }
+
+    pub fn ifname(self, ifname: &str) -> Cni {
+        self.env("CNI_IFNAME", ifname)
+    }
+
+    pub fn netns(self, path: impl AsRef<str>) -> Cni {
+        self.env("CNI_NETNS", path.as_ref())
+    }
+
+    /// `CNI_ARGS`, e.g. `IgnoreUnknown=1;IP=10.1.0.5`.
+    pub fn args(self, args: &str) -> Cni {
+        self.env("CNI_ARGS", args)
+    }
+
+    /// Sets any environment variable (later calls win).
+    pub fn env(mut self, key: &str, value: &str) -> Cni {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), Some(value.to_string())));
+        self
+    }
+
+    /// Leaves a variable out (e.g. to test a missing `CNI_NETNS`).
+    pub fn unset(mut self, key: &str) -> Cni {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), None));
+        self
+    }
+
+    /// The network config, sent on stdin.
+    pub fn config(mut self, conf: &Value) -> Cni {
+        self.stdin = conf.to_string().into_bytes();
+        self
+    }
+
+    /// Raw stdin (e.g. invalid JSON).
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Cni {
+        self.stdin = bytes.into();
+        self
+    }
+
+    /// Runs the plugin inside `ns` (its "host" namespace), entering it with `setns` between
+    /// fork and exec: fast, but `/sys` stays the caller's mount (use
+    /// [`Cni::host_via_ip_netns_exec`] for plugins that read `/sys/class/net`).
+    pub fn host(mut self, ns: &Netns) -> Cni {
+        self.host = Some(ns.name().to_string());
+        self.via_ip_netns_exec = false;
+        self
+    }
+
+    /// Runs the plugin inside `ns` through `ip netns exec`, which also mounts that
+    /// namespace's `/sys`.
+    pub fn host_via_ip_netns_exec(mut self, ns: &Netns) -> Cni {
+        self.host = Some(ns.name().to_string());
+        self.via_ip_netns_exec = true;
+        self
+    }
+
+    /// Runs the plugin through a wrapper command: `wrapper... <plugin>` (e.g. `unshare -m`
+    /// with a shell that prepares mounts and ends in `exec "$@"`).
+    pub fn wrapper(mut self, argv: &[&str]) -> Cni {
+        self.wrapper = argv.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    fn command_line(&self) -> (Command, Option<File>) {
+        let mut argv: Vec<OsString> = Vec::new();
+        if self.via_ip_netns_exec {
+            if let Some(h) = &self.host {
+                argv.extend(["ip", "netns", "exec", h].map(OsString::from));
+            }
+        }
+        argv.extend(self.wrapper.iter().map(OsString::from));
+        argv.push(self.bin.clone().into_os_string());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        cmd.env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        if let Some(t) = std::env::var_os("CNI_RS_TRACE") {
+            cmd.env("CNI_RS_TRACE", t);
+        }
+        for (k, v) in &self.env {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut ns_file = None;
+        if let (Some(h), false) = (&self.host, self.via_ip_netns_exec) {
+            let f = File::open(format!("/run/netns/{h}")).unwrap_or_else(|e| panic!("opening netns {h}: {e}"));
+            let fd = f.as_raw_fd();
+            // SAFETY: between fork and exec we only call setns (async-signal-safe) on an fd
+            // that stays open (the File lives until the child is spawned).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            ns_file = Some(f);
+        }
+        (cmd, ns_file)
+    }
+
+    /// Starts the plugin and writes its stdin; [`Running::wait`] collects the output. For
+    /// many concurrent calls.
+    pub fn spawn(&self) -> Running {
+        let (mut cmd, ns_file) = self.command_line();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.bin.display()));
+        drop(ns_file);
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // A plugin that exits early (e.g. VERSION) does not read stdin: ignore EPIPE.
+        let _ = stdin.write_all(&self.stdin);
+        drop(stdin);
+        Running { child }
+    }
+
+    /// Runs the plugin to completion.
+    pub fn run(&self) -> Output {
+        self.spawn().wait()
+    }
+}
+
+/// A started plugin call.
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+}
+
+impl Running {
+    pub fn wait(self) -> Output {
+        let out = self.child.wait_with_output().expect("waiting for the plugin");
+        let raw_stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stdout = if raw_stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&raw_stdout)
+                .unwrap_or_else(|e| panic!("plugin stdout is not JSON ({e}): {raw_stdout}"))
+        };
+        Output {
+            code: out.status.code(),
+            stdout,
+            raw_stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Merges `extra` into `base` recursively (objects key by key, anything else replaced).
+pub fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// The regular files of `dir` whose names are IP addresses (a host-local lease store), sorted,
+/// with their contents.
+pub fn lease_files(dir: &Path) -> Vec<(String, String)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, String)> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .map(|n| {
+            let c = std::fs::read_to_string(dir.join(&n)).unwrap_or_default();
+            (n, c)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_is_recursive() {
+        let mut a = json!({"a": {"b": 1, "c": 2}, "d": [1]});
+        merge(&mut a, json!({"a": {"b": 5}, "d": [2], "e": true}));
+        assert_eq!(a, json!({"a": {"b": 5, "c": 2}, "d": [2], "e": true}));
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique_name("x"), unique_name("x"));
+    }
+
+    #[test]
+    fn temp_dirs_are_removed() {
+        let p = {
+            let t = TempDir::new("t");
+            std::fs::write(t.join("f"), "x").unwrap();
+            t.path().to_path_buf()
+        };
+        assert!(!p.exists());
+    }
+}
