@@ -4,7 +4,8 @@
 
 mod macvlan_common;
 
-use macvlan_common::{ip_of, Bed, Ns};
+use cni_tests::Netns;
+use macvlan_common::{ip_of, Bed, NsExt};
 use serde_json::{json, Value};
 
 /// The container address of an ADD result.
@@ -18,7 +19,7 @@ fn addr(result: &Value) -> String {
 #[test]
 fn bridge_mode_containers_reach_each_other() {
     let bed = Bed::new("br");
-    let (a, b) = (Ns::new("br-a"), Ns::new("br-b"));
+    let (a, b) = (Netns::new(), Netns::new());
     let conf = bed.conf(json!({}));
     let ra = bed.add("ca", &a, &conf).expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
@@ -38,13 +39,15 @@ fn bridge_mode_containers_reach_each_other() {
     assert!(a.ping(&ip_of(&addr(&rb))), "A cannot reach B");
     assert!(b.ping(&ip_of(&addr(&ra))), "B cannot reach A");
     // Nothing was made in the host namespace.
-    assert_eq!(bed.host.links().len(), 2, "{:?}", bed.host.links());
+    let mut host_links = bed.host.links();
+    host_links.sort();
+    assert_eq!(host_links, vec!["m0", "m1"]);
 }
 
 #[test]
 fn private_mode_containers_cannot_talk() {
     let bed = Bed::new("pv");
-    let (a, b) = (Ns::new("pv-a"), Ns::new("pv-b"));
+    let (a, b) = (Netns::new(), Netns::new());
     let conf = bed.conf(json!({"mode": "private"}));
     let ra = bed.add("ca", &a, &conf).expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
@@ -56,25 +59,19 @@ fn private_mode_containers_cannot_talk() {
 #[test]
 fn passthru_allows_one_child_and_refuses_a_second() {
     let bed = Bed::new("pt");
-    let (a, b) = (Ns::new("pt-a"), Ns::new("pt-b"));
+    let (a, b) = (Netns::new(), Netns::new());
     let conf = bed.conf(json!({"mode": "passthru"}));
     bed.add("ca", &a, &conf).expect_ok();
     assert!(a.link_details("eth0").contains("macvlan mode passthru"));
 
-    let out = bed.add("cb", &b, &conf);
-    out.expect_code(103);
-    assert!(
-        out.msg().contains("master m0 already has a passthru macvlan"),
-        "{}",
-        out.msg()
-    );
+    let msg = bed.add("cb", &b, &conf).expect_error(103);
+    assert!(msg.contains("master m0 already has a passthru macvlan"), "{msg}");
     // Nothing left behind: no link in B, no lease for B.
     assert!(b.links().is_empty(), "{:?}", b.links());
     assert_eq!(bed.leases().len(), 1, "{:?}", bed.leases());
     // A bridge-mode child is refused as well while the passthru one exists.
-    let out = bed.add("cb", &b, &bed.conf(json!({})));
-    out.expect_code(103);
-    assert!(out.msg().contains("passthru"), "{}", out.msg());
+    let msg = bed.add("cb", &b, &bed.conf(json!({}))).expect_error(103);
+    assert!(msg.contains("passthru"), "{msg}");
     assert!(b.links().is_empty());
     assert_eq!(bed.leases().len(), 1);
 }
@@ -82,7 +79,7 @@ fn passthru_allows_one_child_and_refuses_a_second() {
 #[test]
 fn vepa_mode() {
     let bed = Bed::new("ve");
-    let a = Ns::new("ve-a");
+    let a = Netns::new();
     bed.add("ca", &a, &bed.conf(json!({"mode": "vepa"}))).expect_ok();
     assert!(a.link_details("eth0").contains("macvlan mode vepa"));
 }
@@ -90,10 +87,8 @@ fn vepa_mode() {
 #[test]
 fn source_mode_with_its_allowed_macs() {
     let bed = Bed::new("so");
-    let (a, lan) = (Ns::new("so-a"), Ns::new("so-l"));
-    bed.host.ip(&["link", "set", "m1", "netns", &lan.name]);
-    lan.ip(&["link", "set", "m1", "up"]);
-    lan.ip(&["addr", "add", "10.77.0.254/24", "dev", "m1"]);
+    let (a, lan) = (Netns::new(), Netns::new());
+    bed.lan_peer(&lan, "10.77.0.254/24");
     let lan_mac = lan.mac("m1");
     let conf = bed.conf(json!({
         "mode": "source",
@@ -109,13 +104,14 @@ fn source_mode_with_its_allowed_macs() {
 
     // CHECK knows the mode.
     bed.check("ca", &a, &conf, &r).expect_ok();
-    // sourceMacs outside source mode, or source mode without them: code 7.
-    let b = Ns::new("so-b");
-    let out = bed.add("cb", &b, &bed.conf(json!({"mode": "source"})));
-    out.expect_code(7);
-    assert!(out.msg().contains("sourceMacs"), "{}", out.msg());
-    let out = bed.add("cb", &b, &bed.conf(json!({"sourceMacs": [lan_mac]})));
-    out.expect_code(7);
+    // Source mode without sourceMacs, or sourceMacs in another mode: code 7.
+    let b = Netns::new();
+    let msg = bed.add("cb", &b, &bed.conf(json!({"mode": "source"}))).expect_error(7);
+    assert!(msg.contains("sourceMacs"), "{msg}");
+    let msg = bed
+        .add("cb", &b, &bed.conf(json!({"sourceMacs": [lan_mac]})))
+        .expect_error(7);
+    assert!(msg.contains("sourceMacs"), "{msg}");
     assert!(b.links().is_empty());
 }
 
@@ -124,10 +120,8 @@ fn source_mode_with_its_allowed_macs() {
 #[test]
 fn lan_peer_and_container_reach_each_other_directly() {
     let bed = Bed::new("lan");
-    let (a, lan) = (Ns::new("lan-a"), Ns::new("lan-l"));
-    bed.host.ip(&["link", "set", "m1", "netns", &lan.name]);
-    lan.ip(&["link", "set", "m1", "up"]);
-    lan.ip(&["addr", "add", "10.77.0.254/24", "dev", "m1"]);
+    let (a, lan) = (Netns::new(), Netns::new());
+    bed.lan_peer(&lan, "10.77.0.254/24");
     let r = bed.add("ca", &a, &bed.conf(json!({}))).expect_ok();
     let cip = ip_of(&addr(&r));
     let cmac = r["interfaces"][0]["mac"].as_str().unwrap().to_string();
@@ -143,7 +137,7 @@ fn lan_peer_and_container_reach_each_other_directly() {
 #[test]
 fn static_ip_and_static_mac() {
     let bed = Bed::new("st");
-    let (a, b, c) = (Ns::new("st-a"), Ns::new("st-b"), Ns::new("st-c"));
+    let (a, b, c) = (Netns::new(), Netns::new(), Netns::new());
     // args.cni.ips and the config's mac.
     let conf = bed.conf(json!({
         "mac": "02:00:00:aa:00:01",
@@ -158,14 +152,9 @@ fn static_ip_and_static_mac() {
     // CNI_ARGS IP= and MAC= (MAC= wins over the config's mac).
     let conf = bed.conf(json!({"mac": "02:00:00:aa:00:01"}));
     let r = bed
-        .run_if(
-            "ADD",
-            "cb",
-            Some(&b),
-            "eth0",
-            "IgnoreUnknown=1;IP=10.77.0.51;MAC=02:00:00:aa:00:02",
-            &conf,
-        )
+        .call("ADD", "cb", Some(&b.path()), &conf)
+        .args("IgnoreUnknown=1;IP=10.77.0.51;MAC=02:00:00:aa:00:02")
+        .run()
         .expect_ok();
     assert_eq!(addr(&r), "10.77.0.51/24");
     assert_eq!(b.mac("eth0"), "02:00:00:aa:00:02");
@@ -175,23 +164,21 @@ fn static_ip_and_static_mac() {
         "mac": "02:00:00:aa:00:01",
         "runtimeConfig": {"mac": "02:00:00:aa:00:03"}
     }));
-    bed.run_if(
-        "ADD",
-        "cc",
-        Some(&c),
-        "eth0",
-        "IgnoreUnknown=1;MAC=02:00:00:aa:00:02",
-        &rc,
-    )
-    .expect_ok();
+    bed.call("ADD", "cc", Some(&c.path()), &rc)
+        .args("IgnoreUnknown=1;MAC=02:00:00:aa:00:02")
+        .run()
+        .expect_ok();
     assert_eq!(c.mac("eth0"), "02:00:00:aa:00:03");
     assert_eq!(bed.leases().len(), 3);
 
     // A bad MAC is code 7 naming where it came from; nothing is made.
-    let d = Ns::new("st-d");
-    let out = bed.run_if("ADD", "cd", Some(&d), "eth0", "MAC=zz:00", &conf);
-    out.expect_code(7);
-    assert!(out.msg().contains("CNI_ARGS MAC"), "{}", out.msg());
+    let d = Netns::new();
+    let msg = bed
+        .call("ADD", "cd", Some(&d.path()), &conf)
+        .args("IgnoreUnknown=1;MAC=zz:00")
+        .run()
+        .expect_error(7);
+    assert!(msg.contains("CNI_ARGS MAC"), "{msg}");
     assert!(d.links().is_empty());
     assert_eq!(bed.leases().len(), 3);
 }
@@ -199,12 +186,16 @@ fn static_ip_and_static_mac() {
 #[test]
 fn link_in_container() {
     let bed = Bed::new("lic");
-    let a = Ns::new("lic-a");
+    let a = Netns::new();
     a.ip(&["link", "add", "c0", "type", "veth", "peer", "name", "c1"]);
     a.ip(&["link", "set", "c0", "up"]);
     a.ip(&["link", "set", "c1", "up"]);
     let conf = bed.conf(json!({"master": "c0", "linkInContainer": true}));
-    let r = bed.run_if("ADD", "ca", Some(&a), "net1", "", &conf).expect_ok();
+    let r = bed
+        .call("ADD", "ca", Some(&a.path()), &conf)
+        .ifname("net1")
+        .run()
+        .expect_ok();
     let d = a.link_details("net1");
     assert!(d.contains("net1@c0"), "{d}");
     assert!(d.contains("macvlan mode bridge"), "{d}");
@@ -212,21 +203,24 @@ fn link_in_container() {
 
     let mut cc = conf.clone();
     cc["prevResult"] = r.clone();
-    bed.run_if("CHECK", "ca", Some(&a), "net1", "", &cc).expect_ok();
+    bed.call("CHECK", "ca", Some(&a.path()), &cc)
+        .ifname("net1")
+        .run()
+        .expect_ok();
 
     // The master is looked for in the container, not in the host.
-    let out = bed.run_if(
-        "ADD",
-        "cb",
-        Some(&a),
-        "net2",
-        "",
-        &bed.conf(json!({"master": "m0", "linkInContainer": true})),
-    );
-    out.expect_code(7);
-    assert!(out.msg().contains("master"), "{}", out.msg());
+    let other = bed.conf(json!({"master": "m0", "linkInContainer": true}));
+    let msg = bed
+        .call("ADD", "cb", Some(&a.path()), &other)
+        .ifname("net2")
+        .run()
+        .expect_error(7);
+    assert!(msg.contains("master"), "{msg}");
 
-    bed.run_if("DEL", "ca", Some(&a), "net1", "", &conf).expect_ok();
+    bed.call("DEL", "ca", Some(&a.path()), &conf)
+        .ifname("net1")
+        .run()
+        .expect_ok();
     assert!(!a.has_link("net1"));
     assert!(a.has_link("c0"));
     assert!(bed.leases().is_empty());
@@ -235,13 +229,12 @@ fn link_in_container() {
 #[test]
 fn mtu_is_checked_against_the_master() {
     let bed = Bed::new("mtu");
-    let a = Ns::new("mtu-a");
-    let out = bed.add("ca", &a, &bed.conf(json!({"mtu": 9000})));
-    out.expect_code(7);
-    assert!(out.msg().contains("mtu"), "{}", out.msg());
+    let a = Netns::new();
+    let msg = bed.add("ca", &a, &bed.conf(json!({"mtu": 9000}))).expect_error(7);
+    assert!(msg.contains("mtu") && msg.contains("1500"), "{msg}");
     assert!(a.links().is_empty());
     assert!(bed.leases().is_empty());
-    bed.add("ca", &a, &bed.conf(json!({"mtu": -5}))).expect_code(7);
+    bed.add("ca", &a, &bed.conf(json!({"mtu": -5}))).expect_error(7);
 
     let r = bed.add("ca", &a, &bed.conf(json!({"mtu": 1400}))).expect_ok();
     assert!(a.link_details("eth0").contains("mtu 1400"));
@@ -251,22 +244,18 @@ fn mtu_is_checked_against_the_master() {
 #[test]
 fn missing_master_and_default_master() {
     let bed = Bed::new("mm");
-    let a = Ns::new("mm-a");
-    let out = bed.add("ca", &a, &bed.conf(json!({"master": "nosuch0"})));
-    out.expect_code(7);
-    assert!(
-        out.msg().contains("master") && out.msg().contains("nosuch0"),
-        "{}",
-        out.msg()
-    );
+    let a = Netns::new();
+    let msg = bed
+        .add("ca", &a, &bed.conf(json!({"master": "nosuch0"})))
+        .expect_error(7);
+    assert!(msg.contains("\"master\"") && msg.contains("nosuch0"), "{msg}");
     assert!(a.links().is_empty());
     assert!(bed.leases().is_empty());
 
     // No master and no default route: code 7 naming the key.
     let no_master = bed.conf(json!({"master": null}));
-    let out = bed.add("ca", &a, &no_master);
-    out.expect_code(7);
-    assert!(out.msg().contains("\"master\""), "{}", out.msg());
+    let msg = bed.add("ca", &a, &no_master).expect_error(7);
+    assert!(msg.contains("\"master\""), "{msg}");
     assert!(a.links().is_empty());
 
     // No master: the default route's interface.
@@ -275,15 +264,10 @@ fn missing_master_and_default_master() {
         .ip(&["route", "add", "default", "via", "10.77.0.1", "dev", "m0"]);
     let r = bed.add("ca", &a, &no_master).expect_ok();
     bed.check("ca", &a, &no_master, &r).expect_ok();
-    // The container's macvlan is on m0: the host reaches the LAN side, not the macvlan (a
-    // macvlan and its master never talk), so look at the link instead.
     let m0 = bed.host.ip(&["-o", "link", "show", "dev", "m0"]);
     let m0_index = m0.split(':').next().unwrap().trim().to_string();
-    assert!(
-        a.link_details("eth0").contains(&format!("eth0@if{m0_index}")),
-        "{}",
-        a.link_details("eth0")
-    );
+    let d = a.link_details("eth0");
+    assert!(d.contains(&format!("eth0@if{m0_index}")), "{d}");
 }
 
 #[test]
@@ -291,16 +275,15 @@ fn host_eth0_does_not_get_in_the_way() {
     let bed = Bed::new("he");
     bed.host
         .ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
-    let a = Ns::new("he-a");
+    let a = Netns::new();
     bed.add("ca", &a, &bed.conf(json!({}))).expect_ok();
     assert!(a.has_link("eth0"));
     assert!(bed.host.has_link("eth0"));
     // And an existing eth0 in the container is a clear error, with nothing left behind.
-    let b = Ns::new("he-b");
+    let b = Netns::new();
     b.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "x1"]);
-    let out = bed.add("cb", &b, &bed.conf(json!({})));
-    out.expect_code(103);
-    assert!(out.msg().contains("already exists"), "{}", out.msg());
+    let msg = bed.add("cb", &b, &bed.conf(json!({}))).expect_error(103);
+    assert!(msg.contains("already exists"), "{msg}");
     let mut links = b.links();
     links.sort();
     assert_eq!(links, vec!["eth0", "x1"]);
@@ -310,7 +293,7 @@ fn host_eth0_does_not_get_in_the_way() {
 #[test]
 fn without_ipam_the_interface_is_up_with_no_address() {
     let bed = Bed::new("l2");
-    let a = Ns::new("l2-a");
+    let a = Netns::new();
     let conf = bed.conf(json!({"ipam": null, "dns": {"nameservers": ["10.77.0.1"]}}));
     let r = bed.add("ca", &a, &conf).expect_ok();
     assert!(r.get("ips").is_none(), "{r}");
@@ -328,7 +311,7 @@ fn without_ipam_the_interface_is_up_with_no_address() {
 #[test]
 fn del_removes_link_and_lease_and_can_repeat() {
     let bed = Bed::new("del");
-    let a = Ns::new("del-a");
+    let a = Netns::new();
     let conf = bed.conf(json!({}));
     bed.add("ca", &a, &conf).expect_ok();
     assert_eq!(bed.leases().len(), 1);
@@ -345,69 +328,58 @@ fn del_removes_link_and_lease_and_can_repeat() {
 #[test]
 fn del_after_the_netns_is_gone() {
     let bed = Bed::new("gone");
-    let mut a = Ns::new("gone-a");
+    let a = Netns::new();
     let conf = bed.conf(json!({}));
     bed.add("ca", &a, &conf).expect_ok();
     let path = a.path();
-    a.delete();
-    let out = macvlan_common::run_plugin(
-        &bed.host,
-        "macvlan",
-        &macvlan_common::Call {
-            command: "DEL",
-            container_id: "ca",
-            netns: Some(path),
-            ifname: "eth0",
-            args: "",
-        },
-        &conf,
-    );
-    out.expect_ok();
+    drop(a);
+    assert!(!std::path::Path::new(&path).exists());
+    bed.call("DEL", "ca", Some(&path), &conf).run().expect_ok();
     assert!(bed.leases().is_empty());
-    // The master is untouched.
+    // Again, and the master is untouched.
+    bed.call("DEL", "ca", Some(&path), &conf).run().expect_ok();
     assert!(bed.host.has_link("m0"));
 }
 
 #[test]
 fn check_passes_after_add_and_fails_when_the_address_is_gone() {
     let bed = Bed::new("chk");
-    let a = Ns::new("chk-a");
+    let a = Netns::new();
     let conf = bed.conf(json!({"ipam": {"routes": [{"dst": "10.200.0.0/16"}]}}));
     let r = bed.add("ca", &a, &conf).expect_ok();
     bed.check("ca", &a, &conf, &r).expect_ok();
 
     // Without prevResult: an error.
-    bed.run("CHECK", "ca", Some(&a), &conf).expect_code(7);
+    bed.run("CHECK", "ca", Some(&a), &conf).expect_error(7);
     // Another mode than the link's.
     bed.check("ca", &a, &bed.conf(json!({"mode": "vepa"})), &r)
-        .expect_code(104);
+        .expect_error(104);
     // A MAC that is not the link's.
     let mut other = r.clone();
     other["interfaces"][0]["mac"] = json!("02:00:00:00:00:99");
-    bed.check("ca", &a, &conf, &other).expect_code(104);
-    // The route removed.
+    bed.check("ca", &a, &conf, &other).expect_error(104);
+    // The route removed, then back.
     a.ip(&["route", "del", "10.200.0.0/16"]);
-    bed.check("ca", &a, &conf, &r).expect_code(104);
+    bed.check("ca", &a, &conf, &r).expect_error(104);
     a.ip(&["route", "add", "10.200.0.0/16", "via", "10.77.0.1", "dev", "eth0"]);
     bed.check("ca", &a, &conf, &r).expect_ok();
     // The address removed.
     a.ip(&["addr", "del", &addr(&r), "dev", "eth0"]);
-    let out = bed.check("ca", &a, &conf, &r);
-    out.expect_code(104);
-    assert!(out.msg().contains(&addr(&r)), "{}", out.msg());
+    let msg = bed.check("ca", &a, &conf, &r).expect_error(104);
+    assert!(msg.contains(&addr(&r)), "{msg}");
 }
 
 #[test]
 fn failed_add_leaves_no_link_and_no_lease() {
     let bed = Bed::new("fail");
-    let (a, b) = (Ns::new("fail-a"), Ns::new("fail-b"));
+    let (a, b) = (Netns::new(), Netns::new());
     // One address in the range: the second ADD fails in IPAM.
     let conf = bed.conf(json!({"ipam": {"ranges": [[{
         "subnet": "10.77.0.0/24", "rangeStart": "10.77.0.10", "rangeEnd": "10.77.0.10"
     }]]}}));
     bed.add("ca", &a, &conf).expect_ok();
     let out = bed.add("cb", &b, &conf);
-    assert!(!out.ok, "{}", out.json);
+    assert!(!out.success(), "{}", out.raw_stdout);
     assert!(b.links().is_empty(), "{:?}", b.links());
     assert_eq!(bed.leases(), vec!["10.77.0.10"]);
 
@@ -417,8 +389,8 @@ fn failed_add_leaves_no_link_and_no_lease() {
         "ipam": {"routes": [{"dst": "10.200.0.0/16", "gw": "10.99.99.1"}]}
     }));
     let out = bed.add("cb", &b, &conf);
-    assert!(!out.ok, "{}", out.json);
-    assert!(out.msg().contains("10.200.0.0/16"), "{}", out.msg());
+    assert!(!out.success(), "{}", out.raw_stdout);
+    assert!(out.error_msg().contains("10.200.0.0/16"), "{}", out.error_msg());
     assert!(b.links().is_empty(), "{:?}", b.links());
     assert!(bed.leases_of("mvnet-fail2").is_empty());
 }
@@ -426,10 +398,9 @@ fn failed_add_leaves_no_link_and_no_lease() {
 #[test]
 fn bad_mode_is_code_7() {
     let bed = Bed::new("bm");
-    let a = Ns::new("bm-a");
-    let out = bed.add("ca", &a, &bed.conf(json!({"mode": "turbo"})));
-    out.expect_code(7);
-    assert!(out.msg().contains("mode"), "{}", out.msg());
+    let a = Netns::new();
+    let msg = bed.add("ca", &a, &bed.conf(json!({"mode": "turbo"}))).expect_error(7);
+    assert!(msg.contains("mode"), "{msg}");
     assert!(a.links().is_empty());
 }
 
@@ -438,21 +409,16 @@ fn status_and_gc() {
     let bed = Bed::new("sg");
     let l2 = bed.conf(json!({"cniVersion": "1.1.0", "ipam": null}));
     bed.run("STATUS", "", None, &l2).expect_ok();
-    let out = bed.run(
-        "STATUS",
-        "",
-        None,
-        &bed.conf(json!({"cniVersion": "1.1.0", "ipam": null, "master": "nosuch0"})),
-    );
-    out.expect_code(50);
-    assert!(out.msg().contains("nosuch0"), "{}", out.msg());
+    let missing = bed.conf(json!({"cniVersion": "1.1.0", "ipam": null, "master": "nosuch0"}));
+    let msg = bed.run("STATUS", "", None, &missing).expect_error(50);
+    assert!(msg.contains("nosuch0"), "{msg}");
     bed.run("GC", "", None, &l2).expect_ok();
 
     if !macvlan_common::our_host_local() {
         eprintln!("skipping GC/STATUS through IPAM: our host-local is not built");
         return;
     }
-    let a = Ns::new("sg-a");
+    let a = Netns::new();
     let conf = bed.conf(json!({"cniVersion": "1.1.0"}));
     bed.add("ca", &a, &conf).expect_ok();
     bed.run("STATUS", "", None, &conf).expect_ok();
@@ -465,7 +431,7 @@ fn status_and_gc() {
 #[test]
 fn results_in_older_versions() {
     let bed = Bed::new("ver");
-    let a = Ns::new("ver-a");
+    let a = Netns::new();
     let conf = bed.conf(json!({"cniVersion": "0.4.0"}));
     let r = bed.add("ca", &a, &conf).expect_ok();
     assert_eq!(r["cniVersion"], "0.4.0");
@@ -474,26 +440,24 @@ fn results_in_older_versions() {
     bed.del("ca", Some(&a), &conf).expect_ok();
 }
 
-/// The conf-examples, with the master and lease store of this test bed.
+/// A conf-example, with the master and lease store of this test bed.
 fn example(bed: &Bed, file: &str) -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf-examples/");
-    let text = std::fs::read_to_string(format!("{path}{file}")).expect("reading the example");
+    let path = cni_tests::workspace_dir().join("conf-examples").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let list: Value = serde_json::from_str(&text).expect("example is JSON");
     let mut conf = list["plugins"][0].clone();
     conf["cniVersion"] = list["cniVersion"].clone();
     conf["name"] = list["name"].clone();
     conf["master"] = json!("m0");
-    conf["ipam"]["dataDir"] = json!(bed.data.0.to_str().unwrap());
+    conf["ipam"]["dataDir"] = json!(bed.data.path());
     conf
 }
 
 #[test]
 fn conf_example_static() {
     let bed = Bed::new("exs");
-    let (a, b, lan) = (Ns::new("exs-a"), Ns::new("exs-b"), Ns::new("exs-l"));
-    bed.host.ip(&["link", "set", "m1", "netns", &lan.name]);
-    lan.ip(&["link", "set", "m1", "up"]);
-    lan.ip(&["addr", "add", "192.168.1.1/24", "dev", "m1"]);
+    let (a, b, lan) = (Netns::new(), Netns::new(), Netns::new());
+    bed.lan_peer(&lan, "192.168.1.1/24");
     let conf = example(&bed, "macvlan-static.conflist");
     let r = bed.add("ca", &a, &conf).expect_ok();
     assert_eq!(addr(&r), "192.168.1.200/24");
@@ -503,7 +467,7 @@ fn conf_example_static() {
     assert!(lan.ping("192.168.1.200"));
     bed.check("ca", &a, &conf, &r).expect_ok();
     // The one address is taken.
-    assert!(!bed.add("cb", &b, &conf).ok);
+    assert!(!bed.add("cb", &b, &conf).success());
     assert!(b.links().is_empty());
     bed.del("ca", Some(&a), &conf).expect_ok();
     assert!(bed.leases_of("rsmacvlan-static").is_empty());
@@ -513,7 +477,7 @@ fn conf_example_static() {
 #[test]
 fn conf_example_range() {
     let bed = Bed::new("exr");
-    let (a, b) = (Ns::new("exr-a"), Ns::new("exr-b"));
+    let (a, b) = (Netns::new(), Netns::new());
     let conf = example(&bed, "macvlan-range.conflist");
     let ra = bed.add("ca", &a, &conf).expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
