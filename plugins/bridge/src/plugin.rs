@@ -353,6 +353,12 @@ fn ensure_bridge(host: &Nl, conf: &BridgeConf, undo: &mut Undo) -> Result<Link> 
             }
             // Another ADD created it meanwhile.
             Err(e) if e.is(libc::EEXIST) => br = host.link(&conf.bridge)?,
+            Err(e) if vlan_filtering && e.is(libc::EOPNOTSUPP) => {
+                return Err(Error::NotSupported(format!(
+                    "cannot create bridge {} with VLAN filtering, which \"vlan\"/\"vlanTrunk\" need: {e} (the kernel may lack CONFIG_BRIDGE_VLAN_FILTERING)",
+                    conf.bridge
+                )))
+            }
             Err(e) => return Err(Error::from(e).context(format!("failed to create bridge {}", conf.bridge))),
         }
     }
@@ -573,7 +579,9 @@ fn ensure_addr(host: &Nl, link: &Link, gw: IpNet, force: bool) -> Result<()> {
             )));
         }
     }
-    match host.add_addr(link.index, gw, false) {
+    // No DAD for the gateway: this subnet is ours, and the containers' default routes need the
+    // address usable at once.
+    match host.add_addr(link.index, gw, true) {
         Ok(()) => {}
         Err(e) if e.is(libc::EEXIST) => {}
         Err(e) => return Err(Error::from(e).context(format!("adding gateway {gw} to {}", link.name))),
