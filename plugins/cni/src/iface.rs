@@ -7,17 +7,18 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::netlink::{Link, NewRoute, Nl};
-use crate::netns::{write_sysctl, Netns};
+use crate::netns::{read_sysctl, write_sysctl, Netns};
 use crate::types::CniResult;
 
 /// Sysctls of the container interface, written inside `ns` on one short-lived thread:
-/// `arp_notify=1`, `ndisc_notify` (macvlan), IPv6 DAD on or off, and IPv6 enabled on `lo` and
-/// the interface when the result has an IPv6 address.
+/// `arp_notify=1`, `ndisc_notify` (macvlan), IPv6 DAD on or off (`None` leaves it as the
+/// namespace has it), and IPv6 enabled on `lo` and the interface when the result has an IPv6
+/// address.
 pub fn container_sysctls(
     ns: &Netns,
     ifname: &str,
     result: &CniResult,
-    enable_dad: bool,
+    enable_dad: Option<bool>,
     ndisc_notify: bool,
 ) -> Result<()> {
     let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
@@ -30,15 +31,22 @@ pub fn container_sysctls(
         }
         if has_v6 {
             for i in ["lo", ifname.as_str()] {
-                write_sysctl(&format!("net/ipv6/conf/{i}/disable_ipv6"), "0")
-                    .map_err(|e| e.context(format!("enabling IPv6 on {i}")))?;
+                // Read first: a write takes the kernel's RTNL lock even when nothing changes.
+                let key = format!("net/ipv6/conf/{i}/disable_ipv6");
+                if read_sysctl(&key).ok().as_deref() != Some("0") {
+                    write_sysctl(&key, "0").map_err(|e| e.context(format!("enabling IPv6 on {i}")))?;
+                }
             }
         }
-        if enable_dad {
-            let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
-            let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
-        } else {
-            let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+        match enable_dad {
+            Some(true) => {
+                let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+                let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
+            }
+            Some(false) => {
+                let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+            }
+            None => {}
         }
         Ok(())
     })?

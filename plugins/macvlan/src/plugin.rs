@@ -230,12 +230,12 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
         result.dns = ipam.dns;
         step("ipam");
 
-        iface::container_sysctls(netns, ifname, &result, true, true)?;
+        iface::container_sysctls(netns, ifname, &result, None, true)?;
         step("container sysctls");
         iface::configure(cont, &link, &result, 0, false)?;
         step("container addresses and routes");
     } else {
-        iface::container_sysctls(netns, ifname, &result, true, true)?;
+        iface::container_sysctls(netns, ifname, &result, None, true)?;
         cont.set_link(
             link.index,
             &LinkChange {
