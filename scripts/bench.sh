@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# make bench: our bridge, macvlan and host-local (target/release) against the reference plugins
+# (/usr/lib/cni), side by side in one run, everything in private network namespaces that are
+# always removed. Writes BENCHMARKS.md, docs/bench-scale.svg and target/bench/results.json.
+#
+# Usage (as root): scripts/bench.sh [--quick] [--cycles N] [--only version,host-local,bridge,
+#                  macvlan,conc,scale,trace] [--ours DIR] [--reference DIR] [--out DIR]
+# Env: QUICK=1 (smoke run, writes to target/bench-quick/), BENCH_CYCLES (50), BENCH_WARMUP (3),
+#      BENCH_CONC (64), BENCH_CONC_ROUNDS (5), BENCH_LEASES (0,1000,10000,50000),
+#      BENCH_SCALE_CYCLES, BENCH_TRACE_CYCLES, BENCH_ONLY, BENCH_TMPDIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CARGO=${CARGO:-cargo}
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bench: run as root: it creates network namespaces (nothing outside them is touched)" >&2
+  exit 1
+fi
+if ! command -v ip >/dev/null; then
+  echo "bench: ip (iproute2) missing: run 'make deps'" >&2
+  exit 1
+fi
+for p in bridge macvlan host-local; do
+  if [ ! -x "${BENCH_REFERENCE:-/usr/lib/cni}/$p" ]; then
+    echo "bench: reference plugin ${BENCH_REFERENCE:-/usr/lib/cni}/$p missing: run 'make deps'" >&2
+    exit 1
+  fi
+done
+
+# Under make the 'build' prerequisite has just built everything; alone, build what we measure.
+if [ -z "${MAKELEVEL:-}" ]; then
+  "$CARGO" build --release --workspace --bins
+fi
+
+export BENCH_VIA=${BENCH_VIA:-scripts/bench.sh}
+exec target/release/cni-bench "$@"
