@@ -19,7 +19,9 @@
 //!
 //! **Atomic leases.** A lease is written to a temp file first and then `link(2)`ed to its
 //! address's name: the link is the reservation (it fails with `EEXIST` if the address is
-//! held), and the lease appears with its whole content or not at all.
+//! held), and the lease appears with its whole content or not at all. The leases one call
+//! makes for one attachment (one per range set) share that inode: nothing ever writes a lease
+//! after creating it, and creating inodes is the dearest step on some filesystems.
 //!
 //! **Cost.** ADD probes candidate names with `link` (one syscall each), DEL and CHECK look the
 //! attachment up in the index and verify the lease files it names; neither reads the other
@@ -29,6 +31,12 @@
 //! a file there (the reference plugin, a person) sets the mtime to the current time, which can
 //! never equal the recorded value, so the next call of ours rebuilds the index with one full
 //! scan. When the index is complete, a missing index entry means "holds nothing".
+//! Index entries are verified against the lease files they name before they are used.
+//!
+//! **Crash safety of the index.** Index files are rewritten in place, once per call (the
+//! changes are buffered until [`Store::commit`]), and always after the stamp has been made
+//! invalid in that call (by a change to the network directory, or by truncating `.stamp`). A
+//! crash at any point therefore leaves an index that the next call rebuilds.
 //!
 //! **Safety.** The network name must be a valid container-id-like name, the network directory
 //! must not be a symlink, and every file is opened relative to the directory's descriptor with
@@ -89,8 +97,12 @@ pub struct DiskStore {
     index: Option<Dir>,
     /// The index is complete (checked against the stamp, or rebuilt in this call).
     complete: bool,
-    /// The index has to be stamped at commit (the directory changed, or it was rebuilt).
-    stamp_needed: bool,
+    /// The network directory changed in this call: the index must be stamped at commit.
+    dir_changed: bool,
+    /// `.stamp` on disk no longer matches (we truncated it, or the directory changed).
+    stamp_invalid: bool,
+    /// Index entries changed in this call, written at commit: key → all its addresses.
+    pending: BTreeMap<String, BTreeSet<IpAddr>>,
     /// A temp file holding `(content, name)`, ready to be linked as a lease.
     tmp: Option<(String, String)>,
     counter: u32,
@@ -141,21 +153,22 @@ impl DiskStore {
             .map_err(|e| io_err(format!("locking {}/{LOCK_FILE}", path.display()), e))?;
         cni::trace::step("lock");
 
-        let index = match dir.mkdir(INDEX_DIR, DIR_MODE) {
-            Ok(()) => dir.open_dir(INDEX_DIR).ok(),
-            Err(_) => dir.open_dir(INDEX_DIR).ok(),
-        };
+        let _ = dir.mkdir(INDEX_DIR, DIR_MODE);
+        let index = dir.open_dir(INDEX_DIR).ok();
         let mut store = DiskStore {
             dir,
             path,
             _lock: lock,
             index,
             complete: false,
-            stamp_needed: false,
+            dir_changed: false,
+            stamp_invalid: false,
+            pending: BTreeMap::new(),
             tmp: None,
             counter: 0,
         };
         store.complete = store.stamp_matches();
+        store.stamp_invalid = !store.complete;
         Ok(Some(store))
     }
 
@@ -187,6 +200,12 @@ impl DiskStore {
         format!("{TMP_PREFIX}{}-{}", std::process::id(), self.counter)
     }
 
+    /// Notes a change of the network directory (which also invalidates the stamp).
+    fn changed(&mut self) {
+        self.dir_changed = true;
+        self.stamp_invalid = true;
+    }
+
     /// Reads the lease of `ip`: `None` if there is none; a symlink or other non-regular file
     /// at that name is an error.
     fn read_lease(&self, ip: IpAddr) -> io::Result<Option<Vec<u8>>> {
@@ -201,26 +220,56 @@ impl DiskStore {
         String::from_utf8_lossy(content).trim() == id.trim()
     }
 
-    fn read_hint(&self, key: &str) -> Vec<IpAddr> {
+    /// The addresses the index entry `key` names (with this call's changes).
+    fn hint(&self, key: &str) -> BTreeSet<IpAddr> {
+        if let Some(p) = self.pending.get(key) {
+            return p.clone();
+        }
         let Some(index) = &self.index else {
-            return Vec::new();
+            return BTreeSet::new();
         };
         match index.read_small(key, MAX_READ) {
             Ok(Some(b)) => String::from_utf8_lossy(&b)
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
                 .collect(),
-            _ => Vec::new(),
+            _ => BTreeSet::new(),
         }
     }
 
-    /// Replaces the index entry `key` (atomically: temp file and rename); no addresses
-    /// removes it.
-    fn write_hint(&mut self, key: &str, ips: &BTreeSet<IpAddr>) -> io::Result<()> {
-        let tmp = self.next_tmp_name();
-        let Some(index) = &self.index else {
+    fn hint_add(&mut self, id: &str, ifname: Option<&str>, ip: IpAddr) {
+        if let Some(key) = index_key(id, ifname) {
+            let mut ips = self.hint(&key);
+            ips.insert(ip);
+            self.pending.insert(key, ips);
+        }
+    }
+
+    fn hint_remove(&mut self, id: &str, ifname: Option<&str>, gone: &[IpAddr]) {
+        if let Some(key) = index_key(id, ifname) {
+            let mut ips = self.hint(&key);
+            ips.retain(|ip| !gone.contains(ip));
+            self.pending.insert(key, ips);
+        }
+    }
+
+    /// Makes sure `.stamp` does not match before the index is written.
+    fn invalidate_stamp(&mut self) -> io::Result<()> {
+        if self.stamp_invalid {
             return Ok(());
-        };
+        }
+        if let Some(index) = &self.index {
+            match index.open_file(STAMP_FILE, libc::O_WRONLY | libc::O_TRUNC, 0) {
+                Ok(_) => {}
+                Err(e) if sys::is_not_found(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.stamp_invalid = true;
+        Ok(())
+    }
+
+    fn write_index_entry(index: &Dir, key: &str, ips: &BTreeSet<IpAddr>) -> io::Result<()> {
         if ips.is_empty() {
             return match index.unlink(key) {
                 Err(e) if !sys::is_not_found(&e) => Err(e),
@@ -231,48 +280,33 @@ impl DiskStore {
         for ip in ips {
             content.push_str(&format!("{ip}\n"));
         }
-        index.create_new(&tmp, content.as_bytes(), FILE_MODE)?;
-        if let Err(e) = index.rename(&tmp, key) {
-            let _ = index.unlink(&tmp);
-            return Err(e);
+        index.write_file(key, content.as_bytes(), FILE_MODE)
+    }
+
+    /// Writes this call's index changes.
+    fn flush_index(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.invalidate_stamp()?;
+        let pending = std::mem::take(&mut self.pending);
+        if let Some(index) = &self.index {
+            for (key, ips) in &pending {
+                Self::write_index_entry(index, key, ips)?;
+            }
         }
         Ok(())
     }
 
     /// A failed index update makes the index incomplete: the next call rebuilds it.
-    fn note_index_error(&mut self, r: io::Result<()>) {
-        if let Err(e) = r {
-            eprintln!(
-                "host-local: updating the lease index in {}: {e}; it will be rebuilt",
-                self.path.display()
-            );
-            self.complete = false;
-            if let Some(index) = &self.index {
-                let _ = index.unlink(STAMP_FILE);
-            }
-        }
-    }
-
-    fn hint_add(&mut self, id: &str, ifname: Option<&str>, ip: IpAddr) {
-        let Some(key) = index_key(id, ifname) else {
-            return;
-        };
-        let mut ips: BTreeSet<IpAddr> = self.read_hint(&key).into_iter().collect();
-        if ips.insert(ip) {
-            let r = self.write_hint(&key, &ips);
-            self.note_index_error(r);
-        }
-    }
-
-    fn hint_remove(&mut self, id: &str, ifname: Option<&str>, gone: &[IpAddr]) {
-        let Some(key) = index_key(id, ifname) else {
-            return;
-        };
-        let before: BTreeSet<IpAddr> = self.read_hint(&key).into_iter().collect();
-        let after: BTreeSet<IpAddr> = before.iter().filter(|ip| !gone.contains(ip)).copied().collect();
-        if after != before {
-            let r = self.write_hint(&key, &after);
-            self.note_index_error(r);
+    fn note_index_error(&mut self, e: io::Error) {
+        eprintln!(
+            "host-local: updating the lease index in {}: {e}; it will be rebuilt",
+            self.path.display()
+        );
+        self.complete = false;
+        if let Some(index) = &self.index {
+            let _ = index.unlink(STAMP_FILE);
         }
     }
 
@@ -297,7 +331,7 @@ impl DiskStore {
         Ok(out)
     }
 
-    /// Rewrites the index from `leases` and marks it complete.
+    /// Rewrites the index from `leases` and marks it complete (to be stamped at commit).
     fn rewrite_index(&mut self, leases: &[(IpAddr, Vec<u8>)]) -> Result<()> {
         let mut by_key: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
         for (ip, content) in leases {
@@ -307,31 +341,32 @@ impl DiskStore {
                 }
             }
         }
-        let Some(index) = &self.index else {
+        self.pending.clear();
+        if self.index.is_none() {
             return Ok(());
-        };
+        }
+        self.invalidate_stamp().map_err(|e| {
+            io_err(
+                format!("invalidating {}/{INDEX_DIR}/{STAMP_FILE}", self.path.display()),
+                e,
+            )
+        })?;
+        let index = self.index.as_ref().expect("checked above");
         let existing = index
             .names()
             .map_err(|e| io_err(format!("listing {}/{INDEX_DIR}", self.path.display()), e))?;
         for name in existing {
-            if name == STAMP_FILE {
-                continue;
-            }
-            if name.starts_with('.') || !by_key.contains_key(&name) {
+            if name != STAMP_FILE && (name.starts_with('.') || !by_key.contains_key(&name)) {
                 let _ = index.unlink(&name);
             }
         }
         for (key, ips) in &by_key {
-            let mut content = format!("{INDEX_HEADER}\n");
-            for ip in ips {
-                content.push_str(&format!("{ip}\n"));
-            }
-            index
-                .write_file(key, content.as_bytes(), FILE_MODE)
+            Self::write_index_entry(index, key, ips)
                 .map_err(|e| io_err(format!("writing {}/{INDEX_DIR}/{key}", self.path.display()), e))?;
         }
         self.complete = true;
-        self.stamp_needed = true;
+        // Stamp it even when the directory did not change.
+        self.dir_changed = true;
         cni::trace::step("rebuild index");
         Ok(())
     }
@@ -357,18 +392,13 @@ impl DiskStore {
         };
         if let Some(key) = index_key(id, ifname) {
             if self.ensure_index()? {
-                let hinted = self.read_hint(&key);
-                let mut found = Vec::new();
-                let mut stale = Vec::new();
-                for ip in hinted {
-                    match self.read_lease(ip) {
-                        Ok(Some(c)) if matches(&c) => found.push(ip),
-                        _ => stale.push(ip),
-                    }
-                }
-                if !stale.is_empty() {
-                    self.hint_remove(id, ifname, &stale);
-                }
+                // Entries whose lease is gone or names someone else are skipped; they are
+                // dropped when the entry is next rewritten.
+                let found = self
+                    .hint(&key)
+                    .into_iter()
+                    .filter(|ip| matches!(self.read_lease(*ip), Ok(Some(c)) if matches(&c)))
+                    .collect();
                 return Ok(found);
             }
         }
@@ -383,7 +413,7 @@ impl DiskStore {
     fn remove_lease(&mut self, ip: IpAddr) -> Result<()> {
         match self.dir.unlink(&lease_name(ip)) {
             Ok(()) => {
-                self.stamp_needed = true;
+                self.changed();
                 Ok(())
             }
             Err(e) if sys::is_not_found(&e) => Ok(()),
@@ -391,7 +421,8 @@ impl DiskStore {
         }
     }
 
-    /// A temp file holding `content`, created on first use and reused for every probe.
+    /// A temp file holding `content`, created on first use and reused for every probe and for
+    /// every lease of the same content in this call.
     fn tmp_with(&mut self, content: &str) -> Result<String> {
         if let Some((c, name)) = &self.tmp {
             if c == content {
@@ -403,7 +434,7 @@ impl DiskStore {
         self.dir
             .create_new(&name, content.as_bytes(), FILE_MODE)
             .map_err(|e| io_err(format!("writing {}/{name}", self.path.display()), e))?;
-        self.stamp_needed = true;
+        self.changed();
         self.tmp = Some((content.to_string(), name.clone()));
         Ok(name)
     }
@@ -414,6 +445,7 @@ impl DiskStore {
         }
     }
 
+    /// Sets the directory's mtime to a past value and records it in `.stamp`.
     fn write_stamp(&mut self) -> io::Result<()> {
         let Some(index) = &self.index else {
             return Ok(());
@@ -426,12 +458,9 @@ impl DiskStore {
         self.dir.set_mtime(back.as_secs() as i64, back.subsec_nanos() as i64)?;
         let st = self.dir.stat()?;
         let stamp = format!("v1 {} {}\n", st.mtime.0, st.mtime.1);
-        self.counter += 1;
-        let tmp = format!("{TMP_PREFIX}{}-{}", std::process::id(), self.counter);
-        index.create_new(&tmp, stamp.as_bytes(), FILE_MODE)?;
-        index.rename(&tmp, STAMP_FILE).inspect_err(|_| {
-            let _ = index.unlink(&tmp);
-        })
+        index.write_file(STAMP_FILE, stamp.as_bytes(), FILE_MODE)?;
+        self.stamp_invalid = false;
+        Ok(())
     }
 }
 
@@ -445,9 +474,7 @@ impl Store for DiskStore {
             Err(e) if sys::is_exists(&e) => return Ok(false),
             Err(e) => return Err(io_err(format!("reserving {}/{name}", self.path.display()), e)),
         }
-        // The temp's inode is now the lease; the next reservation gets a new temp.
-        self.drop_tmp();
-        self.stamp_needed = true;
+        self.changed();
         let last = format!("{LAST_RESERVED_PREFIX}{range_set}");
         if let Err(e) = self.dir.write_file(&last, name.as_bytes(), FILE_MODE) {
             // Fail whole: no lease without its bookkeeping.
@@ -524,7 +551,7 @@ impl Store for DiskStore {
         // Temp files of ours left by a crash: nobody else writes while we hold the lock.
         for name in names.iter().filter(|n| n.starts_with(TMP_PREFIX)) {
             if self.dir.unlink(name).is_ok() {
-                self.stamp_needed = true;
+                self.changed();
             }
         }
         let mut report = GcReport::default();
@@ -543,9 +570,7 @@ impl Store for DiskStore {
             }
         }
         report.kept = kept.len();
-        if self.index.is_some() {
-            self.rewrite_index(&kept)?;
-        }
+        self.rewrite_index(&kept)?;
         Ok(report)
     }
 
@@ -554,7 +579,7 @@ impl Store for DiskStore {
         self.dir
             .create_new(&name, b"probe", FILE_MODE)
             .map_err(|e| io_err(format!("cannot write in {}", self.path.display()), e))?;
-        self.stamp_needed = true;
+        self.changed();
         self.dir
             .unlink(&name)
             .map_err(|e| io_err(format!("cannot remove files in {}", self.path.display()), e))
@@ -562,20 +587,22 @@ impl Store for DiskStore {
 
     fn commit(&mut self) -> Result<()> {
         self.drop_tmp();
-        if self.stamp_needed && !self.complete && self.index.is_some() {
+        if self.index.is_none() || !self.dir_changed {
+            return Ok(());
+        }
+        if !self.complete {
             // The directory changed in a call that did not need the index (a first call, a
             // static address): bring the index up to date now, once.
             if let Err(e) = self.ensure_index() {
                 eprintln!("host-local: rebuilding the lease index: {e}");
+                return Ok(());
             }
         }
-        if self.complete && self.stamp_needed {
-            if let Err(e) = self.write_stamp() {
-                let r = Err(e);
-                self.note_index_error(r);
-            }
-            self.stamp_needed = false;
+        let r = self.flush_index().and_then(|_| self.write_stamp());
+        if let Err(e) = r {
+            self.note_index_error(e);
         }
+        self.dir_changed = false;
         Ok(())
     }
 }
