@@ -161,13 +161,6 @@ impl Dir {
         check(unsafe { libc::linkat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr(), 0) }).map(|_| ())
     }
 
-    /// Renames `from` over `to` in this directory.
-    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let (a, b) = (cstr(from)?, cstr(to)?);
-        // SAFETY: valid dirfds and C strings.
-        check(unsafe { libc::renameat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr()) }).map(|_| ())
-    }
-
     /// Removes the file `name` (a symlink itself, never its target).
     pub fn unlink(&self, name: &str) -> io::Result<()> {
         let c = cstr(name)?;
