@@ -349,8 +349,8 @@ impl CniResult {
 
 /// Decode a plugin's config type from stdin bytes, naming the offending field on error.
 pub fn decode<T: serde::de::DeserializeOwned>(stdin: &[u8]) -> Result<T> {
-    let de = &mut serde_json::Deserializer::from_slice(stdin);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(stdin);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -360,7 +360,12 @@ pub fn decode<T: serde::de::DeserializeOwned>(stdin: &[u8]) -> Result<T> {
         } else {
             Error::Decode(format!("invalid network config: field \"{path}\": {inner}"))
         }
-    })
+    })?;
+    // Anything after the config (a second document, garbage) makes it invalid, as in Go's
+    // json.Unmarshal.
+    de.end()
+        .map_err(|e| Error::Decode(format!("network config is not valid JSON: {e}")))?;
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -433,6 +438,18 @@ mod tests {
     fn bad_interface_index_is_rejected() {
         let v = json!({"cniVersion":"1.0.0","ips":[{"interface":3,"address":"10.0.0.2/24"}]});
         assert_eq!(CniResult::from_value(&v).unwrap_err().code(), 6);
+    }
+
+    #[test]
+    fn decode_refuses_trailing_data() {
+        #[derive(Deserialize, Debug)]
+        struct C {}
+        decode::<C>(b"{} \n").unwrap();
+        for bad in [&b"{} x"[..], b"{}{}", b"{} 1", b"{}]"] {
+            let e = decode::<C>(bad).unwrap_err();
+            assert_eq!(e.code(), 6, "{e}");
+            assert!(e.to_string().contains("not valid JSON"), "{e}");
+        }
     }
 
     #[test]
