@@ -191,13 +191,16 @@ pub fn format_mac(b: &[u8]) -> String {
 
 /// Parses `aa:bb:cc:dd:ee:ff` (or with `-`), refusing multicast and all-zero addresses.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
+    // One kind of separator, as Go's net.ParseMAC.
+    let sep = if s.contains(':') { ':' } else { '-' };
+    let parts: Vec<&str> = s.split(sep).collect();
     if parts.len() != 6 {
         return None;
     }
     let mut out = [0u8; 6];
     for (o, p) in out.iter_mut().zip(parts) {
-        if p.len() != 2 {
+        // Exactly two hex digits: from_str_radix alone would take a sign ("+2").
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         *o = u8::from_str_radix(p, 16).ok()?;
@@ -756,6 +759,10 @@ mod tests {
         assert_eq!(parse_mac("00:00:00:00:00:00"), None);
         assert_eq!(parse_mac("zz:00:00:00:00:01"), None);
         assert_eq!(parse_mac("0a:58:0a:01:00"), None);
+        assert_eq!(parse_mac("0a-58-0a-01-00-02"), Some([0x0a, 0x58, 0x0a, 1, 0, 2]));
+        assert_eq!(parse_mac("+2:00:00:00:00:01"), None, "a sign is no hex digit");
+        assert_eq!(parse_mac("02:00:00:00:00:+1"), None);
+        assert_eq!(parse_mac("0a:58-0a:01:00:02"), None, "mixed separators");
         assert_eq!(format_mac(&[0x0a, 0x58, 0x0a, 1, 0, 2]), "0a:58:0a:01:00:02");
     }
 }
