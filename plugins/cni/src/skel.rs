@@ -148,7 +148,8 @@ pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> 
     }
     let conf: NetConf = crate::types::decode(&stdin)?;
     let version = Version::of_config(&conf.cni_version)?;
-    *version_for_errors = conf.cni_version.clone();
+    // Errors are printed in the config's version: 0.1.0 when it names none.
+    *version_for_errors = version.to_string();
     let need = match env.command {
         Command::Check => Some("0.4.0"),
         Command::Gc | Command::Status => Some("1.1.0"),
