@@ -371,12 +371,37 @@ impl DiskStore {
         Ok(())
     }
 
+    /// Removes the temp files a writer killed before it could link or remove them left in the
+    /// network directory. Every writer holds the lock, which we hold now: any temp file that is
+    /// not this process's own is such a leftover.
+    fn remove_stale_temps(&mut self) -> Result<()> {
+        let names = self
+            .dir
+            .names()
+            .map_err(|e| io_err(format!("listing {}", self.path.display()), e))?;
+        let own = format!("{TMP_PREFIX}{}-", std::process::id());
+        for name in names
+            .iter()
+            .filter(|n| n.starts_with(TMP_PREFIX) && !n.starts_with(&own))
+        {
+            match self.dir.unlink(name) {
+                Ok(()) => self.changed(),
+                Err(e) if sys::is_not_found(&e) => {}
+                Err(e) => eprintln!("host-local: removing {}/{name}: {e}", self.path.display()),
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the index complete if it is not; `false` when there is no index at all.
     fn ensure_index(&mut self) -> Result<bool> {
         if self.index.is_none() {
             return Ok(false);
         }
         if !self.complete {
+            // The directory changed behind the index's back: a good time to drop what a
+            // killed writer left, before the full scan.
+            self.remove_stale_temps()?;
             let leases = self.scan()?;
             self.rewrite_index(&leases)?;
         }
@@ -695,6 +720,34 @@ mod tests {
         s.gc(&|_| true).unwrap();
         s.commit().unwrap();
         assert!(!names(&t.path().join("net")).contains(&".tmp-999-1".to_string()));
+    }
+
+    #[test]
+    fn temp_files_of_a_killed_writer_go_with_the_next_rebuild() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        // What a writer killed between writing its temp file and linking it leaves (which
+        // also moves the directory's mtime, as any change by another process).
+        plant(t.path(), ".tmp-999999-1", "c9\r\neth0");
+        let mut s = open(t.path());
+        assert!(!s.index_complete());
+        assert_eq!(s.release_by_id("c1", "eth0").unwrap(), [ip("10.1.0.2")]);
+        s.commit().unwrap();
+        drop(s);
+        assert!(!names(&t.path().join("net")).iter().any(|n| n.starts_with(TMP_PREFIX)));
+        // An ADD alone (which needs no index lookup) removes them at commit too.
+        plant(t.path(), ".tmp-999999-2", "");
+        let mut s = open(t.path());
+        assert!(s.reserve("c2", "eth0", ip("10.1.0.3"), 0).unwrap());
+        s.commit().unwrap();
+        drop(s);
+        assert!(!names(&t.path().join("net")).iter().any(|n| n.starts_with(TMP_PREFIX)));
+        let mut s = open(t.path());
+        assert!(s.index_complete());
+        assert_eq!(s.get_by_id("c2", "eth0").unwrap(), [ip("10.1.0.3")]);
     }
 
     #[test]
