@@ -191,8 +191,7 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
     }
     step("master");
 
-    // 2. The macvlan, made directly in the container's namespace under a temporary name (so
-    //    that a host interface called `ifname` cannot get in the way), then renamed there.
+    // 2. The macvlan, made directly in the container's namespace under its final name.
     let link = create_macvlan(conf, &master, netns, cont, ifname, undo)?;
     step("macvlan");
 
@@ -333,22 +332,7 @@ fn default_route_interface(nl: &Nl, place: &str) -> Result<String> {
     )))
 }
 
-fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom writes at most 4 bytes into our buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
-    if n != 4 {
-        // Fall back to time and pid: uniqueness is still checked by the kernel (EEXIST).
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        return t.subsec_nanos() ^ std::process::id().rotate_left(16);
-    }
-    u32::from_ne_bytes(b)
-}
-
-/// Creates the macvlan inside the container's namespace and renames it to `ifname` there;
-/// returns the link under its final name.
+/// Creates the macvlan `ifname` inside the container's namespace; returns the new link.
 fn create_macvlan(
     conf: &MacvlanConf,
     master: &Master,
@@ -358,55 +342,35 @@ fn create_macvlan(
     undo: &mut Undo,
 ) -> Result<Link> {
     // With the master in the container, the link is made there already; else the request
-    // names the container's namespace.
+    // names the container's namespace. The link is made under its final name: the kernel
+    // checks the name in the namespace the link is made in (a host interface called `ifname`
+    // is no obstacle), and a plugin killed at any moment leaves either nothing or `ifname`,
+    // which DEL removes (a temporary name would be left behind for good).
     let target = (!conf.link_in_container).then_some(netns);
-    let mut tmp = None;
-    for _ in 0..8 {
-        let name = format!("mv{:08x}", random_u32());
-        match master.nl.add_macvlan(
-            &name,
-            master.link.index,
-            conf.parsed_mode,
-            target,
-            conf.parsed_mac,
-            conf.mtu(),
-            conf.bcqueuelen(),
-            &conf.parsed_source_macs,
-        ) {
-            Ok(()) => {
-                tmp = Some(name);
-                break;
-            }
-            Err(e) if e.is(libc::EEXIST) && cont.link(&name).ok().flatten().is_some() => continue,
-            Err(e) => return Err(create_error(conf, &master.link, e)),
-        }
-    }
-    let tmp = tmp.ok_or_else(|| Error::Conflict("could not find a free temporary link name".into()))?;
-    let made = cont
-        .link(&tmp)?
-        .ok_or_else(|| Error::Netlink(format!("new macvlan {tmp} not found in {}", netns.path())))?;
-    undo.link = Some(made.index);
-    cont.set_link(
-        made.index,
-        &LinkChange {
-            name: Some(ifname.to_string()),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| {
-        if e.is(libc::EEXIST) {
-            Error::Conflict(format!(
+    match master.nl.add_macvlan(
+        ifname,
+        master.link.index,
+        conf.parsed_mode,
+        target,
+        conf.parsed_mac,
+        conf.mtu(),
+        conf.bcqueuelen(),
+        &conf.parsed_source_macs,
+    ) {
+        Ok(()) => {}
+        Err(e) if e.is(libc::EEXIST) => {
+            return Err(Error::Conflict(format!(
                 "container interface \"{ifname}\" already exists in {}",
                 netns.path()
-            ))
-        } else {
-            Error::from(e).context(format!("failed to rename macvlan to \"{ifname}\""))
+            )))
         }
-    })?;
-    Ok(Link {
-        name: ifname.to_string(),
-        ..made
-    })
+        Err(e) => return Err(create_error(conf, &master.link, e)),
+    }
+    let made = cont
+        .link(ifname)?
+        .ok_or_else(|| Error::Netlink(format!("new macvlan {ifname} not found in {}", netns.path())))?;
+    undo.link = Some(made.index);
+    Ok(made)
 }
 
 /// The kernel's EINVAL for a macvlan next to a passthru one (or a passthru next to others)
