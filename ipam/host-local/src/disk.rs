@@ -906,10 +906,36 @@ mod tests {
         let mut s = open(t.path());
         assert!(!s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap());
         assert!(s.get_by_id("c1", "eth0").unwrap().is_empty());
-        assert!(s.reserve("c1", "eth0", ip("10.1.0.3"), 0).is_err());
+        // The symlinked last_reserved_ip.0 is replaced, not followed.
+        assert!(s.reserve("c1", "eth0", ip("10.1.0.3"), 0).unwrap());
         assert_eq!(std::fs::read(&target).unwrap(), b"c1\r\neth0");
-        assert!(s.release_by_id("c1", "eth0").unwrap().is_empty());
+        assert_eq!(s.release_by_id("c1", "eth0").unwrap(), [ip("10.1.0.3")]);
+        s.commit().unwrap();
         assert!(target.exists());
+        let net = t.path().join("net");
+        assert!(std::fs::symlink_metadata(net.join("last_reserved_ip.0"))
+            .unwrap()
+            .is_file());
+        // The symlink named like a lease is never read, written or removed by us.
+        assert!(std::fs::symlink_metadata(net.join("10.1.0.2")).unwrap().is_symlink());
+
+        // Symlinks planted in the index: replaced, never followed.
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let idx = t.path().join("net").join(INDEX_DIR);
+        std::fs::remove_file(idx.join("c1:eth0")).unwrap();
+        symlink(&target, idx.join("c1:eth0")).unwrap();
+        std::fs::remove_file(idx.join(STAMP_FILE)).unwrap();
+        symlink(&target, idx.join(STAMP_FILE)).unwrap();
+        let mut s = open(t.path());
+        assert_eq!(s.release_by_id("c1", "eth0").unwrap(), [ip("10.1.0.2")]);
+        s.commit().unwrap();
+        drop(s);
+        assert_eq!(std::fs::read(&target).unwrap(), b"c1\r\neth0");
+        assert!(open(t.path()).index_complete());
     }
 
     #[test]

@@ -136,9 +136,17 @@ impl Dir {
         Ok(Some(buf))
     }
 
-    /// Writes `data` to `name`, creating it with `mode` or truncating it.
+    /// Writes `data` to `name`, creating it with `mode` or truncating it. A symlink at `name`
+    /// is removed and replaced by a file (never followed).
     pub fn write_file(&self, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
-        let mut f = self.open_file(name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, mode)?;
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+        let mut f = match self.open_file(name, flags, mode) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.unlink(name)?;
+                self.open_file(name, flags | libc::O_EXCL, mode)?
+            }
+            r => r?,
+        };
         f.write_all(data)
     }
 
