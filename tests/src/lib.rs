@@ -476,6 +476,16 @@ impl Cni {
     }
 }
 
+/// One call in one line: plugin `bin`, `CNI_COMMAND=command`, the [`Cni`] defaults overridden
+/// by `env` (e.g. `&[("CNI_CONTAINERID", "c1")]`), `conf` on stdin.
+pub fn cni(bin: impl Into<PathBuf>, command: &str, env: &[(&str, &str)], conf: &Value) -> Output {
+    let mut c = Cni::new(bin).command(command).config(conf);
+    for (k, v) in env {
+        c = c.env(k, v);
+    }
+    c.run()
+}
+
 /// A started plugin call.
 #[derive(Debug)]
 pub struct Running {

@@ -227,6 +227,15 @@ fn static_request_by_cni_args_ip() {
 }
 
 #[test]
+fn one_line_calls() {
+    let bed = Bed::new();
+    let conf = bed.conf("1.0.0", json!({}));
+    let r = cni_tests::cni(bin("host-local"), "ADD", &[("CNI_CONTAINERID", "x")], &conf).expect_ok();
+    assert_eq!(addrs(&r)[0], "10.1.0.2/24");
+    assert_eq!(bed.leases()[0].1, lease("x", "eth0"));
+}
+
+#[test]
 fn cni_args_unknown_keys_need_ignore_unknown() {
     let bed = Bed::new();
     let conf = bed.conf("1.0.0", json!({}));
