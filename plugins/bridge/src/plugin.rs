@@ -48,7 +48,7 @@ impl Plugin for Bridge {
         if let Some(path) = call.env.netns.as_deref() {
             match Netns::open(path) {
                 Ok(ns) => {
-                    errs.note(del_container_link(&ns, &call.env.ifname));
+                    errs.note(del_container_link(&ns, call));
                 }
                 Err(Error::UnknownContainer(_)) => {} // namespace gone: its veth went with it
                 Err(e) => {
@@ -185,7 +185,7 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
     //    renamed there; the host end on the bridge.
     let cont = Nl::open_in(netns)?;
     step("open netns socket");
-    let (host_veth, cont_link) = setup_veth(host, &cont, netns, ifname, conf.mtu(), conf.mac, undo)?;
+    let (host_veth, cont_link) = setup_veth(host, &cont, netns, call, conf.mtu(), conf.mac, undo)?;
     step("veth");
     host.set_link(
         host_veth.index,
@@ -334,10 +334,9 @@ fn rollback(call: &Call, conf: &BridgeConf, host: &Nl, undo: Undo) {
     }
 }
 
-fn del_container_link(ns: &Netns, ifname: &str) -> Result<()> {
+fn del_container_link(ns: &Netns, call: &Call) -> Result<()> {
     let cont = Nl::open_in(ns)?;
-    cont.del_link_by_name(ifname)?;
-    Ok(())
+    iface::del_container_links(&cont, &call.env.container_id, &call.env.ifname)
 }
 
 fn ensure_bridge(host: &Nl, conf: &BridgeConf, undo: &mut Undo) -> Result<Link> {
@@ -401,30 +400,36 @@ fn random_u32() -> u32 {
     u32::from_ne_bytes(b)
 }
 
-/// Creates the pair and returns (host end, container end renamed to `ifname`).
+/// Creates the pair — the host end here, the container end directly inside the netns under
+/// the attachment's temporary name — and renames the container end to `ifname` there.
+/// Returns (host end, container end).
 fn setup_veth(
     host: &Nl,
     cont: &Nl,
     netns: &Netns,
-    ifname: &str,
+    call: &Call,
     mtu: Option<u32>,
     mac: Option<[u8; 6]>,
     undo: &mut Undo,
 ) -> Result<(Link, Link)> {
-    let mut made = None;
+    let ifname = &call.env.ifname;
+    let tmp = iface::temp_ifname(&call.env.container_id, ifname);
+    // A killed ADD of this attachment may have left its temporary link: it is ours to replace.
+    cont.del_link_by_name(&tmp)?;
+    let mut host_name = None;
     for _ in 0..8 {
-        let host_name = format!("veth{:08x}", random_u32());
-        let tmp = format!("tmp{:08x}", random_u32());
-        match host.add_veth(&host_name, &tmp, netns, mtu, mac) {
+        let name = format!("veth{:08x}", random_u32());
+        match host.add_veth(&name, &tmp, netns, mtu, mac) {
             Ok(()) => {
-                made = Some((host_name, tmp));
+                host_name = Some(name);
                 break;
             }
+            // The host name is taken (the temporary one cannot be: we just removed it).
             Err(e) if e.is(libc::EEXIST) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    let (host_name, tmp) = made.ok_or_else(|| Error::Conflict("could not find a free veth name".into()))?;
+    let host_name = host_name.ok_or_else(|| Error::Conflict("could not find a free veth name".into()))?;
     undo.host_veth = Some(host_name.clone());
     let peer = cont
         .link(&tmp)?

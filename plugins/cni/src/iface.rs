@@ -10,6 +10,28 @@ use crate::netlink::{Link, NewRoute, Nl};
 use crate::netns::{read_sysctl, write_sysctl, Netns};
 use crate::types::CniResult;
 
+/// The temporary name under which the container interface of attachment (`container_id`,
+/// `ifname`) is made inside the container's namespace before it is renamed to `ifname`.
+/// Derived from the attachment, not random: an ADD killed before the rename leaves a link that
+/// the DEL of the same attachment finds (and a later ADD replaces). 15 bytes: `cni` and 12 hex
+/// digits of FNV-1a over the pair.
+pub fn temp_ifname(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("cni{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// Deletes the container interface `ifname` of an attachment and the temporary link a killed
+/// ADD of it may have left (see [`temp_ifname`]). Missing links are fine.
+pub fn del_container_links(nl: &Nl, container_id: &str, ifname: &str) -> Result<()> {
+    nl.del_link_by_name(ifname)?;
+    nl.del_link_by_name(&temp_ifname(container_id, ifname))?;
+    Ok(())
+}
+
 /// Sysctls of the container interface, written inside `ns` on one short-lived thread:
 /// `arp_notify=1`, `ndisc_notify` (macvlan), IPv6 DAD on or off (`None` leaves it as the
 /// namespace has it), and IPv6 enabled on `lo` and the interface when the result has an IPv6
@@ -180,4 +202,23 @@ pub fn loopback_up(nl: &Nl) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::temp_ifname;
+
+    #[test]
+    fn temp_names_are_per_attachment_and_fit() {
+        let a = temp_ifname("abc", "eth0");
+        assert_eq!(a, temp_ifname("abc", "eth0"));
+        assert_ne!(a, temp_ifname("abc", "eth1"));
+        assert_ne!(a, temp_ifname("abc1", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert!(cni_env_ok(&a));
+    }
+
+    fn cni_env_ok(n: &str) -> bool {
+        crate::env::check_ifname(n).is_ok()
+    }
 }
