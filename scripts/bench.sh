@@ -7,7 +7,7 @@
 #                  macvlan,conc,scale,trace] [--ours DIR] [--reference DIR] [--out DIR]
 # Env: QUICK=1 (smoke run, writes to target/bench-quick/), BENCH_CYCLES (50), BENCH_WARMUP (3),
 #      BENCH_CONC (64), BENCH_CONC_ROUNDS (5), BENCH_LEASES (0,1000,10000,50000),
-#      BENCH_SCALE_CYCLES, BENCH_TRACE_CYCLES, BENCH_ONLY, BENCH_TMPDIR.
+#      BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES (20), BENCH_TRACE_CYCLES, BENCH_ONLY, BENCH_TMPDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}

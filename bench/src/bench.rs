@@ -6,7 +6,7 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -95,6 +95,10 @@ pub struct Trace {
     /// Per ADD: "ipam ADD" − Σ host-local steps (host-local's process start, exit, pipes).
     pub ipam_rest_us: Vec<u64>,
     pub unparsed: usize,
+    /// In the same cycles: VERSION of bridge and of host-local, and an untraced ADD.
+    pub version_bridge_us: Vec<u64>,
+    pub version_hl_us: Vec<u64>,
+    pub plain_wall_us: Vec<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -109,6 +113,8 @@ pub struct Machine {
     pub ref_version: String,
     pub iproute2: String,
     pub data_fs: String,
+    pub load_start: String,
+    pub load_end: String,
     pub command: String,
     pub date: String,
 }
@@ -138,12 +144,13 @@ impl Results {
                 "kernel": self.machine.kernel, "os": self.machine.os, "rustc": self.machine.rustc,
                 "commit": self.machine.commit, "reference_version": self.machine.ref_version,
                 "iproute2": self.machine.iproute2, "data_fs": self.machine.data_fs,
+                "loadavg_start": self.machine.load_start, "loadavg_end": self.machine.load_end,
                 "command": self.machine.command, "date": self.machine.date,
             },
             "options": {
                 "cycles": self.opts.cycles, "warmup": self.opts.warmup, "conc": self.opts.conc,
                 "conc_rounds": self.opts.conc_rounds, "leases": self.opts.leases,
-                "scale_cycles": self.opts.scale_cycles, "trace_cycles": self.opts.trace_cycles,
+                "scale_cycles": self.opts.scale_cycles, "scale_bridge_cycles": self.opts.scale_bridge_cycles, "trace_cycles": self.opts.trace_cycles,
                 "quick": self.opts.quick, "only": self.opts.only,
             },
             "sets": self.sets.iter().map(|(k, src, missing)| json!({"key": k, "dir": src, "missing": missing})).collect::<Vec<_>>(),
@@ -153,6 +160,8 @@ impl Results {
                 "skipped": self.trace.skipped, "wall_us": self.trace.wall_us,
                 "steps": self.trace.steps.iter().map(|(p, s, v)| json!({"process": p, "step": s, "us": v})).collect::<Vec<_>>(),
                 "bridge_rest_us": self.trace.bridge_rest_us, "ipam_rest_us": self.trace.ipam_rest_us,
+                "version_bridge_us": self.trace.version_bridge_us, "version_hl_us": self.trace.version_hl_us,
+                "plain_wall_us": self.trace.plain_wall_us,
             },
             "prefill_ok": self.prefill_ok,
             "seconds": self.seconds,
@@ -340,6 +349,30 @@ impl Bench<'_> {
         out
     }
 
+    /// One cycle of set `s`: ADD (result checked: `n_addrs` addresses) then DEL.
+    fn add_del(
+        &self,
+        s: usize,
+        plugin: &'static str,
+        ctr: &'static str,
+        id: String,
+        conf: Vec<u8>,
+        n_addrs: usize,
+    ) -> Contestant<'_> {
+        Box::new(move || {
+            let ns = &self.sets[s].ctr[ctr];
+            let add = self.call(s, plugin, "ADD", Some(ns), &id, &conf, false).and_then(|o| {
+                let a = addresses(&o)?;
+                if a.len() != n_addrs {
+                    return Err(format!("expected {n_addrs} addresses, got {a:?}"));
+                }
+                Ok(o)
+            });
+            let del = self.call(s, plugin, "DEL", Some(ns), &id, &conf, false);
+            vec![add, del]
+        })
+    }
+
     /// ADD and DEL of `plugin` with `conf_of(set)`, alternating between the sets (and `extra`,
     /// the floor, when given). Returns the ADD row and the DEL row.
     #[allow(clippy::too_many_arguments)]
@@ -347,35 +380,19 @@ impl Bench<'_> {
         &self,
         key: &str,
         title: &str,
-        plugin: &str,
+        plugin: &'static str,
         need: &[&str],
-        ctr: &str,
+        ctr: &'static str,
         conf: &dyn Fn(usize) -> Vec<u8>,
         n_addrs: usize,
         cycles: usize,
         extra: Option<Contestant>,
     ) -> Res<(Row, Row)> {
         let idx = self.set_indexes(need);
-        let confs: Vec<Vec<u8>> = (0..self.sets.len()).map(conf).collect();
-        let mut contestants: Vec<Contestant> = Vec::new();
-        for &s in &idx {
-            let confs = &confs;
-            let id = format!("bench-{ctr}");
-            contestants.push(Box::new(move || {
-                let ns = &self.sets[s].ctr[ctr];
-                let add = self
-                    .call(s, plugin, "ADD", Some(ns), &id, &confs[s], false)
-                    .and_then(|o| {
-                        let a = addresses(&o)?;
-                        if a.len() != n_addrs {
-                            return Err(format!("expected {n_addrs} addresses, got {a:?}"));
-                        }
-                        Ok(o)
-                    });
-                let del = self.call(s, plugin, "DEL", Some(ns), &id, &confs[s], false);
-                vec![add, del]
-            }));
-        }
+        let mut contestants: Vec<Contestant> = idx
+            .iter()
+            .map(|&s| self.add_del(s, plugin, ctr, format!("bench-{ctr}"), conf(s), n_addrs))
+            .collect();
         let has_extra = extra.is_some();
         if let Some(e) = extra {
             contestants.push(e);
@@ -670,29 +687,37 @@ impl Bench<'_> {
         Ok(res)
     }
 
-    /// Writes leases [from, to) of the scale store of set `s` in the reference layout.
-    fn prefill(&self, s: usize, from: usize, to: usize) -> Res<()> {
-        let dir = self.sets[s].data.join(SCALE_NET);
+    /// Writes `n` leases into the store of network `net` of set `s`, in the reference layout.
+    fn prefill(&self, s: usize, net: &str, n: usize) -> Res<()> {
+        let dir = self.sets[s].data.join(net);
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        for k in from..to {
+        for k in 0..n {
+            if k % 1000 == 0 {
+                sys::check_stop()?;
+            }
             let ip = Ipv4Addr::from(SCALE_BASE + 2 + k as u32);
             let p = dir.join(ip.to_string());
             fs::write(&p, format!("fill-{k}\r\neth0")).map_err(|e| format!("writing {}: {e}", p.display()))?;
         }
-        if to > 0 {
-            let last = Ipv4Addr::from(SCALE_BASE + 2 + to as u32 - 1);
+        if n > 0 {
+            let last = Ipv4Addr::from(SCALE_BASE + 2 + n as u32 - 1);
             fs::write(dir.join("last_reserved_ip.0"), last.to_string())
                 .map_err(|e| format!("writing last_reserved_ip.0: {e}"))?;
         }
         Ok(())
     }
 
+    /// host-local ADD and DEL on stores that already hold N leases: one store (network) per N
+    /// and per set, all prefilled first, then measured in the same cycles (every N of ours and
+    /// of the reference in turn), so that the growth with N is not hidden or faked by a change
+    /// of machine load between the lease counts.
     fn part_scale(&self) -> Res<(Vec<Row>, Vec<Option<bool>>)> {
         let mut rows = Vec::new();
-        let conf = |s| {
+        let net = |l: usize| format!("{SCALE_NET}-{l}");
+        let conf = |s: usize, l: usize| {
             self.conf(
                 s,
-                SCALE_NET,
+                &net(l),
                 json!({"type": "bridge", "bridge": "cnibr3", "isGateway": true,
                 "isDefaultGateway": true, "ipMasq": false,
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.20.0.0/16"}]]}}),
@@ -702,31 +727,57 @@ impl Bench<'_> {
         levels.sort_unstable();
         levels.dedup();
         let max = levels.last().copied().unwrap_or(0);
-        let mut have = 0;
+        let t = Instant::now();
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..self.sets.len())
+                .map(|s| {
+                    let levels = &levels;
+                    let net = &net;
+                    sc.spawn(move || levels.iter().try_for_each(|&l| self.prefill(s, &net(l), l)))
+                })
+                .collect();
+            hs.into_iter()
+                .try_for_each(|h| h.join().map_err(|_| "prefill thread panicked".to_string())?)
+        })?;
+        eprintln!(
+            "stores prefilled with {} leases per set ({:.1} s)",
+            levels.iter().map(|&l| thousands(l)).collect::<Vec<_>>().join(", "),
+            t.elapsed().as_secs_f64()
+        );
+        let idx = self.set_indexes(&["host-local"]);
+        let mut contestants: Vec<Contestant> = Vec::new();
         for &l in &levels {
-            sys::check_stop()?;
-            let t = Instant::now();
-            for s in 0..self.sets.len() {
-                self.prefill(s, have, l)?;
+            for &s in &idx {
+                contestants.push(self.add_del(s, "host-local", "scale", "bench-scale".into(), conf(s, l), 1));
             }
-            have = l;
-            eprintln!(
-                "store prefilled with {l} leases per set ({:.1} s)",
-                t.elapsed().as_secs_f64()
-            );
-            let (mut a, mut d) = self.add_del_rows(
-                &format!("scale.{l}"),
-                &format!("host-local, {} leases", thousands(l)),
-                "host-local",
-                &["host-local"],
-                "scale",
-                &conf,
-                1,
-                self.opts.scale_cycles,
-                None,
-            )?;
-            a.key = format!("scale.add.{l}");
-            d.key = format!("scale.del.{l}");
+        }
+        let cycles = self.opts.scale_cycles;
+        eprintln!(
+            "host-local on {} stores of N leases: {cycles} cycles (+{} warm-up)",
+            levels.len(),
+            self.opts.warmup
+        );
+        let mut res = alternate("host-local, N leases", &mut contestants, 2, cycles, self.opts.warmup)?.into_iter();
+        for &l in &levels {
+            let (mut adds, mut dels) = (Vec::new(), Vec::new());
+            for _ in &idx {
+                let mut r = res.next().unwrap_or_default();
+                dels.push(r.pop().unwrap_or_default());
+                adds.push(r.pop().unwrap_or_default());
+            }
+            let title = format!("host-local, {} leases", thousands(l));
+            let a = Row {
+                key: format!("scale.add.{l}"),
+                title: format!("{title} ADD"),
+                samples: self.spread(&["host-local"], &idx, adds),
+            };
+            let d = Row {
+                key: format!("scale.del.{l}"),
+                title: format!("{title} DEL"),
+                samples: self.spread(&["host-local"], &idx, dels),
+            };
+            progress(&a);
+            progress(&d);
             rows.push(a);
             rows.push(d);
         }
@@ -737,9 +788,9 @@ impl Bench<'_> {
                 "bridge",
                 &["bridge", "host-local"],
                 "scale",
-                &conf,
+                &|s| conf(s, max),
                 1,
-                self.opts.scale_cycles,
+                self.opts.scale_bridge_cycles,
                 None,
             )?;
             a.key = format!("scale.bridge.add.{max}");
@@ -755,16 +806,9 @@ impl Bench<'_> {
                 ok.push(None);
                 continue;
             }
-            let dir = self.sets[s].data.join(SCALE_NET);
-            let del = self.call(
-                s,
-                "host-local",
-                "DEL",
-                Some(&self.sets[s].ctr["scale"]),
-                "fill-7",
-                &conf(s),
-                false,
-            );
+            let dir = self.sets[s].data.join(net(max));
+            let ns = &self.sets[s].ctr["scale"];
+            let del = self.call(s, "host-local", "DEL", Some(ns), "fill-7", &conf(s, max), false);
             let gone = !dir.join(Ipv4Addr::from(SCALE_BASE + 2 + 7).to_string()).exists();
             let kept = dir.join(Ipv4Addr::from(SCALE_BASE + 2 + 8).to_string()).exists();
             let good = del.is_ok() && gone && kept;
@@ -795,12 +839,29 @@ impl Bench<'_> {
         );
         let ns = &self.sets[s].ctr["br4"];
         let n = self.opts.trace_cycles;
-        eprintln!("step breakdown: {n} bridge ADDs of ours with CNI_RS_TRACE=1");
+        eprintln!("step breakdown: {n} bridge ADDs of ours with CNI_RS_TRACE=1, alternating with untraced ones");
         let mut per_call: Vec<(u64, Vec<TraceLine>)> = Vec::new();
+        let version = br#"{"cniVersion":"1.0.0"}"#;
         for i in 0..self.opts.warmup + n {
             sys::check_stop()?;
+            // In the same cycle: both process starts, an untraced ADD, a traced one.
+            let vb = self.call(s, "bridge", "VERSION", None, "", version, false);
+            let vh = self.call(s, "host-local", "VERSION", None, "", version, false);
+            let plain = self.call(s, "bridge", "ADD", Some(ns), "bench-trace", &conf, false);
+            let _ = self.call(s, "bridge", "DEL", Some(ns), "bench-trace", &conf, false);
             let add = self.call(s, "bridge", "ADD", Some(ns), "bench-trace", &conf, true);
             let _ = self.call(s, "bridge", "DEL", Some(ns), "bench-trace", &conf, false);
+            if i >= self.opts.warmup {
+                for (o, v) in [
+                    (vb, &mut t.version_bridge_us),
+                    (vh, &mut t.version_hl_us),
+                    (plain, &mut t.plain_wall_us),
+                ] {
+                    if let Ok(o) = o {
+                        v.push(o.wall.as_micros() as u64);
+                    }
+                }
+            }
             let out = match add {
                 Ok(o) => o,
                 Err(e) => {
@@ -937,7 +998,7 @@ fn copy_plugins(src: &Path, dst: &Path) -> Res<Vec<String>> {
     Ok(missing)
 }
 
-fn machine(opts: &Opts) -> Machine {
+fn machine(opts: &Opts, load_start: String) -> Machine {
     let commit = sys::cmd_output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty =
         sys::cmd_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
@@ -966,6 +1027,8 @@ fn machine(opts: &Opts) -> Machine {
         ref_version,
         iproute2: sys::cmd_output("ip", &["-V"]).unwrap_or_default(),
         data_fs: sys::fs_type(&opts.tmp),
+        load_start,
+        load_end: sys::loadavg(),
         command: command_line(),
         date: sys::cmd_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
     }
@@ -999,7 +1062,7 @@ pub fn run(opts: &Opts) -> Res<()> {
         return Err("`ip` (iproute2) not found; `make deps` installs it".into());
     }
     let started = Instant::now();
-    let _ = SystemTime::now();
+    let load_start = sys::loadavg();
     sys::remember_root_ns()?;
     let stale = sys::remove_stale(&opts.tmp);
     if stale > 0 {
@@ -1133,7 +1196,7 @@ pub fn run(opts: &Opts) -> Res<()> {
     }
     let results = Results {
         opts: opts.clone(),
-        machine: machine(opts),
+        machine: machine(opts, load_start),
         sets: b
             .sets
             .iter()

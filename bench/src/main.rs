@@ -5,7 +5,7 @@
 //! cni-bench [--quick] [--cycles N] [--ours DIR] [--reference DIR] [--out DIR] [--only LIST]
 //! ```
 //! Environment: QUICK=1, BENCH_CYCLES, BENCH_WARMUP, BENCH_CONC, BENCH_CONC_ROUNDS,
-//! BENCH_LEASES (comma separated), BENCH_SCALE_CYCLES, BENCH_TRACE_CYCLES, BENCH_ONLY,
+//! BENCH_LEASES (comma separated), BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES, BENCH_TRACE_CYCLES, BENCH_ONLY,
 //! BENCH_OURS, BENCH_REFERENCE, BENCH_OUT, BENCH_TMPDIR. See BENCHMARKS.md for what is measured.
 
 mod bench;
@@ -30,6 +30,7 @@ pub struct Opts {
     pub conc_rounds: usize,
     pub leases: Vec<usize>,
     pub scale_cycles: usize,
+    pub scale_bridge_cycles: usize,
     pub trace_cycles: usize,
     pub ours: PathBuf,
     pub reference: PathBuf,
@@ -121,6 +122,7 @@ fn parse_opts() -> Res<Opts> {
             .max(1),
         leases,
         scale_cycles: env_usize("BENCH_SCALE_CYCLES")?.unwrap_or(cycles).max(1),
+        scale_bridge_cycles: env_usize("BENCH_SCALE_BRIDGE_CYCLES")?.unwrap_or(cycles.min(20)).max(1),
         trace_cycles: env_usize("BENCH_TRACE_CYCLES")?.unwrap_or(cycles).max(1),
         ours: ours.unwrap_or_else(|| "target/release".into()),
         reference: reference.unwrap_or_else(|| "/usr/lib/cni".into()),

@@ -19,7 +19,7 @@ fn nice_ceil(v: f64) -> f64 {
         return 1.0;
     }
     let e = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+    for m in [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0] {
         if m * e >= v * 0.999_999 {
             return m * e;
         }
@@ -138,7 +138,7 @@ fn panel(out: &mut String, f: Frame, title: &str, series: &[&Series], xmax: f64)
             out.push_str(&format!(
                 "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"{}\">{} ms</text>\n",
                 px(x) - 5.0,
-                py(y) - 6.0,
+                if s.dashed { py(y) + 15.0 } else { py(y) - 6.0 },
                 s.color,
                 fmt_num(y)
             ));
@@ -213,10 +213,11 @@ mod tests {
     #[test]
     fn nice() {
         assert_eq!(nice_ceil(0.0), 1.0);
-        assert_eq!(nice_ceil(3.0), 5.0);
+        assert_eq!(nice_ceil(3.3), 4.0);
         assert_eq!(nice_ceil(21.0), 25.0);
+        assert_eq!(nice_ceil(35.6), 40.0);
         assert_eq!(nice_ceil(50_000.0), 50_000.0);
-        assert_eq!(nice_ceil(0.13), 0.2);
+        assert!((nice_ceil(0.13) - 0.15).abs() < 1e-9);
     }
 
     #[test]

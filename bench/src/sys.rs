@@ -379,6 +379,13 @@ pub fn kernel() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 pub fn mem_total_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
