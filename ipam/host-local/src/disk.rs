@@ -79,6 +79,12 @@ fn index_key(id: &str, ifname: Option<&str>) -> Option<String> {
     ok.then_some(key)
 }
 
+/// The content of `.stamp` for a directory mtime: fixed width, so that rewriting it in place
+/// never needs a truncation.
+fn stamp_text(mtime: (i64, i64)) -> String {
+    format!("v1 {:020} {:09}\n", mtime.0, mtime.1)
+}
+
 /// The name of the lease file of `ip`.
 pub fn lease_name(ip: IpAddr) -> String {
     ip.to_string()
@@ -192,7 +198,7 @@ impl DiskStore {
         let Ok(st) = self.dir.stat() else {
             return false;
         };
-        String::from_utf8_lossy(&stamp).trim() == format!("v1 {} {}", st.mtime.0, st.mtime.1)
+        stamp == stamp_text(st.mtime).as_bytes()
     }
 
     fn next_tmp_name(&mut self) -> String {
@@ -259,11 +265,8 @@ impl DiskStore {
             return Ok(());
         }
         if let Some(index) = &self.index {
-            match index.open_file(STAMP_FILE, libc::O_WRONLY | libc::O_TRUNC, 0) {
-                Ok(_) => {}
-                Err(e) if sys::is_not_found(&e) => {}
-                Err(e) => return Err(e),
-            }
+            // No stamp starts with "x".
+            index.overwrite_start(STAMP_FILE, b"x")?;
         }
         self.stamp_invalid = true;
         Ok(())
@@ -482,8 +485,7 @@ impl DiskStore {
             .unwrap_or_default();
         self.dir.set_mtime(back.as_secs() as i64, back.subsec_nanos() as i64)?;
         let st = self.dir.stat()?;
-        let stamp = format!("v1 {} {}\n", st.mtime.0, st.mtime.1);
-        index.write_file(STAMP_FILE, stamp.as_bytes(), FILE_MODE)?;
+        index.write_file(STAMP_FILE, stamp_text(st.mtime).as_bytes(), FILE_MODE)?;
         self.stamp_invalid = false;
         Ok(())
     }
