@@ -1,0 +1,61 @@
+//! What the fuzz targets share: the config modules of the bridge and macvlan binaries (which
+//! have no library target; included here by path, unchanged), and a call built as the
+//! skeleton builds it.
+
+use cni::env::{Command, Env};
+use cni::{Call, Error};
+
+/// The bridge plugin's config module.
+#[allow(dead_code)]
+#[path = "../../plugins/bridge/src/config.rs"]
+pub mod bridge_config;
+
+/// The macvlan plugin's config module.
+#[allow(dead_code)]
+#[path = "../../plugins/macvlan/src/config.rs"]
+pub mod macvlan_config;
+
+/// Splits a fuzz input into `CNI_ARGS` and stdin: an input that starts with `ARGS:` holds the
+/// args up to its first newline; anything else is all stdin.
+pub fn split_args(data: &[u8]) -> (String, &[u8]) {
+    if let Some(rest) = data.strip_prefix(b"ARGS:") {
+        let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let args = String::from_utf8_lossy(&rest[..end]).into_owned();
+        return (args, rest.get(end + 1..).unwrap_or_default());
+    }
+    (String::new(), data)
+}
+
+/// The call the skeleton would make of `stdin` for `command`, with a valid environment; the
+/// skeleton's own error otherwise (which must be one of its codes).
+pub fn call(command: Command, stdin: &[u8], args: &str) -> Result<Call, Error> {
+    let env = Env::from_lookup(command, |k| {
+        Some(
+            match k {
+                "CNI_CONTAINERID" => "c1",
+                "CNI_NETNS" => "/run/netns/x",
+                "CNI_IFNAME" => "eth0",
+                "CNI_PATH" => "/opt/cni/bin",
+                "CNI_ARGS" => args,
+                _ => return None,
+            }
+            .to_string(),
+        )
+    })
+    .expect("a valid environment");
+    let mut v = String::new();
+    let r = cni::skel::parse_call(env, stdin.to_vec(), &mut v);
+    if let Err(e) = &r {
+        assert!(matches!(e.code(), 1 | 6 | 7), "parse_call gave code {}: {e}", e.code());
+        assert!(!e.to_string().is_empty());
+    }
+    r
+}
+
+/// Every message an error of ours carries is printable as the spec's error JSON.
+pub fn check_error(e: &Error, codes: &[u32]) {
+    assert!(codes.contains(&e.code()), "unexpected code {}: {e}", e.code());
+    let j = e.to_json("1.0.0");
+    assert_eq!(j["code"], e.code());
+    assert!(!e.to_string().is_empty(), "empty message for code {}", e.code());
+}
