@@ -85,6 +85,15 @@ fn stamp_text(mtime: (i64, i64)) -> String {
     format!("v1 {:020} {:09}\n", mtime.0, mtime.1)
 }
 
+/// The content of an index entry.
+fn index_text(ips: &BTreeSet<IpAddr>) -> String {
+    let mut content = format!("{INDEX_HEADER}\n");
+    for ip in ips {
+        content.push_str(&format!("{ip}\n"));
+    }
+    content
+}
+
 /// The name of the lease file of `ip`.
 pub fn lease_name(ip: IpAddr) -> String {
     ip.to_string()
@@ -279,11 +288,7 @@ impl DiskStore {
                 _ => Ok(()),
             };
         }
-        let mut content = format!("{INDEX_HEADER}\n");
-        for ip in ips {
-            content.push_str(&format!("{ip}\n"));
-        }
-        index.write_file(key, content.as_bytes(), FILE_MODE)
+        index.write_file(key, index_text(ips).as_bytes(), FILE_MODE)
     }
 
     /// Writes this call's index changes.
@@ -364,6 +369,10 @@ impl DiskStore {
             }
         }
         for (key, ips) in &by_key {
+            // Entries that are right already are left alone (after a foreign change, most are).
+            if index.read_small(key, MAX_READ).ok().flatten().as_deref() == Some(index_text(ips).as_bytes()) {
+                continue;
+            }
             Self::write_index_entry(index, key, ips)
                 .map_err(|e| io_err(format!("writing {}/{INDEX_DIR}/{key}", self.path.display()), e))?;
         }
