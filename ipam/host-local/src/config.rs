@@ -257,7 +257,12 @@ fn canonicalize_range(raw: &RawRange, field: &str) -> Result<Range> {
     };
 
     let gateway = match parse("gateway", &raw.gateway)? {
-        Some(g) if !in_subnet(g) => return Err(invalid(format!("{field}.gateway {g} is outside subnet {subnet}"))),
+        // Outside the subnet is allowed, as in the reference (on-link gateways); not another family.
+        Some(g) if g.is_ipv4() != v4 => {
+            return Err(invalid(format!(
+                "{field}.gateway {g} is not of the family of subnet {subnet}"
+            )))
+        }
         Some(g) => g,
         None => from_u128(net + 1, v4),
     };
@@ -551,9 +556,12 @@ mod tests {
         let m = err(net(json!({"ranges": [[{"subnet": "bogus"}]]})));
         assert!(m.starts_with("ipam.ranges[0][0].subnet \"bogus\""), "{m}");
         let m = err(net(
-            json!({"ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.9.0.1"}]]}),
+            json!({"ranges": [[{"subnet": "10.1.0.0/24", "gateway": "fd00::1"}]]}),
         ));
-        assert_eq!(m, "ipam.ranges[0][0].gateway 10.9.0.1 is outside subnet 10.1.0.0/24");
+        assert_eq!(
+            m,
+            "ipam.ranges[0][0].gateway fd00::1 is not of the family of subnet 10.1.0.0/24"
+        );
         let m = err(net(
             json!({"ranges": [[{"subnet": "10.1.0.0/24"}, {"subnet": "fd00::/64"}]]}),
         ));
