@@ -31,7 +31,8 @@ ip -n "$CTR" route
 echo "== DEL"
 run DEL && echo "DEL ok"
 if ip -n "$CTR" link show eth0 >/dev/null 2>&1; then echo "eth0 still there after DEL" >&2; exit 1; fi
-if [ -n "$(ls -A "$DATA"/*/ 2>/dev/null | grep -v -e '^lock$' -e '^last_reserved_ip' || true)" ]; then
-  echo "leases left after DEL: $(ls "$DATA"/*/)" >&2; exit 1
-fi
+# Lease files are named after their address (the store also holds lock, last_reserved_ip.N and
+# an index directory).
+left=$(ls "$DATA"/*/ 2>/dev/null | grep -E '^[0-9.]+$|:' || true)
+if [ -n "$left" ]; then echo "leases left after DEL: $left" >&2; exit 1; fi
 echo "== done: eth0 and the lease are gone"
