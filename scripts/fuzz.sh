@@ -47,7 +47,8 @@ for t in "${targets[@]}"; do
     dirs=("corpus/$t")
     [ -d "seeds/$t" ] && dirs+=("seeds/$t")
     if ! cargo "${toolchain[@]}" fuzz run "$t" "${dirs[@]}" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>"corpus/$t.log"; then
+        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -dict=dicts/cni.dict -use_value_profile=1 \
+        -print_final_stats=1 2>"corpus/$t.log"; then
         failed+=("$t")
         tail -40 "corpus/$t.log" >&2
     fi
