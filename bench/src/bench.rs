@@ -264,7 +264,6 @@ struct Bench<'o> {
     sets: Vec<Set>,
     floor_host: Ns,
     floor_ctr: Ns,
-    floor_batch: PathBuf,
     notes: Vec<String>,
 }
 
@@ -473,37 +472,37 @@ impl Bench<'_> {
         Ok(vec![a, d])
     }
 
+    /// The floor: the kernel work of one bridge ADD (and DEL) done by `ip -batch`, one process
+    /// per namespace, each started directly in its namespace as the plugins are.
     fn floor_contestant(&self) -> Contestant<'_> {
         Box::new(move || {
-            let ctr = &self.floor_ctr.name;
-            let batch = format!(
-                "link add cnibfv0 type veth peer name eth0 netns {ctr}\n\
-                 link set cnibfv0 master cnibrf up\n\
-                 netns exec {ctr} ip -batch {}\n",
-                self.floor_batch.display()
+            let ip = |ns: &Ns, args: &[&str], stdin: &str, what: &str| -> Result<Out, String> {
+                ns.enter()?;
+                let mut c = Command::new("ip");
+                c.env_clear().env("PATH", SAFE_PATH).args(args);
+                let out = sys::run(&mut c, stdin.as_bytes()).map_err(|e| format!("running ip: {e}"))?;
+                if out.status.success() {
+                    Ok(out)
+                } else {
+                    Err(failure("floor", "ip", what, &out))
+                }
+            };
+            let host_side = format!(
+                "link add cnibfv0 type veth peer name eth0 netns {}\nlink set cnibfv0 master cnibrf up\n",
+                self.floor_ctr.name
             );
-            let add = self.floor_host.enter().and_then(|_| {
-                let mut c = Command::new("ip");
-                c.env_clear().env("PATH", SAFE_PATH).args(["-batch", "-"]);
-                let out = sys::run(&mut c, batch.as_bytes()).map_err(|e| format!("running ip: {e}"))?;
-                if out.status.success() {
-                    Ok(out)
-                } else {
-                    Err(failure("floor", "ip -batch", "ADD", &out))
-                }
+            let ctr_side =
+                "addr add 10.40.0.2/24 dev eth0\nlink set eth0 up\nroute add default via 10.40.0.1 dev eth0\nlink set lo up\n";
+            let add = ip(&self.floor_host, &["-batch", "-"], &host_side, "ADD (host side)").and_then(|h| {
+                let c = ip(&self.floor_ctr, &["-batch", "-"], ctr_side, "ADD (container side)")?;
+                Ok(Out {
+                    wall: h.wall + c.wall,
+                    cpu: h.cpu + c.cpu,
+                    maxrss_kib: h.maxrss_kib.max(c.maxrss_kib),
+                    ..c
+                })
             });
-            let del = self.floor_host.enter().and_then(|_| {
-                let mut c = Command::new("ip");
-                c.env_clear()
-                    .env("PATH", SAFE_PATH)
-                    .args(["-n", ctr, "link", "del", "eth0"]);
-                let out = sys::run(&mut c, b"").map_err(|e| format!("running ip: {e}"))?;
-                if out.status.success() {
-                    Ok(out)
-                } else {
-                    Err(failure("floor", "ip link del", "DEL", &out))
-                }
-            });
+            let del = ip(&self.floor_ctr, &["link", "del", "eth0"], "", "DEL");
             vec![add, del]
         })
     }
@@ -1143,12 +1142,6 @@ pub fn run(opts: &Opts) -> Res<()> {
     sys::ip_batch(
         "link set lo up\nlink add cnibrf type bridge\naddr add 10.40.0.1/24 dev cnibrf\nlink set cnibrf up\n",
     )?;
-    let floor_batch = tmp.join("floor-container.batch");
-    fs::write(
-        &floor_batch,
-        "addr add 10.40.0.2/24 dev eth0\nlink set eth0 up\nroute add default via 10.40.0.1 dev eth0\nlink set lo up\n",
-    )
-    .map_err(|e| format!("writing {}: {e}", floor_batch.display()))?;
     sys::enter_root()?;
 
     let mut b = Bench {
@@ -1156,7 +1149,6 @@ pub fn run(opts: &Opts) -> Res<()> {
         sets,
         floor_host,
         floor_ctr,
-        floor_batch,
         notes: Vec::new(),
     };
     let mut rows = Vec::new();

@@ -90,7 +90,7 @@ fn targets(r: &Results) -> Vec<Target> {
                     ratio(q),
                     bound
                         .map(|b| format!(
-                            " (the floor, {}, allows at most {} here)",
+                            "; the `ip` floor is {}, reference / floor {}",
                             opt_ms(row.samples[2].median()),
                             ratio(b)
                         ))
@@ -324,13 +324,16 @@ pub fn write(r: &Results) -> Res<()> {
         if let (Some(fa), Some(fd)) = (a.samples.get(2), d.samples.get(2)) {
             out.push_str(
                 "### The floor: the same kernel work done by `ip`\n\n\
-                 One bridge ADD's link, address and route operations (the bridge exists; veth pair with the peer \
-                 created in the container namespace, host end attached to the bridge and up, address, link up and \
-                 default route in the container, `lo` up) done by a single `ip -batch` process. `ip` cannot switch \
-                 namespaces inside a batch, so its container-side lines run in one `ip -batch` child started by \
-                 `netns exec` — two processes, as many as bridge + host-local. The DEL is `ip -n <container> link \
-                 del eth0`. Run in the same cycles as the IPv4 rows above, in alternation with them. The floor \
-                 has no IPAM, no sysctls and no checks: it is what the kernel and two process starts cost.\n\n\
+                 One bridge ADD's link, address and route operations done by `ip -batch` (the bridge exists, with \
+                 its gateway address): in the host namespace, the veth pair with its peer created in the container \
+                 namespace and the host end attached to the bridge and up; in the container namespace, the address, \
+                 link up, the default route and `lo` up. `ip` cannot switch namespaces inside a batch (only with \
+                 `netns exec`, which also unshares a mount namespace and remounts /sys), so these are two `ip -batch` \
+                 processes, each started directly in its namespace as the plugins are: as many process starts as \
+                 bridge + host-local. The DEL is `ip link del eth0` in the container namespace. Run in the same \
+                 cycles as the IPv4 rows above, in alternation with them. The floor has no IPAM, no sysctls, no \
+                 result and no checks: it is roughly what the kernel work and two small process starts cost (a \
+                 plugin that starts faster than `ip` can come in under it).\n\n\
                  | operation | floor median | floor p90 | ours median | ours / floor | reference median | reference / floor |\n\
                  |---|--:|--:|--:|--:|--:|--:|\n",
             );

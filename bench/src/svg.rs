@@ -111,6 +111,7 @@ fn panel(out: &mut String, f: Frame, title: &str, series: &[&Series], xmax: f64)
         x0 + 14.0,
         y0 + t + ph / 2.0
     ));
+    let mut end_labels: Vec<(f64, f64, String, &str)> = Vec::new();
     for s in series {
         if s.points.is_empty() {
             continue;
@@ -135,14 +136,18 @@ fn panel(out: &mut String, f: Frame, title: &str, series: &[&Series], xmax: f64)
             ));
         }
         if let Some(&(x, y)) = s.points.last() {
-            out.push_str(&format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"{}\">{} ms</text>\n",
-                px(x) - 5.0,
-                if s.dashed { py(y) + 15.0 } else { py(y) - 6.0 },
-                s.color,
-                fmt_num(y)
-            ));
+            end_labels.push((px(x) - 8.0, py(y), format!("{} ms", fmt_num(y)), s.color));
         }
+    }
+    // End-of-line values, left of the last point, pushed apart so that none overlap.
+    end_labels.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut last_y = f64::MIN;
+    for (x, y, text, color) in end_labels {
+        let y = (y - 6.0).max(last_y + 13.0);
+        last_y = y;
+        out.push_str(&format!(
+            "<text x=\"{x:.1}\" y=\"{y:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"{color}\">{text}</text>\n"
+        ));
     }
 }
 
