@@ -57,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     // Lookups return only leases that name the attachment.
     let mut queries: Vec<(String, String)> = vec![("c1".into(), "eth0".into())];
     for o in owners.iter().flatten() {
-        queries.push((o.container_id.clone(), o.ifname.clone().unwrap_or_else(|| "eth0".into())));
+        queries.push((
+            o.container_id.clone(),
+            o.ifname.clone().unwrap_or_else(|| "eth0".into()),
+        ));
     }
     for (id, ifname) in &queries {
         if let Ok(ips) = s.get_by_id(id, ifname) {
