@@ -717,3 +717,48 @@ fn podman_runs_a_container_on_our_bridge() {
     let ports = bed.host.ip(&["-o", "link", "show", "master", &bed.bridge]);
     assert!(ports.trim().is_empty(), "veths left: {ports}");
 }
+
+#[test]
+fn del_removes_what_an_add_killed_before_the_rename_left() {
+    let bed = Bed::new();
+    let a = Netns::new();
+    let conf = bed.conf(json!({}));
+    // What an ADD killed between creating the pair and renaming its container end leaves: the
+    // host end on the bridge, the container end under the attachment's temporary name.
+    bed.add("warmup", &a, &conf);
+    bed.del("warmup", Some(&a), &conf);
+    let tmp = cni::iface::temp_ifname("ca", "eth0");
+    bed.host.ip(&[
+        "link",
+        "add",
+        "vethdead0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &tmp,
+        "netns",
+        a.name(),
+    ]);
+    bed.host.ip(&["link", "set", "vethdead0", "master", &bed.bridge]);
+    // A new ADD of the same attachment replaces it ...
+    bed.add("ca", &a, &conf);
+    assert_eq!(links(&a), vec!["eth0".to_string()]);
+    bed.del("ca", Some(&a), &conf);
+    // ... and a DEL removes it.
+    bed.host.ip(&[
+        "link",
+        "add",
+        "vethdead0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &tmp,
+        "netns",
+        a.name(),
+    ]);
+    bed.del("ca", Some(&a), &conf);
+    assert_no_container_iface(&a);
+    assert_eq!(bed.host_links(), vec![bed.bridge.clone()]);
+}

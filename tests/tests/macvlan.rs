@@ -489,3 +489,50 @@ fn conf_example_range() {
     bed.del("cb", Some(&b), &conf).expect_ok();
     assert!(bed.leases_of("rsmacvlan-range").is_empty());
 }
+
+#[test]
+fn del_removes_what_an_add_killed_before_the_rename_left() {
+    let bed = Bed::new("mvkill");
+    let ctr = Netns::new();
+    let conf = bed.conf(json!({}));
+    // What an ADD killed between creating the macvlan and renaming it leaves.
+    let tmp = cni::iface::temp_ifname("ck", "eth0");
+    bed.host.ip(&[
+        "link",
+        "add",
+        "link",
+        "m0",
+        "name",
+        &tmp,
+        "netns",
+        ctr.name(),
+        "type",
+        "macvlan",
+        "mode",
+        "bridge",
+    ]);
+    bed.del("ck", Some(&ctr), &conf).expect_ok();
+    assert!(
+        !ctr.ip(&["-o", "link", "show"]).contains(&tmp),
+        "temporary link left after DEL"
+    );
+    // And an ADD of the same attachment replaces a leftover.
+    bed.host.ip(&[
+        "link",
+        "add",
+        "link",
+        "m0",
+        "name",
+        &tmp,
+        "netns",
+        ctr.name(),
+        "type",
+        "macvlan",
+        "mode",
+        "bridge",
+    ]);
+    bed.add("ck", &ctr, &conf).expect_ok();
+    let links = ctr.ip(&["-o", "link", "show"]);
+    assert!(links.contains("eth0") && !links.contains(&tmp), "{links}");
+    bed.del("ck", Some(&ctr), &conf).expect_ok();
+}

@@ -54,7 +54,7 @@ impl Plugin for Macvlan {
         if let Some(path) = call.env.netns.as_deref() {
             match Netns::open(path) {
                 Ok(ns) => {
-                    errs.note(del_link(&ns, &call.env.ifname));
+                    errs.note(del_link(&ns, call));
                 }
                 Err(Error::UnknownContainer(_)) => {} // namespace gone: the link went with it
                 Err(e) => {
@@ -191,8 +191,9 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
     }
     step("master");
 
-    // 2. The macvlan, made directly in the container's namespace under its final name.
-    let link = create_macvlan(conf, &master, netns, cont, ifname, undo)?;
+    // 2. The macvlan, made directly in the container's namespace under a temporary name, then
+    //    renamed there.
+    let link = create_macvlan(conf, &master, netns, cont, call, undo)?;
     step("macvlan");
 
     let mut result = CniResult {
@@ -284,10 +285,9 @@ fn rollback(call: &Call, conf: &MacvlanConf, cont: &Nl, undo: Undo) {
     }
 }
 
-fn del_link(ns: &Netns, ifname: &str) -> Result<()> {
+fn del_link(ns: &Netns, call: &Call) -> Result<()> {
     let cont = Nl::open_in(ns)?;
-    cont.del_link_by_name(ifname)?;
-    Ok(())
+    iface::del_container_links(&cont, &call.env.container_id, &call.env.ifname)
 }
 
 /// The master link: in the container's namespace for `linkInContainer`, else in ours.
@@ -332,45 +332,63 @@ fn default_route_interface(nl: &Nl, place: &str) -> Result<String> {
     )))
 }
 
-/// Creates the macvlan `ifname` inside the container's namespace; returns the new link.
+/// Creates the macvlan inside the container's namespace under the attachment's temporary name
+/// and renames it to `ifname` there; returns the link under its final name.
 fn create_macvlan(
     conf: &MacvlanConf,
     master: &Master,
     netns: &Netns,
     cont: &Nl,
-    ifname: &str,
+    call: &Call,
     undo: &mut Undo,
 ) -> Result<Link> {
-    // With the master in the container, the link is made there already; else the request
-    // names the container's namespace. The link is made under its final name: the kernel
-    // checks the name in the namespace the link is made in (a host interface called `ifname`
-    // is no obstacle), and a plugin killed at any moment leaves either nothing or `ifname`,
-    // which DEL removes (a temporary name would be left behind for good).
+    let ifname = &call.env.ifname;
+    // The temporary name is derived from the attachment (not random): a plugin killed before
+    // the rename leaves a link that DEL of this attachment removes, and that a new ADD of it
+    // replaces here. A host interface called `ifname` is no obstacle either way: the link is
+    // made directly in the container's namespace (with the master there already, or named in
+    // the request).
+    let tmp = iface::temp_ifname(&call.env.container_id, ifname);
+    cont.del_link_by_name(&tmp)?;
     let target = (!conf.link_in_container).then_some(netns);
-    match master.nl.add_macvlan(
-        ifname,
-        master.link.index,
-        conf.parsed_mode,
-        target,
-        conf.parsed_mac,
-        conf.mtu(),
-        conf.bcqueuelen(),
-        &conf.parsed_source_macs,
-    ) {
-        Ok(()) => {}
-        Err(e) if e.is(libc::EEXIST) => {
-            return Err(Error::Conflict(format!(
+    master
+        .nl
+        .add_macvlan(
+            &tmp,
+            master.link.index,
+            conf.parsed_mode,
+            target,
+            conf.parsed_mac,
+            conf.mtu(),
+            conf.bcqueuelen(),
+            &conf.parsed_source_macs,
+        )
+        .map_err(|e| create_error(conf, &master.link, e))?;
+    let made = cont
+        .link(&tmp)?
+        .ok_or_else(|| Error::Netlink(format!("new macvlan {tmp} not found in {}", netns.path())))?;
+    undo.link = Some(made.index);
+    cont.set_link(
+        made.index,
+        &LinkChange {
+            name: Some(ifname.to_string()),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| {
+        if e.is(libc::EEXIST) {
+            Error::Conflict(format!(
                 "container interface \"{ifname}\" already exists in {}",
                 netns.path()
-            )))
+            ))
+        } else {
+            Error::from(e).context(format!("renaming {tmp} to {ifname}"))
         }
-        Err(e) => return Err(create_error(conf, &master.link, e)),
-    }
-    let made = cont
-        .link(ifname)?
-        .ok_or_else(|| Error::Netlink(format!("new macvlan {ifname} not found in {}", netns.path())))?;
-    undo.link = Some(made.index);
-    Ok(made)
+    })?;
+    Ok(Link {
+        name: ifname.to_string(),
+        ..made
+    })
 }
 
 /// The kernel's EINVAL for a macvlan next to a passthru one (or a passthru next to others)
