@@ -762,3 +762,18 @@ fn del_removes_what_an_add_killed_before_the_rename_left() {
     assert_no_container_iface(&a);
     assert_eq!(bed.host_links(), vec![bed.bridge.clone()]);
 }
+
+#[test]
+fn del_works_with_a_config_that_went_bad_after_add() {
+    let bed = Bed::new();
+    let a = Netns::new();
+    let conf = bed.conf(json!({"ipMasq": true}));
+    bed.add("ca", &a, &conf);
+    // The operator broke the config meanwhile: DEL must still clean up.
+    let bad = bed.conf(json!({"ipMasq": true, "mtu": 20, "hairpinMode": true, "promiscMode": true}));
+    bed.cni("ADD", "cb", Some(&Netns::new()), &bad).run().expect_error(7);
+    bed.del("ca", Some(&a), &bad);
+    assert_no_container_iface(&a);
+    assert!(bed.leases("brtest").is_empty());
+    assert!(!bed.nat_rules().contains("CNI-"));
+}

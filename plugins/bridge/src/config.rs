@@ -67,12 +67,19 @@ pub struct BridgeConf {
 }
 
 impl BridgeConf {
-    /// Decodes and validates the config of `call`.
-    pub fn load(call: &Call) -> Result<BridgeConf> {
+    /// Decodes the config of `call` without judging it: what DEL and GC need, so that a config
+    /// that went bad after the ADD can still be torn down.
+    pub fn decode(call: &Call) -> Result<BridgeConf> {
         let mut c: BridgeConf = cni::types::decode(&call.stdin)?;
         if c.is_default_gw {
             c.is_gw = true;
         }
+        Ok(c)
+    }
+
+    /// Decodes and validates the config of `call`.
+    pub fn load(call: &Call) -> Result<BridgeConf> {
+        let mut c = BridgeConf::decode(call)?;
         if let Err(why) = check_ifname(&c.bridge) {
             return Err(Error::InvalidConfig(format!(
                 "invalid bridge name \"{}\" (key \"bridge\"): {why}",

@@ -42,7 +42,7 @@ impl Plugin for Bridge {
     }
 
     fn del(&self, call: &Call) -> Result<()> {
-        let conf = BridgeConf::load(call)?;
+        let conf = BridgeConf::decode(call)?;
         let mut errs = Errors::new();
         // 1. The container interface, if the namespace and the link still exist.
         if let Some(path) = call.env.netns.as_deref() {
@@ -150,7 +150,7 @@ impl Plugin for Bridge {
     }
 
     fn gc(&self, call: &Call) -> Result<()> {
-        let conf = BridgeConf::load(call)?;
+        let conf = BridgeConf::decode(call)?;
         let mut errs = Errors::new();
         if let Some(t) = conf.ipam_type() {
             errs.note(delegate::exec(t, Command::Gc, call));
