@@ -1167,6 +1167,10 @@ pub fn run(opts: &Opts) -> Res<()> {
     if opts.runs("bridge") {
         rows.extend(b.part_bridge()?);
     }
+    // Right after the bridge rows, so that the breakdown runs under the same conditions.
+    if opts.runs("trace") {
+        trace = b.part_trace()?;
+    }
     if opts.runs("macvlan") {
         rows.extend(b.part_macvlan()?);
     }
@@ -1177,9 +1181,6 @@ pub fn run(opts: &Opts) -> Res<()> {
         let (r, ok) = b.part_scale()?;
         rows.extend(r);
         prefill_ok = ok;
-    }
-    if opts.runs("trace") {
-        trace = b.part_trace()?;
     }
     sys::enter_root()?;
     if opts.quick {
