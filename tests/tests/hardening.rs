@@ -1494,8 +1494,6 @@ fn killed_adds(plugin: &'static str) {
 }
 
 #[test]
-#[ignore = "bridge bug: an ADD killed between creating the veth (tmpXXXXXXXX in the container) and renaming it \
-            to CNI_IFNAME leaves the pair for good, DEL looks for CNI_IFNAME only; run with --ignored once fixed"]
 fn killed_bridge_adds_leave_nothing() {
     killed_adds("bridge");
 }
