@@ -104,7 +104,7 @@ impl BridgeConf {
                 "cannot set hairpinMode and promiscMode at the same time".into(),
             ));
         }
-        if c.has_ipam() && c.disable_container_interface {
+        if c.net.ipam_type().is_some() && c.disable_container_interface {
             return Err(Error::InvalidConfig(
                 "cannot use IPAM (key \"ipam\") when disableContainerInterface is set".into(),
             ));
@@ -119,18 +119,6 @@ impl BridgeConf {
         }
         c.mac = container_mac(&c.net, &call.env.args)?;
         Ok(c)
-    }
-
-    pub fn has_ipam(&self) -> bool {
-        self.net.ipam.as_ref().is_some_and(|i| !i.ipam_type.is_empty())
-    }
-
-    pub fn ipam_type(&self) -> Option<&str> {
-        self.net
-            .ipam
-            .as_ref()
-            .map(|i| i.ipam_type.as_str())
-            .filter(|t| !t.is_empty())
     }
 
     pub fn mtu(&self) -> Option<u32> {

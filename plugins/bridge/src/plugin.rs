@@ -58,7 +58,7 @@ impl Plugin for Bridge {
         }
         step("delete link");
         // 2. The lease.
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             errs.note(delegate::exec(t, Command::Del, call));
         }
         // 3. Rules: found by network and container, so this works with the netns gone.
@@ -83,7 +83,7 @@ impl Plugin for Bridge {
     fn check(&self, call: &Call) -> Result<()> {
         let conf = BridgeConf::load(call)?;
         let netns = Netns::open(call.netns()?)?;
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Check, call)?;
         }
         let prev = conf
@@ -152,7 +152,7 @@ impl Plugin for Bridge {
     fn gc(&self, call: &Call) -> Result<()> {
         let conf = BridgeConf::decode(call)?;
         let mut errs = Errors::new();
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             errs.note(delegate::exec(t, Command::Gc, call));
         }
         let keep: Vec<(String, String)> = conf
@@ -167,7 +167,7 @@ impl Plugin for Bridge {
 
     fn status(&self, call: &Call) -> Result<()> {
         let conf = BridgeConf::load(call)?;
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Status, call)?;
         }
         Ok(())
@@ -230,7 +230,7 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
     };
 
     // 3. Addresses from IPAM, put on the container interface; the gateway on the bridge.
-    if let Some(ipam_type) = conf.ipam_type() {
+    if let Some(ipam_type) = conf.net.ipam_type() {
         let ipam = delegate::exec(ipam_type, Command::Add, call)?
             .ok_or_else(|| Error::Internal("IPAM returned no result".into()))?;
         undo.ipam_added = true;
@@ -315,7 +315,7 @@ fn rollback(call: &Call, conf: &BridgeConf, host: &Nl, undo: Undo) {
         ));
     }
     if undo.ipam_added {
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             errs.note(delegate::exec(t, Command::Del, call));
         }
     }
@@ -434,30 +434,10 @@ fn setup_veth(
     let peer = cont
         .link(&tmp)?
         .ok_or_else(|| Error::Netlink(format!("veth end {tmp} not found in {}", netns.path())))?;
-    cont.set_link(
-        peer.index,
-        &LinkChange {
-            name: Some(ifname.to_string()),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| {
-        if e.is(libc::EEXIST) {
-            Error::Conflict(format!(
-                "container interface \"{ifname}\" already exists in {}",
-                netns.path()
-            ))
-        } else {
-            e.into()
-        }
-    })?;
+    let cont_link = iface::rename_to_ifname(cont, peer, ifname, netns)?;
     let host_veth = host
         .link(&host_name)?
         .ok_or_else(|| Error::Netlink(format!("host veth {host_name} vanished")))?;
-    let cont_link = Link {
-        name: ifname.to_string(),
-        ..peer
-    };
     Ok((host_veth, cont_link))
 }
 

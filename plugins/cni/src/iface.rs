@@ -24,6 +24,29 @@ pub fn temp_ifname(container_id: &str, ifname: &str) -> String {
     format!("cni{:012x}", h & 0xffff_ffff_ffff)
 }
 
+/// Renames `link` (a new container interface under its temporary name) to `ifname`; a link
+/// of that name in the namespace is a conflict (code 103).
+pub fn rename_to_ifname(nl: &Nl, link: Link, ifname: &str, netns: &Netns) -> Result<Link> {
+    let change = crate::netlink::LinkChange {
+        name: Some(ifname.to_string()),
+        ..Default::default()
+    };
+    nl.set_link(link.index, &change).map_err(|e| {
+        if e.is(libc::EEXIST) {
+            Error::Conflict(format!(
+                "container interface \"{ifname}\" already exists in {}",
+                netns.path()
+            ))
+        } else {
+            Error::from(e).context(format!("renaming {} to {ifname}", link.name))
+        }
+    })?;
+    Ok(Link {
+        name: ifname.to_string(),
+        ..link
+    })
+}
+
 /// Deletes the container interface `ifname` of an attachment and the temporary link a killed
 /// ADD of it may have left (see [`temp_ifname`]). Missing links are fine.
 pub fn del_container_links(nl: &Nl, container_id: &str, ifname: &str) -> Result<()> {

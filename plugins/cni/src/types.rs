@@ -68,6 +68,14 @@ impl NetConf {
             .unwrap_or_default()
     }
 
+    /// The IPAM plugin to delegate to, if the config names one.
+    pub fn ipam_type(&self) -> Option<&str> {
+        self.ipam
+            .as_ref()
+            .map(|i| i.ipam_type.as_str())
+            .filter(|t| !t.is_empty())
+    }
+
     /// The previous result of a chain, parsed (any version from 0.3.0 on).
     pub fn prev_result(&self) -> Result<Option<CniResult>> {
         match &self.prev_result {

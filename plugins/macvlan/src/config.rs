@@ -91,14 +91,6 @@ impl MacvlanConf {
         Ok(c)
     }
 
-    pub fn ipam_type(&self) -> Option<&str> {
-        self.net
-            .ipam
-            .as_ref()
-            .map(|i| i.ipam_type.as_str())
-            .filter(|t| !t.is_empty())
-    }
-
     /// The MTU to create the link with (None: the master's).
     pub fn mtu(&self) -> Option<u32> {
         (self.mtu > 0).then_some(self.mtu as u32)
@@ -200,7 +192,7 @@ mod tests {
         assert_eq!(c.master, "");
         assert_eq!(c.mtu(), None);
         assert_eq!(c.parsed_mac, None);
-        assert_eq!(c.ipam_type(), None);
+        assert_eq!(c.net.ipam_type(), None);
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl Plugin for Macvlan {
         let conf = MacvlanConf::decode(call)?;
         let mut errs = Errors::new();
         // 1. The lease (found by container and interface: works with the netns gone).
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             errs.note(delegate::exec(t, Command::Del, call));
         }
         // 2. The link, if the namespace and the link still exist.
@@ -69,7 +69,7 @@ impl Plugin for Macvlan {
     fn check(&self, call: &Call) -> Result<()> {
         let conf = MacvlanConf::load(call)?;
         let netns = Netns::open(call.netns()?)?;
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Check, call)?;
         }
         let prev = conf
@@ -147,7 +147,7 @@ impl Plugin for Macvlan {
 
     fn gc(&self, call: &Call) -> Result<()> {
         let conf = MacvlanConf::decode(call)?;
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Gc, call)?;
         }
         Ok(())
@@ -161,7 +161,7 @@ impl Plugin for Macvlan {
             master_link(&conf, &host, "the host's")
                 .map_err(|e| Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}")))?;
         }
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Status, call)?;
         }
         Ok(())
@@ -207,7 +207,7 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
     };
 
     // 3. Addresses and routes from IPAM, or an L2-only interface that is just up.
-    if let Some(ipam_type) = conf.ipam_type() {
+    if let Some(ipam_type) = conf.net.ipam_type() {
         let ipam = match delegate::exec(ipam_type, Command::Add, call) {
             Ok(r) => r.ok_or_else(|| Error::Internal("IPAM returned no result".into()))?,
             Err(e) => {
@@ -267,7 +267,7 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
 fn rollback(call: &Call, conf: &MacvlanConf, cont: &Nl, undo: Undo) {
     let mut errs = Errors::new();
     if undo.ipam_added {
-        if let Some(t) = conf.ipam_type() {
+        if let Some(t) = conf.net.ipam_type() {
             errs.note(delegate::exec(t, Command::Del, call));
         }
     }
@@ -368,27 +368,7 @@ fn create_macvlan(
         .link(&tmp)?
         .ok_or_else(|| Error::Netlink(format!("new macvlan {tmp} not found in {}", netns.path())))?;
     undo.link = Some(made.index);
-    cont.set_link(
-        made.index,
-        &LinkChange {
-            name: Some(ifname.to_string()),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| {
-        if e.is(libc::EEXIST) {
-            Error::Conflict(format!(
-                "container interface \"{ifname}\" already exists in {}",
-                netns.path()
-            ))
-        } else {
-            Error::from(e).context(format!("renaming {tmp} to {ifname}"))
-        }
-    })?;
-    Ok(Link {
-        name: ifname.to_string(),
-        ..made
-    })
+    iface::rename_to_ifname(cont, made, ifname, netns)
 }
 
 /// The kernel's EINVAL for a macvlan next to a passthru one (or a passthru next to others)
