@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make bench: our bridge, macvlan and host-local (target/release) against the reference plugins
+# make bench: our bridge, macvlan and host-local (target/<host triple>/release) against the reference plugins
 # (/usr/lib/cni), side by side in one run, everything in private network namespaces that are
 # always removed. Writes BENCHMARKS.md, docs/bench-scale.svg and target/bench/results.json.
 #
@@ -27,10 +27,14 @@ for p in bridge macvlan host-local; do
   fi
 done
 
-# Under make the 'build' prerequisite has just built everything; alone, build what we measure.
-if [ -z "${MAKELEVEL:-}" ]; then
-  "$CARGO" build --release --workspace --bins
+# Under make the 'build' prerequisite has just built everything (static release binaries in
+# $RELEASE_DIR); alone, build what we measure the same way.
+if [ -z "${MAKELEVEL:-}" ] || [ -z "${RELEASE_DIR:-}" ]; then
+  triple=$(rustc -vV | sed -n 's/^host: //p')
+  RELEASE_DIR=target/$triple/release
+  RUSTFLAGS="-C target-feature=+crt-static" "$CARGO" build --release --workspace --bins --target "$triple"
 fi
 
 export BENCH_VIA=${BENCH_VIA:-scripts/bench.sh}
-exec target/release/cni-bench "$@"
+export BENCH_OURS=${BENCH_OURS:-$RELEASE_DIR}
+exec "$RELEASE_DIR/cni-bench" "$@"
