@@ -44,7 +44,9 @@ impl Plugin for Bridge {
     fn del(&self, call: &Call) -> Result<()> {
         let conf = BridgeConf::decode(call)?;
         let mut errs = Errors::new();
-        // 1. The container interface, if the namespace and the link still exist.
+        // 1. The lease: the IPAM plugin runs while the kernel deletes the link.
+        let pending = conf.net.ipam_type().map(|t| delegate::start(t, Command::Del, call));
+        // 2. The container interface, if the namespace and the link still exist.
         if let Some(path) = call.env.netns.as_deref() {
             match Netns::open(path) {
                 Ok(ns) => {
@@ -57,9 +59,8 @@ impl Plugin for Bridge {
             }
         }
         step("delete link");
-        // 2. The lease.
-        if let Some(t) = conf.net.ipam_type() {
-            errs.note(delegate::exec(t, Command::Del, call));
+        if let Some(p) = pending {
+            errs.note(p.and_then(|p| p.wait()));
         }
         // 3. Rules: found by network and container, so this works with the netns gone.
         if conf.ip_masq {
@@ -177,35 +178,28 @@ impl Plugin for Bridge {
 fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo) -> Result<CniResult> {
     let ifname = &call.env.ifname;
 
-    // 1. The bridge, created or reused, up.
+    // 1. The bridge, created or reused, up (a name taken by another kind of link fails here,
+    //    before anything else is touched).
     let br = ensure_bridge(host, conf, undo)?;
     step("bridge");
 
-    // 2. The veth pair: the container end made inside the netns under a temporary name, then
-    //    renamed there; the host end on the bridge.
-    let cont = Nl::open_in(netns)?;
-    step("open netns socket");
-    let (host_veth, cont_link) = setup_veth(host, &cont, netns, call, conf.mtu(), conf.mac, undo)?;
-    step("veth");
-    host.set_link(
-        host_veth.index,
-        &LinkChange {
-            master: Some(br.index),
-            up: Some(true),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
-    if conf.hairpin || conf.port_isolation {
-        host.set_bridge_port(host_veth.index, Some(conf.hairpin), Some(conf.port_isolation))?;
+    // 2. The IPAM plugin starts now and runs while we make the veth pair: its process start
+    //    and work overlap with the kernel's.
+    let pending = conf
+        .net
+        .ipam_type()
+        .map(|t| delegate::start(t, Command::Add, call))
+        .transpose()?;
+    let links = setup_links(call, conf, netns, host, &br, undo);
+    // Reap IPAM whatever happened to the links; only a lease it did give is released on failure
+    // (a failed IPAM ADD reserved nothing, and may have failed because the attachment already
+    // holds a lease, which is not ours to drop).
+    let ipam = pending.map(|p| p.wait()).transpose();
+    if let Ok(Some(_)) = &ipam {
+        undo.ipam_added = true;
     }
-    setup_port_vlans(host, &host_veth, conf)?;
-    step("bridge port");
-
-    if conf.mac_spoof_chk {
-        undo.spoofchk_added = true;
-        cni::spoofchk::setup_spoofchk(&host_veth.name, &cont_link.mac, &call.env.container_id, ifname)?;
-    }
+    let (host_veth, cont, cont_link) = links?;
+    let ipam = ipam?.flatten();
 
     let mut result = CniResult {
         interfaces: vec![
@@ -230,10 +224,8 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
     };
 
     // 3. Addresses from IPAM, put on the container interface; the gateway on the bridge.
-    if let Some(ipam_type) = conf.net.ipam_type() {
-        let ipam = delegate::exec(ipam_type, Command::Add, call)?
-            .ok_or_else(|| Error::Internal("IPAM returned no result".into()))?;
-        undo.ipam_added = true;
+    if let Some(ipam) = ipam {
+        let ipam_type = conf.net.ipam_type().unwrap_or_default();
         if ipam.ips.is_empty() {
             return Err(Error::InvalidConfig(format!(
                 "IPAM plugin \"{ipam_type}\" returned no IP address"
@@ -294,6 +286,46 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
     }
     step("result");
     Ok(result)
+}
+
+/// The veth pair and the bridge port.
+fn setup_links(
+    call: &Call,
+    conf: &BridgeConf,
+    netns: &Netns,
+    host: &Nl,
+    br: &Link,
+    undo: &mut Undo,
+) -> Result<(Link, Nl, Link)> {
+    let ifname = &call.env.ifname;
+
+    // The veth pair: the container end made inside the netns under a temporary name, then
+    //    renamed there; the host end on the bridge.
+    let cont = Nl::open_in(netns)?;
+    step("open netns socket");
+    let (host_veth, cont_link) = setup_veth(host, &cont, netns, call, conf.mtu(), conf.mac, undo)?;
+    step("veth");
+    host.set_link(
+        host_veth.index,
+        &LinkChange {
+            master: Some(br.index),
+            up: Some(true),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
+    if conf.hairpin || conf.port_isolation {
+        host.set_bridge_port(host_veth.index, Some(conf.hairpin), Some(conf.port_isolation))?;
+    }
+    setup_port_vlans(host, &host_veth, conf)?;
+    step("bridge port");
+
+    if conf.mac_spoof_chk {
+        undo.spoofchk_added = true;
+        cni::spoofchk::setup_spoofchk(&host_veth.name, &cont_link.mac, &call.env.container_id, ifname)?;
+    }
+
+    Ok((host_veth, cont, cont_link))
 }
 
 /// Undoes what a failed ADD made, newest first; errors are reported on stderr only, the

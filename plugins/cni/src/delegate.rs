@@ -32,6 +32,20 @@ pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
 
 /// Runs `plugin_type` for `cmd` with the call's config; returns its parsed result for ADD.
 pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniResult>> {
+    start(plugin_type, cmd, call)?.wait()
+}
+
+/// A delegated plugin running while this one goes on with its own work.
+pub struct Pending {
+    child: std::process::Child,
+    plugin_type: String,
+    cmd: Command,
+    bin: PathBuf,
+}
+
+/// Starts `plugin_type` for `cmd` with the call's config and returns at once: the IPAM
+/// plugin's process start and its work overlap with ours. [`Pending::wait`] collects it.
+pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
     let bin = find_plugin(plugin_type, &call.env.path)?;
     let mut child = Proc::new(&bin)
         .env("CNI_COMMAND", cmd.as_str())
@@ -43,21 +57,40 @@ pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniRe
     {
         let mut stdin = child.stdin.take().expect("piped stdin");
         // A plugin that exits without reading stdin gives EPIPE; its exit status tells more.
+        // (Plugins read their whole stdin first, so this does not wait for their work.)
         let _ = stdin.write_all(&call.stdin);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(format!("waiting for IPAM plugin {}", bin.display()), e))?;
-    crate::trace::step(&format!("ipam {}", cmd.as_str()));
-    if !out.status.success() {
-        return Err(parse_error(plugin_type, &out.stdout, out.status));
+    Ok(Pending {
+        child,
+        plugin_type: plugin_type.to_string(),
+        cmd,
+        bin,
+    })
+}
+
+impl Pending {
+    /// Waits for the plugin; its parsed result for ADD, or its error.
+    pub fn wait(self) -> Result<Option<CniResult>> {
+        let Pending {
+            child,
+            plugin_type,
+            cmd,
+            bin,
+        } = self;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io(format!("waiting for IPAM plugin {}", bin.display()), e))?;
+        crate::trace::step(&format!("ipam {}", cmd.as_str()));
+        if !out.status.success() {
+            return Err(parse_error(&plugin_type, &out.stdout, out.status));
+        }
+        if cmd != Command::Add {
+            return Ok(None);
+        }
+        CniResult::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| e.context(format!("result of IPAM plugin \"{plugin_type}\"")))
     }
-    if cmd != Command::Add {
-        return Ok(None);
-    }
-    CniResult::from_slice(&out.stdout)
-        .map(Some)
-        .map_err(|e| e.context(format!("result of IPAM plugin \"{plugin_type}\"")))
 }
 
 fn parse_error(plugin_type: &str, stdout: &[u8], status: std::process::ExitStatus) -> Error {
