@@ -213,15 +213,22 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// A netlink socket in one namespace.
 pub struct Nl {
-    rt: tokio::runtime::Runtime,
+    rt: &'static tokio::runtime::Runtime,
     h: Handle,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_current_thread()
+/// The process's one current-thread runtime, shared by the sockets of every namespace (built
+/// once; never dropped: the process exits after one call).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, Error> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
-        .map_err(|e| Error::io("starting the netlink runtime", e))
+        .map_err(|e| Error::io("starting the netlink runtime", e))?;
+    Ok(RT.get_or_init(|| rt))
 }
 
 impl Nl {
@@ -236,7 +243,8 @@ impl Nl {
         Ok(Nl { rt, h })
     }
 
-    /// A socket inside `ns`: opened on a short-lived thread that entered `ns`.
+    /// A socket inside `ns`: opened on a short-lived thread that entered `ns` (and the
+    /// runtime's context, to register the socket); the requests run on this thread.
     pub fn open_in(ns: &Netns) -> Result<Nl, Error> {
         let rt = runtime()?;
         let handle = rt.handle().clone();
