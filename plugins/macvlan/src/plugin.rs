@@ -46,10 +46,9 @@ impl Plugin for Macvlan {
     fn del(&self, call: &Call) -> Result<()> {
         let conf = MacvlanConf::decode(call)?;
         let mut errs = Errors::new();
-        // 1. The lease (found by container and interface: works with the netns gone).
-        if let Some(t) = conf.net.ipam_type() {
-            errs.note(delegate::exec(t, Command::Del, call));
-        }
+        // 1. The lease (found by container and interface: works with the netns gone); the IPAM
+        //    plugin runs while the kernel deletes the link.
+        let pending = conf.net.ipam_type().map(|t| delegate::start(t, Command::Del, call));
         // 2. The link, if the namespace and the link still exist.
         if let Some(path) = call.env.netns.as_deref() {
             match Netns::open(path) {
@@ -63,6 +62,9 @@ impl Plugin for Macvlan {
             }
         }
         step("delete link");
+        if let Some(p) = pending {
+            errs.note(p.and_then(|p| p.wait()));
+        }
         errs.into_result()
     }
 
@@ -192,9 +194,22 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
     step("master");
 
     // 2. The macvlan, made directly in the container's namespace under a temporary name, then
-    //    renamed there.
-    let link = create_macvlan(conf, &master, netns, cont, call, undo)?;
+    //    renamed there. IPAM starts first and runs meanwhile: its process start overlaps the
+    //    kernel's work.
+    let pending = conf
+        .net
+        .ipam_type()
+        .map(|t| delegate::start(t, Command::Add, call))
+        .transpose()?;
+    let link = create_macvlan(conf, &master, netns, cont, call, undo);
     step("macvlan");
+    // Reap IPAM whatever happened to the link. Only a lease it gave is released on failure: a
+    // failed IPAM ADD reserved nothing (and may have failed because the attachment already
+    // holds a lease, which is not ours to drop); a result we cannot read still holds one.
+    let ipam = pending.map(|p| p.wait()).transpose();
+    undo.ipam_added = matches!(&ipam, Ok(Some(_)) | Err(Error::Decode(_)));
+    let link = link?;
+    let ipam = ipam?.flatten();
 
     let mut result = CniResult {
         interfaces: vec![Interface {
@@ -207,16 +222,8 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
     };
 
     // 3. Addresses and routes from IPAM, or an L2-only interface that is just up.
-    if let Some(ipam_type) = conf.net.ipam_type() {
-        let ipam = match delegate::exec(ipam_type, Command::Add, call) {
-            Ok(r) => r.ok_or_else(|| Error::Internal("IPAM returned no result".into()))?,
-            Err(e) => {
-                // The plugin succeeded but printed a result we cannot read: it holds a lease.
-                undo.ipam_added = matches!(e, Error::Decode(_));
-                return Err(e);
-            }
-        };
-        undo.ipam_added = true;
+    if let Some(ipam) = ipam {
+        let ipam_type = conf.net.ipam_type().unwrap_or_default();
         if ipam.ips.is_empty() {
             return Err(Error::InvalidConfig(format!(
                 "IPAM plugin \"{ipam_type}\" returned no IP address"
