@@ -777,3 +777,42 @@ fn del_works_with_a_config_that_went_bad_after_add() {
     assert!(bed.leases("brtest").is_empty());
     assert!(!bed.nat_rules().contains("CNI-"));
 }
+
+#[test]
+fn macspoofchk_rules_and_dad_sysctls() {
+    let bed = Bed::new();
+    let a = Netns::new();
+    let conf = bed.conf(json!({"macspoofchk": true, "enabledad": true}));
+    let r = bed.add("ca", &a, &conf);
+    let nft = |args: &[&str]| {
+        let mut cmd = vec!["nft"];
+        cmd.extend_from_slice(args);
+        String::from_utf8_lossy(&bed.host.exec(&cmd).stdout).into_owned()
+    };
+    // The reference's layout: a per-attachment chain that lets only the container's MAC pass.
+    let table = nft(&["list", "table", "bridge", "nat"]);
+    let mac = r["interfaces"][2]["mac"].as_str().unwrap();
+    assert!(table.contains("chain cni-br-iface-ca-eth0"), "{table}");
+    assert!(table.contains(&format!("ether saddr {mac} return")), "{table}");
+    assert!(
+        table.contains(&format!("iifname \"{}\" jump cni-br-iface-ca-eth0", host_veth(&r))),
+        "{table}"
+    );
+    let sysctl = |ns: &Netns, key: &str| {
+        String::from_utf8_lossy(&ns.exec(&["cat", key]).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(sysctl(&a, "/proc/sys/net/ipv6/conf/eth0/accept_dad"), "1");
+    assert_eq!(sysctl(&a, "/proc/sys/net/ipv4/conf/eth0/arp_notify"), "1");
+    bed.del("ca", Some(&a), &conf);
+    let table = nft(&["list", "table", "bridge", "nat"]);
+    assert!(!table.contains("cni-br-iface-ca-eth0"), "rules left after DEL: {table}");
+
+    // Without enabledad, DAD is off in the container.
+    let b = Netns::new();
+    let plain = bed.conf(json!({}));
+    bed.add("cb", &b, &plain);
+    assert_eq!(sysctl(&b, "/proc/sys/net/ipv6/conf/eth0/accept_dad"), "0");
+    bed.del("cb", Some(&b), &plain);
+}
