@@ -44,25 +44,9 @@ impl Plugin for Bridge {
     fn del(&self, call: &Call) -> Result<()> {
         let conf = BridgeConf::decode(call)?;
         let mut errs = Errors::new();
-        // 1. The lease: the IPAM plugin runs while the kernel deletes the link.
-        let pending = conf.net.ipam_type().map(|t| delegate::start(t, Command::Del, call));
-        // 2. The container interface, if the namespace and the link still exist.
-        if let Some(path) = call.env.netns.as_deref() {
-            match Netns::open(path) {
-                Ok(ns) => {
-                    errs.note(del_container_link(&ns, call));
-                }
-                Err(Error::UnknownContainer(_)) => {} // namespace gone: its veth went with it
-                Err(e) => {
-                    errs.note::<()>(Err(e));
-                }
-            }
-        }
-        step("delete link");
-        if let Some(p) = pending {
-            errs.note(p.and_then(|p| p.wait()));
-        }
-        // 3. Rules: found by network and container, so this works with the netns gone.
+        // 1. The lease and the container interface (also what a killed ADD left).
+        iface::del_attachment(call, conf.net.ipam_type(), &mut errs);
+        // 2. Rules: found by network and container, so this works with the netns gone.
         if conf.ip_masq {
             errs.note(firewall::teardown_masq(
                 &conf.net.name,
@@ -364,11 +348,6 @@ fn rollback(call: &Call, conf: &BridgeConf, host: &Nl, undo: Undo) {
     if let Err(e) = errs.into_result() {
         eprintln!("bridge: cleaning up after a failed ADD: {e}");
     }
-}
-
-fn del_container_link(ns: &Netns, call: &Call) -> Result<()> {
-    let cont = Nl::open_in(ns)?;
-    iface::del_container_links(&cont, &call.env.container_id, &call.env.ifname)
 }
 
 fn ensure_bridge(host: &Nl, conf: &BridgeConf, undo: &mut Undo) -> Result<Link> {

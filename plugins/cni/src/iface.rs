@@ -5,9 +5,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::delegate;
+use crate::env::Command;
+use crate::error::{Error, Errors, Result};
 use crate::netlink::{Link, NewRoute, Nl};
 use crate::netns::{read_sysctl, write_sysctl, Netns};
+use crate::skel::Call;
 use crate::types::CniResult;
 
 /// The temporary name under which the container interface of attachment (`container_id`,
@@ -53,6 +56,31 @@ pub fn del_container_links(nl: &Nl, container_id: &str, ifname: &str) -> Result<
     nl.del_link_by_name(ifname)?;
     nl.del_link_by_name(&temp_ifname(container_id, ifname))?;
     Ok(())
+}
+
+/// The steps every DEL shares: the lease (the IPAM plugin runs while the kernel deletes the
+/// link) and the container interface of the attachment with any leftover of a killed ADD, if
+/// the namespace still exists (gone, its links went with it). Errors are noted, not returned:
+/// the caller goes on with its own teardown.
+pub fn del_attachment(call: &Call, ipam_type: Option<&str>, errs: &mut Errors) {
+    let pending = ipam_type.map(|t| delegate::start(t, Command::Del, call));
+    if let Some(path) = call.env.netns.as_deref() {
+        match Netns::open(path) {
+            Ok(ns) => {
+                let links =
+                    Nl::open_in(&ns).and_then(|nl| del_container_links(&nl, &call.env.container_id, &call.env.ifname));
+                errs.note(links);
+            }
+            Err(Error::UnknownContainer(_)) => {}
+            Err(e) => {
+                errs.note::<()>(Err(e));
+            }
+        }
+    }
+    crate::trace::step("delete link");
+    if let Some(p) = pending {
+        errs.note(p.and_then(|p| p.wait()));
+    }
 }
 
 /// Sysctls of the container interface, written inside `ns` on one short-lived thread:

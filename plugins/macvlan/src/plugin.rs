@@ -46,25 +46,8 @@ impl Plugin for Macvlan {
     fn del(&self, call: &Call) -> Result<()> {
         let conf = MacvlanConf::decode(call)?;
         let mut errs = Errors::new();
-        // 1. The lease (found by container and interface: works with the netns gone); the IPAM
-        //    plugin runs while the kernel deletes the link.
-        let pending = conf.net.ipam_type().map(|t| delegate::start(t, Command::Del, call));
-        // 2. The link, if the namespace and the link still exist.
-        if let Some(path) = call.env.netns.as_deref() {
-            match Netns::open(path) {
-                Ok(ns) => {
-                    errs.note(del_link(&ns, call));
-                }
-                Err(Error::UnknownContainer(_)) => {} // namespace gone: the link went with it
-                Err(e) => {
-                    errs.note::<()>(Err(e));
-                }
-            }
-        }
-        step("delete link");
-        if let Some(p) = pending {
-            errs.note(p.and_then(|p| p.wait()));
-        }
+        // 1. The lease and the container interface (also what a killed ADD left).
+        iface::del_attachment(call, conf.net.ipam_type(), &mut errs);
         errs.into_result()
     }
 
@@ -290,11 +273,6 @@ fn rollback(call: &Call, conf: &MacvlanConf, cont: &Nl, undo: Undo) {
     if let Err(e) = errs.into_result() {
         eprintln!("macvlan: cleaning up after a failed ADD: {e}");
     }
-}
-
-fn del_link(ns: &Netns, call: &Call) -> Result<()> {
-    let cont = Nl::open_in(ns)?;
-    iface::del_container_links(&cont, &call.env.container_id, &call.env.ifname)
 }
 
 /// The master link: in the container's namespace for `linkInContainer`, else in ours.
