@@ -175,15 +175,11 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
         .map(|t| delegate::start(t, Command::Add, call))
         .transpose()?;
     let links = setup_links(call, conf, netns, host, &br, undo);
-    // Reap IPAM whatever happened to the links; only a lease it did give is released on failure
-    // (a failed IPAM ADD reserved nothing, and may have failed because the attachment already
-    // holds a lease, which is not ours to drop).
-    let ipam = pending.map(|p| p.wait()).transpose();
-    if let Ok(Some(_)) = &ipam {
-        undo.ipam_added = true;
-    }
+    // Reap IPAM whatever happened to the links; a lease it may hold is released on failure.
+    let ipam = pending.map(|p| p.wait_add());
+    undo.ipam_added = ipam.as_ref().is_some_and(|o| o.holds_lease);
     let (host_veth, cont, cont_link) = links?;
-    let ipam = ipam?.flatten();
+    let ipam = ipam.map(|o| o.result).transpose()?;
 
     let mut result = CniResult {
         interfaces: vec![
@@ -209,12 +205,6 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
 
     // 3. Addresses from IPAM, put on the container interface; the gateway on the bridge.
     if let Some(ipam) = ipam {
-        let ipam_type = conf.net.ipam_type().unwrap_or_default();
-        if ipam.ips.is_empty() {
-            return Err(Error::InvalidConfig(format!(
-                "IPAM plugin \"{ipam_type}\" returned no IP address"
-            )));
-        }
         result.ips = ipam.ips;
         result.routes = ipam.routes;
         result.dns = ipam.dns;

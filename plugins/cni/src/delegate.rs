@@ -68,7 +68,44 @@ pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
     })
 }
 
+/// What an IPAM ADD gave: its result (which must hold an address), and whether the IPAM plugin
+/// may hold a lease for the attachment now, which a failed ADD must release: it does when the
+/// plugin succeeded, even if its result is unreadable or empty; a failed IPAM ADD reserved
+/// nothing (and may have failed because the attachment already holds a lease, not ours to drop).
+pub struct IpamAdd {
+    pub result: Result<CniResult>,
+    pub holds_lease: bool,
+}
+
 impl Pending {
+    /// Waits for an ADD; see [`IpamAdd`].
+    pub fn wait_add(self) -> IpamAdd {
+        let plugin_type = self.plugin_type.clone();
+        match self.wait() {
+            Ok(Some(r)) if r.ips.is_empty() => IpamAdd {
+                result: Err(Error::InvalidConfig(format!(
+                    "IPAM plugin \"{plugin_type}\" returned no IP address"
+                ))),
+                holds_lease: true,
+            },
+            Ok(Some(r)) => IpamAdd {
+                result: Ok(r),
+                holds_lease: true,
+            },
+            Ok(None) => IpamAdd {
+                result: Err(Error::Internal("IPAM ADD gave no result".into())),
+                holds_lease: true,
+            },
+            Err(e) => {
+                let holds_lease = matches!(e, Error::Decode(_));
+                IpamAdd {
+                    result: Err(e),
+                    holds_lease,
+                }
+            }
+        }
+    }
+
     /// Waits for the plugin; its parsed result for ADD, or its error.
     pub fn wait(self) -> Result<Option<CniResult>> {
         let Pending {

@@ -186,13 +186,11 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
         .transpose()?;
     let link = create_macvlan(conf, &master, netns, cont, call, undo);
     step("macvlan");
-    // Reap IPAM whatever happened to the link. Only a lease it gave is released on failure: a
-    // failed IPAM ADD reserved nothing (and may have failed because the attachment already
-    // holds a lease, which is not ours to drop); a result we cannot read still holds one.
-    let ipam = pending.map(|p| p.wait()).transpose();
-    undo.ipam_added = matches!(&ipam, Ok(Some(_)) | Err(Error::Decode(_)));
+    // Reap IPAM whatever happened to the link; a lease it may hold is released on failure.
+    let ipam = pending.map(|p| p.wait_add());
+    undo.ipam_added = ipam.as_ref().is_some_and(|o| o.holds_lease);
     let link = link?;
-    let ipam = ipam?.flatten();
+    let ipam = ipam.map(|o| o.result).transpose()?;
 
     let mut result = CniResult {
         interfaces: vec![Interface {
@@ -206,12 +204,6 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
 
     // 3. Addresses and routes from IPAM, or an L2-only interface that is just up.
     if let Some(ipam) = ipam {
-        let ipam_type = conf.net.ipam_type().unwrap_or_default();
-        if ipam.ips.is_empty() {
-            return Err(Error::InvalidConfig(format!(
-                "IPAM plugin \"{ipam_type}\" returned no IP address"
-            )));
-        }
         result.ips = ipam.ips;
         for ip in result.ips.iter_mut() {
             ip.interface = Some(0);
