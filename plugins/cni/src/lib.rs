@@ -12,6 +12,7 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod firewall;
+pub mod gojson;
 pub mod iface;
 pub mod netlink;
 pub mod netns;
