@@ -159,6 +159,9 @@ impl Plugin for Bridge {
     }
 }
 
+/// How long ADD waits for the new port's carrier (the reference: about 2.5 s).
+const CARRIER_WAIT: std::time::Duration = std::time::Duration::from_millis(2500);
+
 fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo) -> Result<CniResult> {
     let ifname = &call.env.ifname;
 
@@ -249,7 +252,19 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
             },
         )?;
     }
-    iface::loopback_up(&cont)?;
+    // The port must carry traffic before the container is told it may: wait (bounded) for the
+    // host veth's carrier, as the reference does, and for the bridge's (which it gets once a
+    // port forwards; not required, as a bridge with STP may take longer).
+    if !conf.disable_container_interface {
+        let down = host.wait_oper_up(&[host_veth.index, br.index], CARRIER_WAIT)?;
+        if down.contains(&host_veth.index) {
+            return Err(Error::TryAgainLater(format!(
+                "bridge port {} has no carrier {CARRIER_WAIT:?} after it was set up",
+                host_veth.name
+            )));
+        }
+        step("carrier");
+    }
 
     // 4. MACs may change as ports come and go: report them as they are now.
     if let Some(b) = host.link(&br.name)? {
@@ -348,8 +363,6 @@ fn ensure_bridge(host: &Nl, conf: &BridgeConf, undo: &mut Undo) -> Result<Link> 
             Ok(()) => {
                 br = host.link(&conf.bridge)?;
                 undo.created_bridge = br.as_ref().map(|b| b.index);
-                // We own the bridge's routes.
-                let _ = write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
             }
             // Another ADD created it meanwhile.
             Err(e) if e.is(libc::EEXIST) => br = host.link(&conf.bridge)?,
@@ -376,6 +389,8 @@ fn ensure_bridge(host: &Nl, conf: &BridgeConf, undo: &mut Undo) -> Result<Link> 
             conf.bridge
         )));
     }
+    // We own the bridge's routes: on every ADD, also of a bridge that existed, as the reference.
+    let _ = write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
     let change = LinkChange {
         up: (!br.up).then_some(true),
         promisc: (conf.promisc && !br.promisc).then_some(true),

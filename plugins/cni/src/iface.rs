@@ -239,22 +239,6 @@ pub fn check_routes(nl: &Nl, prev: &CniResult) -> Result<()> {
     Ok(())
 }
 
-/// Brings `lo` up in the namespace of `nl`.
-pub fn loopback_up(nl: &Nl) -> Result<()> {
-    if let Some(lo) = nl.link("lo")? {
-        if !lo.up {
-            nl.set_link(
-                lo.index,
-                &crate::netlink::LinkChange {
-                    up: Some(true),
-                    ..Default::default()
-                },
-            )?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::temp_ifname;

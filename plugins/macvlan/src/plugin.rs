@@ -227,7 +227,6 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
         )
         .map_err(|e| Error::from(e).context(format!("setting {ifname} up")))?;
     }
-    iface::loopback_up(cont)?;
 
     // 4. The config's DNS first, what IPAM said after it.
     if let Some(dns) = conf.net.dns.as_ref() {
