@@ -339,7 +339,7 @@ fn rollback(call: &Call, conf: &BridgeConf, host: &Nl, undo: Undo) {
     }
     if undo.ipam_added {
         if let Some(t) = conf.net.ipam_type() {
-            errs.note(delegate::exec(t, Command::Del, call));
+            errs.note(delegate::undo_add(t, call));
         }
     }
     if let Some(v) = &undo.host_veth {

@@ -30,9 +30,19 @@ pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
     )))
 }
 
+/// Set (to `1`) in the environment of the IPAM DEL that a plugin runs to undo its own failed
+/// ADD: our host-local then also puts back the round-robin pointers that ADD moved, so that the
+/// failed call leaves the store as it found it. Other IPAM plugins ignore it.
+pub const UNDO_ENV: &str = "CNI_RS_UNDO_FAILED_ADD";
+
 /// Runs `plugin_type` for `cmd` with the call's config; returns its parsed result for ADD.
 pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniResult>> {
     start(plugin_type, cmd, call)?.wait()
+}
+
+/// The IPAM DEL that undoes the IPAM ADD of this call, which failed after IPAM succeeded.
+pub fn undo_add(plugin_type: &str, call: &Call) -> Result<()> {
+    spawn(plugin_type, Command::Del, call, true)?.wait().map(|_| ())
 }
 
 /// A delegated plugin running while this one goes on with its own work.
@@ -46,8 +56,16 @@ pub struct Pending {
 /// Starts `plugin_type` for `cmd` with the call's config and returns at once: the IPAM
 /// plugin's process start and its work overlap with ours. [`Pending::wait`] collects it.
 pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
+    spawn(plugin_type, cmd, call, false)
+}
+
+fn spawn(plugin_type: &str, cmd: Command, call: &Call, undo: bool) -> Result<Pending> {
     let bin = find_plugin(plugin_type, &call.env.path)?;
-    let mut child = Proc::new(&bin)
+    let mut proc = Proc::new(&bin);
+    if undo {
+        proc.env(UNDO_ENV, "1");
+    }
+    let mut child = proc
         .env("CNI_COMMAND", cmd.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -250,7 +250,7 @@ fn rollback(call: &Call, conf: &MacvlanConf, cont: &Nl, undo: Undo) {
     let mut errs = Errors::new();
     if undo.ipam_added {
         if let Some(t) = conf.net.ipam_type() {
-            errs.note(delegate::exec(t, Command::Del, call));
+            errs.note(delegate::undo_add(t, call));
         }
     }
     if let Some(index) = undo.link {
