@@ -213,12 +213,12 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
         result.dns = ipam.dns;
         step("ipam");
 
-        iface::container_sysctls(netns, ifname, &result, None, true)?;
+        iface::container_sysctls(netns, ifname, &result, None, false)?;
         step("container sysctls");
         iface::configure(cont, &link, &result, 0, false)?;
         step("container addresses and routes");
     } else {
-        iface::container_sysctls(netns, ifname, &result, None, true)?;
+        iface::container_sysctls(netns, ifname, &result, None, false)?;
         cont.set_link(
             link.index,
             &LinkChange {
