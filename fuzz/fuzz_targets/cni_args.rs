@@ -21,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
                 // (as the reference's LoadArgs, which overwrites the field).
                 let with_ignore = format!("{s};IgnoreUnknown=1");
                 let last = pairs.iter().rfind(|(k2, _)| k2 == k).map(|(_, v2)| v2.clone());
-                if !pairs.iter().any(|(k2, v2)| k2 == "IgnoreUnknown" && !matches!(v2.to_ascii_lowercase().as_str(), "1" | "true" | "0" | "false")) {
+                if !pairs.iter().any(|(k2, v2)| {
+                    k2 == "IgnoreUnknown" && !matches!(v2.to_ascii_lowercase().as_str(), "1" | "true" | "0" | "false")
+                }) {
                     assert_eq!(cni_arg(&with_ignore, k).unwrap(), last);
                 }
             }

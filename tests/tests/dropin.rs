@@ -325,7 +325,16 @@ fn same(
         oa.raw_stdout.trim(),
         ob.raw_stdout.trim()
     );
-    let (na, nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
+    // The kernel settles some state after a call returns (a bridge's carrier goes with its
+    // last port a moment later): compare until the two nodes agree, for a bounded time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut pause = std::time::Duration::from_millis(5);
+    let (mut na, mut nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
+    while na != nb && std::time::Instant::now() < deadline {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        (na, nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
+    }
     if na != nb {
         let (fa, fb) = (flat(&na), flat(&nb));
         let mut d = Vec::new();

@@ -389,7 +389,11 @@ fn common_cases(b: &Bed) -> Vec<Case> {
     let mut bad_utf8 = conf_text.clone().into_bytes();
     let at = conf_text.find("\"name\":\"").unwrap() + 8;
     bad_utf8.splice(at..at, [0xff, 0xfe, 0xc3]);
-    let dup = conf_text.replacen('{', "{\"cniVersion\":\"1.0.0\",", 1);
+    // As in the reference's Go decoder, a repeated key is no error: the later one wins.
+    let dup = format!(
+        "{},\"cniVersion\":\"9.9.9\"}}",
+        conf_text.trim_end().strip_suffix('}').unwrap()
+    );
     let name = b.conf["name"].as_str().unwrap().to_string();
     let checked_prev = patch(&b.conf, json!({ "prevResult": b.c0_result.clone() }));
 
@@ -430,7 +434,7 @@ fn common_cases(b: &Bed) -> Vec<Case> {
             b.raw(format!("{conf_text} x")),
             err(6, &["not valid JSON"]),
         ),
-        case("duplicate key", b.raw(dup), err(6, &["duplicate field", "cniVersion"])),
+        case("duplicate key, the later wins", b.raw(dup), err(1, &["9.9.9"])),
         // wrong types of common keys
         case(
             "cniVersion is a number",

@@ -68,7 +68,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let (a, b) = (Netns::new(), Netns::new());
     let ra = bed
         .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IP=10.77.0.50")
+        .args("IgnoreUnknown=1;IP=10.77.0.50")
         .run()
         .expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
@@ -83,7 +83,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let (a, b) = (Netns::new(), Netns::new());
     let ra = bed
         .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IP=10.77.0.50")
+        .args("IgnoreUnknown=1;IP=10.77.0.50")
         .run()
         .expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
@@ -103,7 +103,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let c = Netns::new();
     let msg = bed
         .call("ADD", "cc", Some(&c.path()), &conf)
-        .args("IP=10.77.0.50")
+        .args("IgnoreUnknown=1;IP=10.77.0.50")
         .run()
         .expect_error(103);
     assert!(msg.contains("held by container ca"), "{msg}");
@@ -114,7 +114,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let a = Netns::new();
     let ra = bed
         .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IP=10.77.0.60")
+        .args("IgnoreUnknown=1;IP=10.77.0.60")
         .run()
         .expect_ok();
     assert_eq!(addr0(&ra), "10.77.0.60/24");
@@ -228,7 +228,7 @@ fn leases_written_in_another_boot_are_released_by_the_first_call() {
     let a = Netns::new();
     let r = bed
         .call("ADD", "new1", Some(&a.path()), &conf)
-        .args("IP=10.77.0.50")
+        .args("IgnoreUnknown=1;IP=10.77.0.50")
         .run()
         .expect_ok();
     assert_eq!(addr0(&r), "10.77.0.50/24");

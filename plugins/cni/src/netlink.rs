@@ -320,6 +320,22 @@ impl Nl {
     /// must be in this process's namespace, whose link notifications are subscribed before the
     /// links' state is read, so that no change is missed and no time is spent sleeping.
     pub fn wait_oper_up(&self, indexes: &[u32], max: std::time::Duration) -> NlResult<Vec<u32>> {
+        let not_up = |nl: &Nl, list: &[u32]| -> NlResult<Vec<u32>> {
+            let mut out = Vec::new();
+            for &i in list {
+                if let Some(l) = nl.link_by_index(i)? {
+                    if !l.oper_up {
+                        out.push(i);
+                    }
+                }
+            }
+            Ok(out)
+        };
+        // Mostly they are up already: no subscription then.
+        let pending = not_up(self, indexes)?;
+        if pending.is_empty() {
+            return Ok(pending);
+        }
         let sub = |e: std::io::Error| NlError {
             op: "subscribing to link notifications".into(),
             errno: e.raw_os_error(),
@@ -335,13 +351,8 @@ impl Nl {
             .bind(&rtnetlink::sys::SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))
             .map_err(sub)?;
         let task = self.rt.spawn(conn);
-        let mut pending = Vec::new();
-        for &i in indexes {
-            match self.link_by_index(i)? {
-                Some(l) if !l.oper_up => pending.push(i),
-                _ => {}
-            }
-        }
+        // Read again now that no change can be missed.
+        let mut pending = not_up(self, &pending)?;
         let deadline = tokio::time::Instant::now() + max;
         let pending = self.block(async {
             use futures::StreamExt;
@@ -821,6 +832,48 @@ fn parse_link(m: &LinkMessage) -> Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `f` on a thread of its own, fresh network namespace (gone with the thread).
+    fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            // SAFETY: affects only this thread, which ends with the test.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare needs root");
+            f()
+        })
+        .join()
+        .expect("test thread")
+    }
+
+    fn ip(args: &[&str]) {
+        // A child of this thread starts in its namespace.
+        let st = std::process::Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+
+    #[test]
+    fn wait_oper_up_follows_the_carrier() {
+        in_fresh_netns(|| {
+            ip(&["link", "add", "wa", "type", "veth", "peer", "name", "wb"]);
+            ip(&["link", "set", "wa", "up"]);
+            let nl = Nl::current().unwrap();
+            let a = nl.link("wa").unwrap().unwrap().index;
+            // The peer is down: no carrier, the wait ends at its bound.
+            assert_eq!(
+                nl.wait_oper_up(&[a], std::time::Duration::from_millis(100)).unwrap(),
+                [a]
+            );
+            assert!(!nl.link_by_index(a).unwrap().unwrap().oper_up);
+            // The peer comes up while we wait: the notification ends the wait.
+            let child = std::process::Command::new("ip")
+                .args(["link", "set", "wb", "up"])
+                .spawn()
+                .unwrap();
+            let left = nl.wait_oper_up(&[a], std::time::Duration::from_secs(20)).unwrap();
+            assert!(left.is_empty(), "{left:?}");
+            assert!(nl.link_by_index(a).unwrap().unwrap().oper_up);
+            let _ = child.wait_with_output();
+        });
+    }
 
     #[test]
     fn macs() {

@@ -390,6 +390,10 @@ pub fn decode<T: serde::de::DeserializeOwned>(stdin: &[u8]) -> Result<T> {
     // Anything after the config (a second document, garbage) makes it invalid, as in Go's
     // json.Unmarshal.
     let node = Node::parse(stdin).map_err(|e| Error::Decode(format!("network config is not valid JSON: {e}")))?;
+    // Go would take `null` for `{}`; a config that is not an object is a mistake.
+    if !matches!(node, Node::Object(_)) {
+        return Err(Error::Decode("network config must be a JSON object".into()));
+    }
     decode_node(node, "")
 }
 
