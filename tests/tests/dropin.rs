@@ -87,12 +87,23 @@ impl World {
     }
 }
 
+/// Our world and the reference's, and the bridge whose sysctls are compared.
+struct Pair {
+    a: World,
+    b: World,
+    bridge: Option<&'static str>,
+}
+
 /// Both worlds, or `None` (a loud skip outside CI) without the reference plugins.
-fn both() -> Option<(World, World)> {
+fn both(bridge: Option<&'static str>) -> Option<Pair> {
     for p in ["bridge", "macvlan", "host-local"] {
         reference_bin(p)?;
     }
-    Some((World::new(true), World::new(false)))
+    Some(Pair {
+        a: World::new(true),
+        b: World::new(false),
+        bridge,
+    })
 }
 
 /// Gives MACs, veth names and link-local addresses stable names in order of appearance.
@@ -305,60 +316,54 @@ fn node(w: &World, out: &Output, bridge: Option<&str>) -> Value {
 
 /// Runs one call in both worlds and asserts the node looks the same afterwards; returns the
 /// two outputs (ours, the reference's).
-#[track_caller]
-fn same(
-    a: &mut World,
-    b: &mut World,
-    plugin: &str,
-    cmd: &str,
-    id: &str,
-    conf: &str,
-    args: &str,
-    bridge: Option<&str>,
-) -> (Output, Output) {
-    let oa = a.call(plugin, cmd, id, conf, args);
-    let ob = b.call(plugin, cmd, id, conf, args);
-    assert_eq!(
-        oa.success(),
-        ob.success(),
-        "{plugin} {cmd} {id}: ours {} / reference {}",
-        oa.raw_stdout.trim(),
-        ob.raw_stdout.trim()
-    );
-    // The kernel settles some state after a call returns (a bridge's carrier goes with its
-    // last port a moment later): compare until the two nodes agree, for a bounded time.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let mut pause = std::time::Duration::from_millis(5);
-    let (mut na, mut nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
-    while na != nb && std::time::Instant::now() < deadline {
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(std::time::Duration::from_millis(200));
-        (na, nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
-    }
-    if na != nb {
-        let (fa, fb) = (flat(&na), flat(&nb));
-        let mut d = Vec::new();
-        for (k, v) in &fa {
-            if fb.get(k) != Some(v) {
-                d.push(format!(
-                    "  {k}: ours {v} / reference {}",
-                    fb.get(k).map_or("-".into(), |x| x.to_string())
-                ));
-            }
-        }
-        for (k, v) in &fb {
-            if !fa.contains_key(k) {
-                d.push(format!("  {k}: ours - / reference {v}"));
-            }
-        }
-        panic!(
-            "{plugin} {cmd} {id}: the node differs (ours {} / reference {}):\n{}",
+impl Pair {
+    #[track_caller]
+    fn same(&mut self, plugin: &str, cmd: &str, id: &str, conf: &str, args: &str) -> (Output, Output) {
+        let (a, b, bridge) = (&mut self.a, &mut self.b, self.bridge);
+        let oa = a.call(plugin, cmd, id, conf, args);
+        let ob = b.call(plugin, cmd, id, conf, args);
+        assert_eq!(
+            oa.success(),
+            ob.success(),
+            "{plugin} {cmd} {id}: ours {} / reference {}",
             oa.raw_stdout.trim(),
-            ob.raw_stdout.trim(),
-            d.join("\n")
+            ob.raw_stdout.trim()
         );
+        // The kernel settles some state after a call returns (a bridge's carrier goes with its
+        // last port a moment later): compare until the two nodes agree, for a bounded time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut pause = std::time::Duration::from_millis(5);
+        let (mut na, mut nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
+        while na != nb && std::time::Instant::now() < deadline {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            (na, nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
+        }
+        if na != nb {
+            let (fa, fb) = (flat(&na), flat(&nb));
+            let mut d = Vec::new();
+            for (k, v) in &fa {
+                if fb.get(k) != Some(v) {
+                    d.push(format!(
+                        "  {k}: ours {v} / reference {}",
+                        fb.get(k).map_or("-".into(), |x| x.to_string())
+                    ));
+                }
+            }
+            for (k, v) in &fb {
+                if !fa.contains_key(k) {
+                    d.push(format!("  {k}: ours - / reference {v}"));
+                }
+            }
+            panic!(
+                "{plugin} {cmd} {id}: the node differs (ours {} / reference {}):\n{}",
+                oa.raw_stdout.trim(),
+                ob.raw_stdout.trim(),
+                d.join("\n")
+            );
+        }
+        (oa, ob)
     }
-    (oa, ob)
 }
 
 /// `path → value` of every leaf of `v`.
@@ -389,7 +394,7 @@ fn bridge_conf(bridge: &str, extra: &str) -> String {
 
 #[test]
 fn mis_cased_keys_mean_the_same() {
-    let Some((mut a, mut b)) = both() else { return };
+    let Some(mut p) = both(Some("dibr0")) else { return };
     // The reference applies every one of these; a later spelling of a key wins.
     let conf = format!(
         r#"{{"cniVersion":"{VERSION}","Name":"{NET}","type":"bridge","Bridge":"dibr0",
@@ -398,25 +403,22 @@ fn mis_cased_keys_mean_the_same() {
                      "rangestart":"10.71.0.50","RANGEEND":"10.71.0.60","Gateway":"10.71.0.1",
                      "Routes":[{{"DST":"192.168.0.0/16","GW":"10.71.0.1"}}]}}}}"#
     );
-    let (ours, _) = same(&mut a, &mut b, "bridge", "ADD", "c1", &conf, "", Some("dibr0"));
+    let (ours, _) = p.same("bridge", "ADD", "c1", &conf, "");
     let r = ours.expect_ok();
     assert_eq!(r["ips"][0]["address"], "10.71.0.50/24", "{r}");
-    assert_eq!(
-        a.host.ip(&["-j", "link", "show", "dibr0"]).contains("\"mtu\":1450"),
-        true
-    );
-    same(&mut a, &mut b, "bridge", "ADD", "c2", &conf, "", Some("dibr0"));
-    same(&mut a, &mut b, "bridge", "DEL", "c1", &conf, "", Some("dibr0"));
+    assert!(p.a.host.ip(&["-j", "link", "show", "dibr0"]).contains("\"mtu\":1450"));
+    p.same("bridge", "ADD", "c2", &conf, "");
+    p.same("bridge", "DEL", "c1", &conf, "");
     // A mis-cased key is checked as strictly as the exact one (ours: code 6, naming it).
     let bad = conf.replace(r#""MTU":1450"#, r#""MTU":"big""#);
-    let (ours, _) = same(&mut a, &mut b, "bridge", "ADD", "c3", &bad, "", Some("dibr0"));
+    let (ours, _) = p.same("bridge", "ADD", "c3", &bad, "");
     assert!(ours.expect_error(6).contains("mtu"));
 }
 
 #[test]
 fn mis_cased_macvlan_keys_mean_the_same() {
-    let Some((mut a, mut b)) = both() else { return };
-    for w in [&a, &b] {
+    let Some(mut p) = both(None) else { return };
+    for w in [&p.a, &p.b] {
         w.host
             .ip(&["link", "add", "dimaster", "type", "veth", "peer", "name", "dipeer"]);
         w.host.ip(&["link", "set", "dimaster", "up"]);
@@ -426,27 +428,27 @@ fn mis_cased_macvlan_keys_mean_the_same() {
             "Mtu":1300,"Ipam":{{"type":"host-local","dataDir":"{{{{DATA}}}}",
             "Ranges":[[{{"Subnet":"10.72.0.0/24","RangeStart":"10.72.0.9"}}]]}}}}"#
     );
-    let (ours, _) = same(&mut a, &mut b, "macvlan", "ADD", "m1", &conf, "", None);
+    let (ours, _) = p.same("macvlan", "ADD", "m1", &conf, "");
     assert_eq!(ours.expect_ok()["ips"][0]["address"], "10.72.0.9/24");
-    same(&mut a, &mut b, "macvlan", "DEL", "m1", &conf, "", None);
+    p.same("macvlan", "DEL", "m1", &conf, "");
 }
 
 // ---- 2. touch what the reference touches
 
 #[test]
 fn lo_routes_and_accept_ra_as_the_reference() {
-    let Some((mut a, mut b)) = both() else { return };
-    for w in [&mut a, &mut b] {
+    let Some(mut p) = both(Some("dibr1")) else { return };
+    for w in [&mut p.a, &mut p.b] {
         // The runtime's loopback plugin owns lo: here it is still down.
         w.ctr("c1").ip(&["link", "set", "lo", "down"]);
         // A bridge that exists already, with the kernel's accept_ra.
         w.host.ip(&["link", "add", "dibr1", "type", "bridge"]);
     }
     let conf = bridge_conf("dibr1", r#","isDefaultGateway":true"#);
-    let (ours, _) = same(&mut a, &mut b, "bridge", "ADD", "c1", &conf, "", Some("dibr1"));
+    let (ours, _) = p.same("bridge", "ADD", "c1", &conf, "");
     ours.expect_ok();
-    assert_eq!(sysctl(&a.host, "ipv6/conf/dibr1/accept_ra"), "0");
-    let rs = routes(a.ctr("c1"));
+    assert_eq!(sysctl(&p.a.host, "ipv6/conf/dibr1/accept_ra"), "0");
+    let rs = routes(p.a.ctr("c1"));
     // `ip -j` leaves out the protocol when it is `boot` (it names `static`).
     assert!(
         rs.iter()
@@ -454,35 +456,39 @@ fn lo_routes_and_accept_ra_as_the_reference() {
         "{rs:?}"
     );
     assert!(rs.iter().all(|r| r["protocol"] != "static"), "{rs:?}");
-    assert!(!a.ctr("c1").ip(&["link", "show", "lo"]).contains("UP"));
-    same(&mut a, &mut b, "bridge", "DEL", "c1", &conf, "", Some("dibr1"));
+    assert!(!p.a.ctr("c1").ip(&["link", "show", "lo"]).contains("UP"));
+    p.same("bridge", "DEL", "c1", &conf, "");
 }
 
 // ---- 3. a failed ADD changes nothing, the round-robin pointer included
 
 #[test]
 fn failed_bridge_add_leaves_the_store_as_it_was() {
-    let Some((mut a, mut b)) = both() else { return };
+    let Some(mut p) = both(Some("dibr2")) else { return };
     let conf = bridge_conf("dibr2", r#","isGateway":true"#);
-    same(&mut a, &mut b, "bridge", "ADD", "c1", &conf, "", Some("dibr2"));
-    let before = (a.store(), b.store());
-    for w in [&mut a, &mut b] {
+    p.same("bridge", "ADD", "c1", &conf, "");
+    let before = (p.a.store(), p.b.store());
+    for w in [&mut p.a, &mut p.b] {
         // The container already has an eth0.
         w.ctr("c2")
             .ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"]);
     }
-    let (ours, _) = same(&mut a, &mut b, "bridge", "ADD", "c2", &conf, "", Some("dibr2"));
+    let (ours, _) = p.same("bridge", "ADD", "c2", &conf, "");
     assert!(ours.expect_error(103).contains("eth0"));
-    assert_eq!((a.store(), b.store()), before, "byte for byte as before the failed ADD");
+    assert_eq!(
+        (p.a.store(), p.b.store()),
+        before,
+        "byte for byte as before the failed ADD"
+    );
     // So the next container gets the same address in both worlds.
-    let (ours, _) = same(&mut a, &mut b, "bridge", "ADD", "c3", &conf, "", Some("dibr2"));
+    let (ours, _) = p.same("bridge", "ADD", "c3", &conf, "");
     assert_eq!(ours.expect_ok()["ips"][0]["address"], "10.70.0.3/24");
 }
 
 #[test]
 fn failed_macvlan_add_leaves_the_store_as_it_was() {
-    let Some((mut a, mut b)) = both() else { return };
-    for w in [&a, &b] {
+    let Some(mut p) = both(None) else { return };
+    for w in [&p.a, &p.b] {
         w.host
             .ip(&["link", "add", "dipass", "type", "veth", "peer", "name", "dipeer"]);
         w.host.ip(&["link", "set", "dipass", "up"]);
@@ -491,13 +497,17 @@ fn failed_macvlan_add_leaves_the_store_as_it_was() {
         r#"{{"cniVersion":"{VERSION}","name":"{NET}","type":"macvlan","master":"dipass","mode":"passthru",
             "ipam":{{"type":"host-local","dataDir":"{{{{DATA}}}}","subnet":"10.73.0.0/24"}}}}"#
     );
-    same(&mut a, &mut b, "macvlan", "ADD", "m1", &conf, "", None);
-    let before = (a.store(), b.store());
+    p.same("macvlan", "ADD", "m1", &conf, "");
+    let before = (p.a.store(), p.b.store());
     // A passthru master takes one macvlan.
-    same(&mut a, &mut b, "macvlan", "ADD", "m2", &conf, "", None);
-    assert_eq!((a.store(), b.store()), before, "byte for byte as before the failed ADD");
-    same(&mut a, &mut b, "macvlan", "DEL", "m1", &conf, "", None);
-    let (ours, _) = same(&mut a, &mut b, "macvlan", "ADD", "m3", &conf, "", None);
+    p.same("macvlan", "ADD", "m2", &conf, "");
+    assert_eq!(
+        (p.a.store(), p.b.store()),
+        before,
+        "byte for byte as before the failed ADD"
+    );
+    p.same("macvlan", "DEL", "m1", &conf, "");
+    let (ours, _) = p.same("macvlan", "ADD", "m3", &conf, "");
     assert_eq!(ours.expect_ok()["ips"][0]["address"], "10.73.0.3/24");
 }
 
@@ -505,11 +515,11 @@ fn failed_macvlan_add_leaves_the_store_as_it_was() {
 
 #[test]
 fn add_returns_with_carrier() {
-    let Some((mut a, mut b)) = both() else { return };
+    let Some(mut p) = both(Some("dibr3")) else { return };
     let conf = bridge_conf("dibr3", r#","isGateway":true"#);
     for i in 0..12 {
         let id = format!("c{i}");
-        for w in [&mut a, &mut b] {
+        for w in [&mut p.a, &mut p.b] {
             w.call("bridge", "ADD", &id, &conf, "").expect_ok();
             // Read at once, without waiting: the bridge and the new port are up.
             let host = ip_json(&w.host, &["link", "show"]);
@@ -528,34 +538,26 @@ fn add_returns_with_carrier() {
 
 #[test]
 fn bad_cni_args_and_prev_result_are_refused() {
-    let Some((mut a, mut b)) = both() else { return };
+    let Some(mut p) = both(Some("dibr4")) else { return };
     let conf = bridge_conf("dibr4", "");
     for (args, needle) in [
         ("K8S_POD_NAME=x", "K8S_POD_NAME"),
         ("MAC=0a:58:0a:46:00:09;", "invalid pair"),
         ("IgnoreUnknown=1;;K8S_POD_NAME=x", "invalid pair"),
     ] {
-        let (ours, _) = same(&mut a, &mut b, "bridge", "ADD", "c1", &conf, args, Some("dibr4"));
+        let (ours, _) = p.same("bridge", "ADD", "c1", &conf, args);
         assert!(ours.expect_error(4).contains(needle), "{args}");
-        let (ours, _) = same(&mut a, &mut b, "host-local", "ADD", "c1", &conf, args, Some("dibr4"));
+        let (ours, _) = p.same("host-local", "ADD", "c1", &conf, args);
         assert!(ours.expect_error(4).contains(needle), "{args}");
     }
     // With IgnoreUnknown the runtime's own keys are fine.
-    same(
-        &mut a,
-        &mut b,
-        "bridge",
-        "ADD",
-        "c1",
-        &conf,
-        "IgnoreUnknown=1;K8S_POD_NAME=x",
-        Some("dibr4"),
-    );
+    let (ours, _) = p.same("bridge", "ADD", "c1", &conf, "IgnoreUnknown=1;K8S_POD_NAME=x");
+    ours.expect_ok();
     let mut junk: Value = serde_json::from_str(&conf).unwrap();
     merge(&mut junk, json!({"prevResult": "junk"}));
     let junk = junk.to_string();
     for plugin in ["bridge", "macvlan"] {
-        let (ours, _) = same(&mut a, &mut b, plugin, "ADD", "c2", &junk, "", Some("dibr4"));
+        let (ours, _) = p.same(plugin, "ADD", "c2", &junk, "");
         assert!(ours.expect_error(6).contains("prevResult"));
     }
 }
