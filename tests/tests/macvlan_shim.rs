@@ -19,7 +19,13 @@ const STATE_DIR: &str = "/run/cni-rs/macvlan-shim";
 /// network, container id and ifname, NUL-separated (never 0).
 fn metric(network: &str, id: &str, ifname: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in network.bytes().chain([0]).chain(id.bytes()).chain([0]).chain(ifname.bytes()) {
+    for b in network
+        .bytes()
+        .chain([0])
+        .chain(id.bytes())
+        .chain([0])
+        .chain(ifname.bytes())
+    {
         h ^= b as u32;
         h = h.wrapping_mul(0x0100_0193);
     }
@@ -48,9 +54,11 @@ impl ShimBed {
     /// The bed's config with `hostShim` on, this bed's network name and addresses from
     /// 10.77.0.100 on (the host has .2), `extra` merged in.
     fn conf(&self, extra: Value) -> Value {
-        let mut c = self.bed.conf(json!({"name": self.net, "hostShim": true, "ipam": {"ranges": [
-            [{"subnet": "10.77.0.0/24", "rangeStart": "10.77.0.100", "gateway": "10.77.0.1"}]
-        ]}}));
+        let mut c = self
+            .bed
+            .conf(json!({"name": self.net, "hostShim": true, "ipam": {"ranges": [
+                [{"subnet": "10.77.0.0/24", "rangeStart": "10.77.0.100", "gateway": "10.77.0.1"}]
+            ]}}));
         macvlan_common::merge(&mut c, extra);
         c
     }
@@ -90,18 +98,20 @@ impl ShimBed {
         // IPv6 DAD of the host's links ends with a route in table local: wait for it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !h.ip(&["-6", "addr", "show", "tentative"]).trim().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "IPv6 DAD in the host does not end");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "IPv6 DAD in the host does not end"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let s = [
+        [
             h.ip(&["-o", "link", "show"]),
             h.ip(&["-o", "addr", "show"]),
             h.ip(&["-4", "route", "show", "table", "all"]),
             h.ip(&["-6", "route", "show", "table", "all"]),
             h.ip(&["-6", "neigh", "show", "proxy"]),
         ]
-        .join("\n");
-        s
+        .join("\n")
     }
 
     fn has_shim(&self) -> bool {
@@ -112,7 +122,10 @@ impl ShimBed {
         let Ok(rd) = std::fs::read_dir(format!("{STATE_DIR}/{}", self.net)) else {
             return Vec::new();
         };
-        let mut v: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -148,7 +161,10 @@ fn without_the_shim_the_host_cannot_reach_its_container_with_it_it_can() {
     let ra = sb.bed.add("ca", &a, &plain).expect_ok();
     let aip = ip_of(&addr(&ra, 0));
     assert!(lan.ping(&aip), "LAN cannot reach the container");
-    assert!(no_ping(sb.host(), &aip), "the host reached its container without the shim");
+    assert!(
+        no_ping(sb.host(), &aip),
+        "the host reached its container without the shim"
+    );
     assert!(!sb.has_shim());
     assert!(sb.our_routes().is_empty());
     sb.bed.del("ca", Some(&a), &plain).expect_ok();
@@ -157,8 +173,14 @@ fn without_the_shim_the_host_cannot_reach_its_container_with_it_it_can() {
     let conf = sb.conf(json!({}));
     let rb = sb.bed.add("cb", &b, &conf).expect_ok();
     let bip = ip_of(&addr(&rb, 0));
-    assert!(sb.host().ping(&bip), "the host cannot reach its container through the shim");
-    assert!(b.ping("10.77.0.2"), "the container cannot reach the host's address on the master");
+    assert!(
+        sb.host().ping(&bip),
+        "the host cannot reach its container through the shim"
+    );
+    assert!(
+        b.ping("10.77.0.2"),
+        "the container cannot reach the host's address on the master"
+    );
     assert!(lan.ping(&bip), "LAN cannot reach the container");
     assert!(b.ping("10.77.0.254"), "the container cannot reach the LAN");
 
@@ -204,12 +226,18 @@ fn dual_stack_the_host_and_container_reach_each_other_over_ipv6_too() {
     assert!(v6.starts_with("fd77::"), "{r}");
     assert!(sb.host().ping(&v4));
     assert!(sb.host().ping(&v6), "the host cannot reach the container over IPv6");
-    assert!(a.ping("fd77::2"), "the container cannot reach the host's IPv6 address on the master");
+    assert!(
+        a.ping("fd77::2"),
+        "the container cannot reach the host's IPv6 address on the master"
+    );
     assert!(lan.ping(&v6));
     let m = metric(&sb.net, "ca", "eth0");
     let routes = sb.our_routes();
     assert_eq!(routes.len(), 2, "{routes:?}");
-    assert!(routes[1].starts_with(&format!("{v6} dev mvsh-m0 src fd77::2 metric {m} ")), "{routes:?}");
+    assert!(
+        routes[1].starts_with(&format!("{v6} dev mvsh-m0 src fd77::2 metric {m} ")),
+        "{routes:?}"
+    );
     // The shim has no address of its own but its link-local one.
     let addrs = sb.host().ip(&["-o", "addr", "show", "dev", "mvsh-m0"]);
     assert!(!addrs.contains("inet ") && !addrs.contains("scope global"), "{addrs}");
@@ -287,13 +315,18 @@ fn failed_add_leaves_no_route_and_no_new_shim() {
     // A failure among the host routes, after the first one was made: the host already has a
     // route of its own to the container's IPv6 address with the attachment's metric.
     let m = metric(&sb.net, "cb", "eth0").to_string();
-    sb.host().ip(&["-6", "route", "add", "fd77::50/128", "dev", "m0", "metric", &m]);
+    sb.host()
+        .ip(&["-6", "route", "add", "fd77::50/128", "dev", "m0", "metric", &m]);
     let with_foreign = sb.snapshot();
     let conf = sb.conf6(json!({"args": {"cni": {"ips": ["10.77.0.50", "fd77::50"]}}}));
     let out = sb.bed.add("cb", &b, &conf);
     assert!(!out.success(), "{}", out.raw_stdout);
     assert!(out.error_msg().contains("fd77::50"), "{}", out.error_msg());
-    assert_eq!(sb.snapshot(), with_foreign, "the failed ADD left something, or took the host's route");
+    assert_eq!(
+        sb.snapshot(),
+        with_foreign,
+        "the failed ADD left something, or took the host's route"
+    );
     assert!(b.links().is_empty());
     assert!(sb.bed.leases_of(&sb.net).is_empty());
     assert!(sb.records().is_empty());
@@ -307,7 +340,8 @@ fn failed_add_leaves_no_route_and_no_new_shim() {
 
     // A link of the shim's name that is not ours: a conflict, and it is left alone.
     let sb2 = ShimBed::new("shf2");
-    sb2.host().ip(&["link", "add", "mvsh-m0", "type", "veth", "peer", "name", "x1"]);
+    sb2.host()
+        .ip(&["link", "add", "mvsh-m0", "type", "veth", "peer", "name", "x1"]);
     let before2 = sb2.snapshot();
     let msg = sb2.bed.add("cc", &Netns::new(), &sb2.conf(json!({}))).expect_error(103);
     assert!(msg.contains("mvsh-m0"), "{msg}");
@@ -335,19 +369,44 @@ fn del_with_the_netns_gone_and_after_a_killed_add_leaves_no_route() {
     // What an ADD killed right after its host route leaves: the shim, the route, no result.
     // (Laid down by hand, as the plugin makes them: a bridge macvlan on m0, a route of
     // protocol 109 with the attachment's metric.) DEL without a namespace removes both.
-    sb.host().ip(&["link", "add", "link", "m0", "name", "mvsh-m0", "type", "macvlan", "mode", "bridge"]);
+    sb.host().ip(&[
+        "link", "add", "link", "m0", "name", "mvsh-m0", "type", "macvlan", "mode", "bridge",
+    ]);
     sb.host().ip(&["link", "set", "mvsh-m0", "up"]);
     let m = metric(&sb.net, "ck", "eth0").to_string();
-    sb.host().ip(&["route", "add", "10.77.0.9/32", "dev", "mvsh-m0", "proto", PROTO, "metric", &m]);
+    sb.host().ip(&[
+        "route",
+        "add",
+        "10.77.0.9/32",
+        "dev",
+        "mvsh-m0",
+        "proto",
+        PROTO,
+        "metric",
+        &m,
+    ]);
     // A route of the host's own through the same shim name is not ours: another attachment
     // (other metric) keeps its route.
     let other = metric(&sb.net, "cother", "eth0").to_string();
-    sb.host().ip(&["route", "add", "10.77.0.10/32", "dev", "mvsh-m0", "proto", PROTO, "metric", &other]);
+    sb.host().ip(&[
+        "route",
+        "add",
+        "10.77.0.10/32",
+        "dev",
+        "mvsh-m0",
+        "proto",
+        PROTO,
+        "metric",
+        &other,
+    ]);
     sb.bed.del("ck", None, &conf).expect_ok();
     let routes = sb.our_routes();
     assert_eq!(routes.len(), 1, "{routes:?}");
     assert!(routes[0].starts_with("10.77.0.10 "), "{routes:?}");
-    assert!(sb.has_shim(), "the shim went while a route of another attachment uses it");
+    assert!(
+        sb.has_shim(),
+        "the shim went while a route of another attachment uses it"
+    );
     sb.bed.del("cother", None, &conf).expect_ok();
     assert_eq!(sb.snapshot(), before);
 

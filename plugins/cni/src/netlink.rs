@@ -697,7 +697,15 @@ impl Nl {
             }));
         }
         self.block(async { self.h.route().add(msg).execute().await })
-            .map_err(|e| nl_err(format!("adding route to {} dev {} proto {} metric {}", r.dst, r.oif, r.protocol, r.metric), e))
+            .map_err(|e| {
+                nl_err(
+                    format!(
+                        "adding route to {} dev {} proto {} metric {}",
+                        r.dst, r.oif, r.protocol, r.metric
+                    ),
+                    e,
+                )
+            })
     }
 
     /// Deletes the route `r` (as listed by [`Nl::routes`]): the kernel matches its
@@ -722,7 +730,10 @@ impl Nl {
         match self.block(async { self.h.route().del(msg).execute().await }) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let e = nl_err(format!("deleting route to {} dev {:?} proto {}", r.dst, r.oif, r.protocol), e);
+                let e = nl_err(
+                    format!("deleting route to {} dev {:?} proto {}", r.dst, r.oif, r.protocol),
+                    e,
+                );
                 if e.is(libc::ESRCH) || e.is(libc::ENOENT) || e.is(libc::ENODEV) {
                     Ok(())
                 } else {

@@ -289,7 +289,11 @@ mod tests {
         let ipam = r#""ipam":{"type":"host-local"}"#;
         let c = load(&format!(r#"{{"cniVersion":"1.0.0","name":"n",{ipam}}}"#), "").unwrap();
         assert!(!c.host_shim);
-        let c = load(&format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":true,{ipam}}}"#), "").unwrap();
+        let c = load(
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":true,{ipam}}}"#),
+            "",
+        )
+        .unwrap();
         assert!(c.host_shim);
         let c = load(
             &format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":true,"mode":"bridge",{ipam}}}"#),
@@ -311,13 +315,20 @@ mod tests {
             let conf = format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":true,{extra},{ipam}}}"#);
             let e = load(&conf, "").unwrap_err();
             assert_eq!(e.code(), 7, "{conf}: {e}");
-            assert!(e.to_string().contains("hostShim") && e.to_string().contains(needle), "{conf}: {e}");
+            assert!(
+                e.to_string().contains("hostShim") && e.to_string().contains(needle),
+                "{conf}: {e}"
+            );
         }
         let e = load(r#"{"cniVersion":"1.0.0","name":"n","hostShim":true}"#, "").unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("ipam"), "{e}");
         // Off, the modes that cannot have it are fine.
-        load(&format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":false,"mode":"vepa",{ipam}}}"#), "").unwrap();
+        load(
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":false,"mode":"vepa",{ipam}}}"#),
+            "",
+        )
+        .unwrap();
         let e = cni::types::decode::<MacvlanConf>(br#"{"cniVersion":"1.0.0","hostShim":"yes"}"#).unwrap_err();
         assert_eq!(e.code(), 6);
         assert!(e.to_string().contains("hostShim"), "{e}");

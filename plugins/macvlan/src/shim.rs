@@ -195,10 +195,9 @@ pub fn add(host: &Nl, master: &Link, network: &str, container_id: &str, ifname: 
             // Ours already (a repeated ADD of this attachment): fine.
             Err(e) if e.is(libc::EEXIST) && has_route(host, &r)? => {}
             Err(e) => {
-                return Err(Error::from(e).context(format!(
-                    "hostShim: adding the host route to {} through {name}",
-                    r.dst
-                )))
+                return Err(
+                    Error::from(e).context(format!("hostShim: adding the host route to {} through {name}", r.dst))
+                )
             }
         }
     }
@@ -216,7 +215,11 @@ pub fn remove(host: &Nl, network: &str, container_id: &str, ifname: &str) -> Res
 fn remove_locked(host: &Nl, network: &str, m: u32) -> Result<()> {
     let mut errs = cni::Errors::new();
     let mut shims = BTreeSet::new();
-    for r in host.routes()?.iter().filter(|r| r.protocol == PROTO && r.priority == Some(m)) {
+    for r in host
+        .routes()?
+        .iter()
+        .filter(|r| r.protocol == PROTO && r.priority == Some(m))
+    {
         if let Some(oif) = r.oif {
             shims.insert(oif);
         }
@@ -274,7 +277,14 @@ pub fn gc(host: &Nl, network: &str, keep: &[Attachment]) -> Result<()> {
 }
 
 /// CHECK: the shim is up on the master and every address of `ips` has its route through it.
-pub fn check(host: &Nl, master: &Link, network: &str, container_id: &str, ifname: &str, ips: &[IpConfig]) -> Result<()> {
+pub fn check(
+    host: &Nl,
+    master: &Link,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    ips: &[IpConfig],
+) -> Result<()> {
     if ips.is_empty() {
         return Ok(());
     }
@@ -478,10 +488,16 @@ mod tests {
 
     #[test]
     fn the_source_is_the_masters_address_of_the_family_and_subnet() {
-        let have: Vec<IpNet> = ["fe80::1/64", "192.168.9.2/24", "10.77.0.2/24", "fd77::2/64", "169.254.1.1/16"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let have: Vec<IpNet> = [
+            "fe80::1/64",
+            "192.168.9.2/24",
+            "10.77.0.2/24",
+            "fd77::2/64",
+            "169.254.1.1/16",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(pick_source(&have, ip("10.77.0.5")), Some(ip("10.77.0.2")));
         assert_eq!(pick_source(&have, ip("172.16.0.5")), Some(ip("192.168.9.2")));
