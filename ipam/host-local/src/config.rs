@@ -56,6 +56,9 @@ pub struct IpamConfig {
     pub resolv_conf: Option<PathBuf>,
     /// From `CNI_ARGS` `IP=`, then `args.cni.ips`, then `runtimeConfig.ips`.
     pub requested: Vec<Requested>,
+    /// `releaseOnReboot` (ours; default true): on the first call after a reboot, release the
+    /// leases written in an earlier boot.
+    pub release_on_reboot: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +85,8 @@ struct RawIpam {
     resolv_conf: Option<String>,
     #[serde(default)]
     ranges: Option<Vec<Vec<RawRange>>>,
+    #[serde(rename = "releaseOnReboot", default)]
+    release_on_reboot: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -485,6 +490,7 @@ impl IpamConfig {
             data_dir,
             resolv_conf: ipam.resolv_conf.filter(|s| !s.is_empty()).map(PathBuf::from),
             requested,
+            release_on_reboot: ipam.release_on_reboot.unwrap_or(true),
         })
     }
 }
