@@ -532,3 +532,51 @@ fn conf_example_host_shim() {
     assert!(!sb.has_shim());
     assert!(sb.our_routes().is_empty());
 }
+
+/// Many ADDs and DELs at once on one master: one shim, every route, and in the end the host
+/// as before (the lock keeps a DEL that removes the shim from racing an ADD that uses it).
+#[test]
+fn concurrent_adds_and_dels_share_the_shim_safely() {
+    let sb = ShimBed::new("shc");
+    let before = sb.snapshot();
+    let conf = sb.conf(json!({}));
+    let ns: Vec<Netns> = (0..8).map(|_| Netns::new()).collect();
+    let id = |i: usize| format!("cc{i}");
+    let run_all = |cmd: &str, which: &[usize]| {
+        let running: Vec<_> = which
+            .iter()
+            .map(|&i| (i, sb.bed.call(cmd, &id(i), Some(&ns[i].path()), &conf).spawn()))
+            .collect();
+        let mut out = Vec::new();
+        for (i, r) in running {
+            out.push((i, r.wait()));
+        }
+        out
+    };
+    let mut ips = std::collections::BTreeMap::new();
+    for (i, o) in run_all("ADD", &[0, 1, 2, 3]) {
+        ips.insert(i, ip_of(&addr(&o.expect_ok(), 0)));
+    }
+    assert_eq!(sb.our_routes().len(), 4, "{:?}", sb.our_routes());
+    // Half go while as many come: the shim must stay and serve the newcomers.
+    let dels = std::thread::scope(|s| {
+        let d = s.spawn(|| run_all("DEL", &[0, 1, 2, 3]));
+        let a = run_all("ADD", &[4, 5, 6, 7]);
+        for (i, o) in a {
+            ips.insert(i, ip_of(&addr(&o.expect_ok(), 0)));
+        }
+        d.join().unwrap()
+    });
+    for (_, o) in dels {
+        o.expect_ok();
+    }
+    assert_eq!(sb.our_routes().len(), 4, "{:?}", sb.our_routes());
+    for i in 4..8 {
+        assert!(sb.host().ping(&ips[&i]), "the host cannot reach container {i}");
+    }
+    for (_, o) in run_all("DEL", &[4, 5, 6, 7]) {
+        o.expect_ok();
+    }
+    assert_eq!(sb.snapshot(), before, "the host is not as before");
+    assert!(sb.records().is_empty());
+}
