@@ -307,16 +307,20 @@ mod tests {
     #[test]
     fn host_shim_is_off_by_default_and_refused_where_it_cannot_work() {
         let ipam = r#""ipam":{"type":"host-local"}"#;
-        let c = load(&format!(r#"{{"cniVersion":"1.0.0","name":"n",{ipam}}}"#), "").unwrap();
+        let c = load(
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan",{ipam}}}"#),
+            "",
+        )
+        .unwrap();
         assert!(!c.host_shim);
         let c = load(
-            &format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":true,{ipam}}}"#),
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":true,{ipam}}}"#),
             "",
         )
         .unwrap();
         assert!(c.host_shim);
         let c = load(
-            &format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":true,"mode":"bridge",{ipam}}}"#),
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":true,"mode":"bridge",{ipam}}}"#),
             "",
         )
         .unwrap();
@@ -332,7 +336,8 @@ mod tests {
             ),
         ];
         for (extra, needle) in cases {
-            let conf = format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":true,{extra},{ipam}}}"#);
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":true,{extra},{ipam}}}"#);
             let e = load(&conf, "").unwrap_err();
             assert_eq!(e.code(), 7, "{conf}: {e}");
             assert!(
@@ -340,12 +345,16 @@ mod tests {
                 "{conf}: {e}"
             );
         }
-        let e = load(r#"{"cniVersion":"1.0.0","name":"n","hostShim":true}"#, "").unwrap_err();
+        let e = load(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":true}"#,
+            "",
+        )
+        .unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("ipam"), "{e}");
         // Off, the modes that cannot have it are fine.
         load(
-            &format!(r#"{{"cniVersion":"1.0.0","name":"n","hostShim":false,"mode":"vepa",{ipam}}}"#),
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":false,"mode":"vepa",{ipam}}}"#),
             "",
         )
         .unwrap();

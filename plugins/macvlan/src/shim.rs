@@ -151,10 +151,14 @@ fn write_record(network: &str, metric: u32, container_id: &str, ifname: &str, sh
 
 fn remove_record(network: &str, metric: u32) -> Result<()> {
     let path = record_path(network, metric);
-    match fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+    // With the half-written file of a killed ADD, if any (records are written under the lock,
+    // which the caller holds: no ADD is writing one now).
+    for p in [path.with_extension("tmp"), path.clone()] {
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("removing {}", p.display()), e)),
+        }
     }
     // An empty network directory goes too (another call may have just made a record: fine).
     if let Some(dir) = path.parent() {
@@ -215,6 +219,7 @@ pub fn remove(host: &Nl, network: &str, container_id: &str, ifname: &str) -> Res
 fn remove_locked(host: &Nl, network: &str, m: u32) -> Result<()> {
     let mut errs = cni::Errors::new();
     let mut shims = BTreeSet::new();
+    let mut all_gone = true;
     for r in host
         .routes()?
         .iter()
@@ -223,7 +228,7 @@ fn remove_locked(host: &Nl, network: &str, m: u32) -> Result<()> {
         if let Some(oif) = r.oif {
             shims.insert(oif);
         }
-        errs.note(host.del_route(r).map_err(Error::from));
+        all_gone &= errs.note(host.del_route(r).map_err(Error::from)).is_some();
     }
     // The shim the record names, for a record without routes (an ADD killed before them).
     if let Ok(text) = fs::read_to_string(record_path(network, m)) {
@@ -239,7 +244,10 @@ fn remove_locked(host: &Nl, network: &str, m: u32) -> Result<()> {
     for index in shims {
         errs.note(remove_shim_if_unused(host, index));
     }
-    errs.note(remove_record(network, m));
+    // The record goes only with all the routes: else a later DEL or GC still finds them.
+    if all_gone {
+        errs.note(remove_record(network, m));
+    }
     errs.into_result()
 }
 
@@ -259,19 +267,19 @@ pub fn gc(host: &Nl, network: &str, keep: &[Attachment]) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
     };
+    // Records (and the half-written ones a killed ADD may have left) not in the keep-list.
+    let gone: BTreeSet<u32> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let hex = name.strip_suffix(".tmp").unwrap_or(&name);
+            (hex.len() == 8).then(|| u32::from_str_radix(hex, 16).ok()).flatten()
+        })
+        .filter(|m| !keep.contains(m))
+        .collect();
     let mut errs = cni::Errors::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(m) = name
-            .to_str()
-            .filter(|n| n.len() == 8)
-            .and_then(|n| u32::from_str_radix(n, 16).ok())
-        else {
-            continue;
-        };
-        if !keep.contains(&m) {
-            errs.note(remove_locked(host, network, m));
-        }
+    for m in gone {
+        errs.note(remove_locked(host, network, m));
     }
     errs.into_result()
 }
