@@ -580,3 +580,34 @@ fn concurrent_adds_and_dels_share_the_shim_safely() {
     assert_eq!(sb.snapshot(), before, "the host is not as before");
     assert!(sb.records().is_empty());
 }
+
+/// The master's IPv6 address still in duplicate address detection (a host just booted): the
+/// IPv6 route goes without a source, and the host still reaches the container (from the
+/// shim's link-local address).
+#[test]
+fn a_tentative_master_address_is_no_source_and_the_host_still_reaches_the_container() {
+    let sb = ShimBed::new("sht");
+    let (a, lan) = (Netns::new(), Netns::new());
+    sb.bed.lan_peer(&lan, "10.77.0.254/24");
+    // DAD of 60 probes, a second apart: tentative for the whole test.
+    sb.host().exec(&["sysctl", "-qw", "net.ipv6.conf.m0.dad_transmits=60"]);
+    sb.host().ip(&["-6", "addr", "add", "fd77::3/64", "dev", "m0"]);
+    sb.host().ip(&["-6", "addr", "del", "fd77::2/64", "dev", "m0"]);
+    let addrs = sb.host().ip(&["-6", "addr", "show", "dev", "m0", "tentative"]);
+    assert!(addrs.contains("fd77::3"), "{addrs}");
+    let conf = sb.conf6(json!({}));
+    let r = sb.bed.add("ca", &a, &conf).expect_ok();
+    let v6 = ip_of(&addr(&r, 1));
+    let routes = sb.our_routes();
+    assert!(
+        routes
+            .iter()
+            .any(|l| l.starts_with(&format!("{v6} dev mvsh-m0 metric "))),
+        "{routes:?}"
+    );
+    assert!(sb.host().ping(&v6), "the host cannot reach the container over IPv6");
+    sb.bed.check("ca", &a, &conf, &r).expect_ok();
+    sb.bed.del("ca", Some(&a), &conf).expect_ok();
+    assert!(sb.our_routes().is_empty());
+    assert!(!sb.has_shim());
+}

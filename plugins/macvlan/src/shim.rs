@@ -194,7 +194,20 @@ pub fn add(host: &Nl, master: &Link, network: &str, container_id: &str, ifname: 
             protocol: PROTO,
             metric: m,
         };
-        match host.add_marked_route(&r) {
+        let mut added = host.add_marked_route(&r);
+        if let (Err(e), Some(s)) = (&added, src) {
+            // An IPv6 address still in duplicate address detection (a host just booted) is no
+            // source yet: the route goes without one, and the kernel picks the source per
+            // packet (the shim's link-local address, which the container reaches).
+            if e.is(libc::EINVAL) && s.is_ipv6() {
+                eprintln!(
+                    "macvlan: hostShim: {s} of {} is no source yet (tentative?): route to {} without one",
+                    master.name, r.dst
+                );
+                added = host.add_marked_route(&MarkedRoute { src: None, ..r.clone() });
+            }
+        }
+        match added {
             Ok(()) => {}
             // Ours already (a repeated ADD of this attachment): fine.
             Err(e) if e.is(libc::EEXIST) && has_route(host, &r)? => {}
