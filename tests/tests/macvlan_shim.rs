@@ -346,6 +346,23 @@ fn failed_add_leaves_no_route_and_no_new_shim() {
     let msg = sb2.bed.add("cc", &Netns::new(), &sb2.conf(json!({}))).expect_error(103);
     assert!(msg.contains("mvsh-m0"), "{msg}");
     assert_eq!(sb2.snapshot(), before2);
+    // STATUS says so (and says nothing without hostShim).
+    let status = sb2.conf(json!({"cniVersion": "1.1.0", "ipam": null}));
+    let msg = sb2.bed.run("STATUS", "", None, &status).expect_error(7);
+    assert!(msg.contains("ipam"), "{msg}");
+    if macvlan_common::our_host_local() {
+        let status = sb2.conf(json!({"cniVersion": "1.1.0"}));
+        let msg = sb2.bed.run("STATUS", "", None, &status).expect_error(50);
+        assert!(msg.contains("mvsh-m0"), "{msg}");
+        sb2.bed
+            .run(
+                "STATUS",
+                "",
+                None,
+                &sb2.conf(json!({"cniVersion": "1.1.0", "hostShim": false})),
+            )
+            .expect_ok();
+    }
 }
 
 #[test]

@@ -167,8 +167,12 @@ impl Plugin for Macvlan {
         // A master in the container's namespace cannot be looked at without a container.
         if !conf.link_in_container {
             let host = Nl::current()?;
-            master_link(&conf, &host, "the host's")
+            let master = master_link(&conf, &host, "the host's")
                 .map_err(|e| Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}")))?;
+            if conf.host_shim {
+                shim::usable(&host, &master)
+                    .map_err(|e| Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}")))?;
+            }
         }
         if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Status, call)?;

@@ -338,17 +338,29 @@ pub fn check(
     Ok(())
 }
 
+/// STATUS: the shim of `master` can be made or used (no other link has its name).
+pub fn usable(host: &Nl, master: &Link) -> Result<()> {
+    match host.link(&shim_name(&master.name))? {
+        Some(l) if !is_shim_of(&l, master) => Err(taken(&l.name, master)),
+        _ => Ok(()),
+    }
+}
+
+fn taken(name: &str, master: &Link) -> Error {
+    Error::Conflict(format!(
+        "hostShim: the host already has a link {name} that is not a bridge-mode macvlan on master {} \
+         (the name is the one the shim of {} takes); remove or rename it",
+        master.name, master.name
+    ))
+}
+
 /// The shim of `master`, made (down, configured, then up) if it is not there. A link of that
 /// name that is not a bridge-mode macvlan on `master` is a conflict, left as it is.
 fn ensure_shim(host: &Nl, master: &Link, name: &str) -> Result<Link> {
     let shim = match host.link(name)? {
         Some(l) => {
             if !is_shim_of(&l, master) {
-                return Err(Error::Conflict(format!(
-                    "hostShim: the host already has a link {name} that is not a bridge-mode macvlan on master {} \
-                     (the name is the one the shim of {} takes); remove or rename it",
-                    master.name, master.name
-                )));
+                return Err(taken(name, master));
             }
             l
         }
