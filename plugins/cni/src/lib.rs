@@ -3,6 +3,8 @@
 //! - [`skel`]: the entry point (environment, config, dispatch, result/error printing)
 //! - [`types`], [`version`], [`env`], [`error`]: the spec's data
 //! - [`delegate`]: running the IPAM plugin
+//! - [`txn`]: an ADD as a transaction whose undo runs on every way out; [`fault`]: test-only
+//!   fault points
 //! - [`netns`]: the only module that calls `setns`
 //! - [`netlink`]: the only module that speaks rtnetlink
 //! - [`sysctl`]: `/proc/sys/net` writes inside a namespace
@@ -11,6 +13,7 @@
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod fault;
 pub mod firewall;
 pub mod gojson;
 pub mod iface;
@@ -19,6 +22,7 @@ pub mod netns;
 pub mod skel;
 pub mod spoofchk;
 pub mod trace;
+pub mod txn;
 pub mod types;
 pub mod version;
 
