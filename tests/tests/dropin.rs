@@ -329,15 +329,16 @@ impl Pair {
             oa.raw_stdout.trim(),
             ob.raw_stdout.trim()
         );
+        let node = |w: &World, o: &Output| node(w, o, bridge);
         // The kernel settles some state after a call returns (a bridge's carrier goes with its
         // last port a moment later): compare until the two nodes agree, for a bounded time.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut pause = std::time::Duration::from_millis(5);
-        let (mut na, mut nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
+        let (mut na, mut nb) = (node(a, &oa), node(b, &ob));
         while na != nb && std::time::Instant::now() < deadline {
             std::thread::sleep(pause);
             pause = (pause * 2).min(std::time::Duration::from_millis(200));
-            (na, nb) = (node(a, &oa, bridge), node(b, &ob, bridge));
+            (na, nb) = (node(a, &oa), node(b, &ob));
         }
         if na != nb {
             let (fa, fb) = (flat(&na), flat(&nb));
@@ -483,6 +484,56 @@ fn failed_bridge_add_leaves_the_store_as_it_was() {
     // So the next container gets the same address in both worlds.
     let (ours, _) = p.same("bridge", "ADD", "c3", &conf, "");
     assert_eq!(ours.expect_ok()["ips"][0]["address"], "10.70.0.3/24");
+}
+
+#[test]
+fn bridge_add_failing_after_ipam_leaves_the_store_as_it_was() {
+    let Some(mut p) = both(Some("dibr5")) else { return };
+    // The bridge has an address of another subnet: putting the gateway on it fails, after
+    // IPAM gave the container its address (in both plugin sets).
+    for w in [&p.a, &p.b] {
+        w.host.ip(&["link", "add", "dibr5", "type", "bridge"]);
+        w.host.ip(&["addr", "add", "10.99.0.1/24", "dev", "dibr5"]);
+    }
+    let plain = bridge_conf("dibr5", "");
+    let gw = bridge_conf("dibr5", r#","isGateway":true"#);
+    p.same("bridge", "ADD", "c1", &plain, "");
+    let before = (p.a.store(), p.b.store());
+    let host_links = (links(&p.a.host), links(&p.b.host));
+    let (ours, theirs) = (
+        p.a.call("bridge", "ADD", "c2", &gw, ""),
+        p.b.call("bridge", "ADD", "c2", &gw, ""),
+    );
+    assert!(ours.expect_error(103).contains("10.99.0.1"));
+    assert!(!theirs.success());
+    // Ours: nothing left, the store byte for byte as before.
+    assert_eq!(p.a.store(), before.0, "ours: byte for byte as before the failed ADD");
+    assert_eq!(links(&p.a.host), host_links.0);
+    let c2 = links(p.a.ctr("c2"));
+    assert!(c2.iter().all(|l| l["ifname"] != "eth0"), "{c2:?}");
+    // The reference releases the lease but leaves its round-robin pointer moved (and the veth
+    // pair: the README's drop-in section).
+    let reference = p.b.store();
+    let leases = |v: &[(String, String)]| {
+        v.iter()
+            .filter(|(n, _)| !n.starts_with("last_"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        leases(&reference),
+        leases(&before.1),
+        "the reference releases the lease"
+    );
+    assert!(
+        reference.contains(&("last_reserved_ip.0".into(), "10.70.0.3".into())),
+        "{reference:?}"
+    );
+    // So our next container gets the address the failed one had, the reference's the next.
+    let ours = p.a.call("bridge", "ADD", "c3", &plain, "");
+    let theirs = p.b.call("bridge", "ADD", "c3", &plain, "");
+    assert_eq!(ours.expect_ok()["ips"][0]["address"], "10.70.0.3/24");
+    assert_eq!(theirs.expect_ok()["ips"][0]["address"], "10.70.0.4/24");
 }
 
 #[test]
