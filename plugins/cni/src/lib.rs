@@ -3,10 +3,13 @@
 //! - [`skel`]: the entry point (environment, config, dispatch, result/error printing)
 //! - [`types`], [`version`], [`env`], [`error`]: the spec's data
 //! - [`delegate`]: running the IPAM plugin
-//! - [`netns`]: the only module that calls `setns`
+//! - [`netns`]: the only module that calls `setns` (and the `/proc/sys/net` sysctls, which
+//!   follow the calling thread's namespace)
 //! - [`netlink`]: the only module that speaks rtnetlink
-//! - [`sysctl`]: `/proc/sys/net` writes inside a namespace
+//! - [`iface`]: the shared steps of bridge and macvlan on a container interface
 //! - [`firewall`]: masquerade rules (iptables or nftables)
+//! - [`spoofchk`]: the `macspoofchk` rules (nftables)
+//! - [`trace`]: step timings on stderr (`CNI_RS_TRACE=1`)
 
 pub mod delegate;
 pub mod env;
