@@ -1,7 +1,7 @@
 //! The CNI protocol library every plugin of this set is made of.
 //!
 //! - [`skel`]: the entry point (environment, config, dispatch, result/error printing)
-//! - [`types`], [`version`], [`env`], [`error`]: the spec's data
+//! - [`types`], [`version`], [`env`](mod@env), [`error`]: the spec's data
 //! - [`delegate`]: running the IPAM plugin
 //! - [`netns`]: the only module that calls `setns` (and the `/proc/sys/net` sysctls, which
 //!   follow the calling thread's namespace)
@@ -19,7 +19,7 @@ pub mod iface;
 pub mod netlink;
 pub mod netns;
 pub mod skel;
-pub mod spoofchk;
+pub use firewall::spoofchk;
 pub mod trace;
 pub mod types;
 pub mod version;

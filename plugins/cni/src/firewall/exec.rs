@@ -1,0 +1,126 @@
+//! The one way the firewall code runs a tool: the binary found in `$PATH` or the standard
+//! sbin/bin directories, an argument list (never a shell), an optional script on stdin
+//! (`nft -f -`), and one error for a failure: code 105 with the command and its stderr.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+
+/// Where binaries are looked for after `$PATH` (runtimes may call plugins with a PATH that
+/// lacks the sbin directories).
+pub(super) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The binary `name` in an absolute directory of `$PATH`, else of [`DEFAULT_PATH`].
+pub(super) fn find_bin(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(std::env::split_paths(DEFAULT_PATH))
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// What a finished command said.
+#[derive(Debug)]
+pub(super) struct Output {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command line, for the error.
+    cmd: String,
+}
+
+impl Output {
+    /// The error of this (failed) command: code 105, the command line and its stderr (or
+    /// exit status when it printed nothing).
+    pub fn error(&self) -> Error {
+        let msg = if self.stderr.is_empty() {
+            format!("exit status {:?}", self.code)
+        } else {
+            self.stderr.clone()
+        };
+        Error::Firewall(format!("{}: {msg}", self.cmd))
+    }
+
+    /// Its stdout if it succeeded, else its [`error`](Output::error).
+    pub fn checked(self) -> Result<String> {
+        if self.ok {
+            Ok(self.stdout)
+        } else {
+            Err(self.error())
+        }
+    }
+}
+
+/// Runs `bin` with `args`, `stdin` (if any) written to its standard input. A command that
+/// could not be started is an error; one that failed is an [`Output`] with `ok` false.
+pub(super) fn run(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    let name = bin.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let cmd = format!("{name} {}", args.join(" "));
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Firewall(format!("running {}: {e}", bin.display())))?;
+    if let (Some(s), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A write error shows as the command's own failure below.
+        let _ = pipe.write_all(s.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Firewall(format!("waiting for {}: {e}", bin.display())))?;
+    Ok(Output {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        cmd,
+    })
+}
+
+/// A condition that a failed command reports only in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Says {
+    /// iptables: the rule or chain to remove is not there (go-iptables' `IsNotExist`).
+    NotExist,
+    /// iptables `-N`: the chain was made meanwhile.
+    ChainExists,
+    /// The kernel or the binary cannot do this family or API at all (IPv6 disabled, no
+    /// nf_tables): nothing of ours can be there.
+    Unavailable,
+}
+
+/// Whether the failed command's stderr reports `what`. The one place that reads meaning from
+/// a tool's words, because there is no other: iptables exits 1 for a missing rule, a missing
+/// chain and most other failures alike, and nft exits 1 for every failure with the kernel's
+/// errno only as `strerror` text (its JSON mode has no error objects). go-iptables and
+/// knftables match the same messages. Whatever nftables can show in its JSON listings is
+/// read from them instead (see `nftables` and `spoofchk`).
+pub(super) fn says(out: &Output, what: Says) -> bool {
+    let messages: &[&str] = match what {
+        Says::NotExist => &[
+            "Bad rule (does a matching rule exist in that chain?)",
+            "No chain/target/match by that name",
+            "No such file or directory",
+            "does not exist",
+        ],
+        Says::ChainExists => &["Chain already exists"],
+        Says::Unavailable => &[
+            "Address family not supported",
+            "Protocol not supported",
+            "do you need to insmod",
+            "Operation not supported",
+        ],
+    };
+    !out.ok && messages.iter().any(|m| out.stderr.contains(m))
+}
