@@ -223,6 +223,7 @@ mod tests {
 mod netns_tests {
     use super::exec::{run, DEFAULT_PATH};
     use super::nftables::parse_nft_rules;
+    use super::nftables::tests::REFERENCE_HEAD;
     use super::tests::net;
     use super::*;
     use crate::netns::Netns;
@@ -572,14 +573,7 @@ mod netns_tests {
             }
             let cm = nft_comment("refnet", "eth0", "refctr");
             let tx = format!(
-                "add table inet cni_plugins_masquerade {{ comment \"Masquerading for plugins from github.com/containernetworking/plugins\" ; }}\n\
-                 add chain inet cni_plugins_masquerade masq_checks {{ comment \"Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet\" ; }}\n\
-                 add chain inet cni_plugins_masquerade postrouting {{ type nat hook postrouting priority 100 ; }}\n\
-                 flush chain inet cni_plugins_masquerade postrouting\n\
-                 add rule inet cni_plugins_masquerade postrouting ip daddr == 224.0.0.0/4  return\n\
-                 add rule inet cni_plugins_masquerade postrouting ip6 daddr == ff00::/8  return\n\
-                 add rule inet cni_plugins_masquerade postrouting goto masq_checks\n\
-                 add rule inet cni_plugins_masquerade masq_checks ip saddr == 10.77.0.5 ip daddr != 10.77.0.0/24 masquerade comment \"{cm}\"\n\
+                "{REFERENCE_HEAD}add rule inet cni_plugins_masquerade masq_checks ip saddr == 10.77.0.5 ip daddr != 10.77.0.0/24 masquerade comment \"{cm}\"\n\
                  add rule inet cni_plugins_masquerade masq_checks ip6 saddr == fd77::5 ip6 daddr != fd77::/64 masquerade comment \"{cm}\"\n"
             );
             sh("nft", &["-f", "-"], Some(&tx));

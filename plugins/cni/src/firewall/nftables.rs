@@ -273,9 +273,19 @@ pub(super) fn nft_delete_matching(nft: &Path, doomed: impl Fn(&str) -> bool) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::firewall::tests::net;
+
+    /// The reference's transaction up to the attachment's rules (knftables' text).
+    pub(crate) const REFERENCE_HEAD: &str =
+        "add table inet cni_plugins_masquerade { comment \"Masquerading for plugins from github.com/containernetworking/plugins\" ; }\n\
+         add chain inet cni_plugins_masquerade masq_checks { comment \"Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet\" ; }\n\
+         add chain inet cni_plugins_masquerade postrouting { type nat hook postrouting priority 100 ; }\n\
+         flush chain inet cni_plugins_masquerade postrouting\n\
+         add rule inet cni_plugins_masquerade postrouting ip daddr == 224.0.0.0/4  return\n\
+         add rule inet cni_plugins_masquerade postrouting ip6 daddr == ff00::/8  return\n\
+         add rule inet cni_plugins_masquerade postrouting goto masq_checks\n";
 
     #[test]
     fn nft_script_matches_the_reference() {
@@ -289,14 +299,7 @@ mod tests {
         );
         let c = "d23676b4f2d9fe04-ebce0e3dd4dafae3, net: mynet, if: eth0, id: abc123";
         let expect = format!(
-            "add table inet cni_plugins_masquerade {{ comment \"Masquerading for plugins from github.com/containernetworking/plugins\" ; }}\n\
-             add chain inet cni_plugins_masquerade masq_checks {{ comment \"Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet\" ; }}\n\
-             add chain inet cni_plugins_masquerade postrouting {{ type nat hook postrouting priority 100 ; }}\n\
-             flush chain inet cni_plugins_masquerade postrouting\n\
-             add rule inet cni_plugins_masquerade postrouting ip daddr == 224.0.0.0/4  return\n\
-             add rule inet cni_plugins_masquerade postrouting ip6 daddr == ff00::/8  return\n\
-             add rule inet cni_plugins_masquerade postrouting goto masq_checks\n\
-             delete rule inet cni_plugins_masquerade masq_checks handle 7\n\
+            "{REFERENCE_HEAD}delete rule inet cni_plugins_masquerade masq_checks handle 7\n\
              delete rule inet cni_plugins_masquerade masq_checks handle 9\n\
              add rule inet cni_plugins_masquerade masq_checks ip saddr == 10.88.3.7 ip daddr != 10.88.0.0/16 masquerade comment \"{c}\"\n\
              add rule inet cni_plugins_masquerade masq_checks ip6 saddr == fd00::7 ip6 daddr != fd00::/64 masquerade comment \"{c}\"\n"
