@@ -3,6 +3,8 @@
 //! - [`skel`]: the entry point (environment, config, dispatch, result/error printing)
 //! - [`types`], [`version`], [`env`](mod@env), [`error`]: the spec's data
 //! - [`delegate`]: running the IPAM plugin
+//! - [`txn`]: an ADD as a transaction whose undo runs on every way out; [`fault`]: test-only
+//!   fault points
 //! - [`netns`]: the only module that calls `setns` (and the `/proc/sys/net` sysctls, which
 //!   follow the calling thread's namespace)
 //! - [`netlink`]: the only module that speaks rtnetlink
@@ -14,6 +16,7 @@
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod fault;
 pub mod firewall;
 pub mod iface;
 pub mod netlink;
@@ -21,6 +24,7 @@ pub mod netns;
 pub mod skel;
 pub use firewall::spoofchk;
 pub mod trace;
+pub mod txn;
 pub mod types;
 pub mod version;
 
