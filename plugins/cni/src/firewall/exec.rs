@@ -88,39 +88,23 @@ pub(super) fn run(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<Outp
     })
 }
 
-/// A condition that a failed command reports only in words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Says {
-    /// iptables: the rule or chain to remove is not there (go-iptables' `IsNotExist`).
-    NotExist,
-    /// iptables `-N`: the chain was made meanwhile.
-    ChainExists,
-    /// The kernel or the binary cannot do this family or API at all (IPv6 disabled, no
-    /// nf_tables): nothing of ours can be there.
-    Unavailable,
-}
-
-/// Whether the failed command's stderr reports `what`. The one place that reads meaning from
-/// a tool's words, because there is no other: iptables exits 1 for a missing rule, a missing
-/// chain and most other failures alike, and nft exits 1 for every failure with the kernel's
-/// errno only as `strerror` text (its JSON mode has no error objects). go-iptables and
-/// knftables match the same messages. Whatever nftables can show in its JSON listings is
-/// read from them instead (see `nftables` and `spoofchk`).
-pub(super) fn says(out: &Output, what: Says) -> bool {
-    let messages: &[&str] = match what {
-        Says::NotExist => &[
-            "Bad rule (does a matching rule exist in that chain?)",
-            "No chain/target/match by that name",
-            "No such file or directory",
-            "does not exist",
-        ],
-        Says::ChainExists => &["Chain already exists"],
-        Says::Unavailable => &[
+/// Whether the failed command says that the kernel or the binary cannot do this family or
+/// API at all (IPv6 disabled, no nf_tables): nothing of ours can be there.
+///
+/// The one place that reads meaning from a tool's words, because nothing else tells: iptables
+/// and nft exit 1 for this as for any other failure, with the kernel's errno only as
+/// `strerror` text (nft's JSON mode has no error objects), and go-iptables and knftables
+/// match the same messages. Everything else is read from listings: whether a table, chain
+/// or rule exists (`nft -j list tables`, `nft -j list table`, `iptables -S`), also after a
+/// command failed, to tell "someone removed it first" from a real error.
+pub(super) fn unavailable(out: &Output) -> bool {
+    !out.ok
+        && [
             "Address family not supported",
             "Protocol not supported",
             "do you need to insmod",
             "Operation not supported",
-        ],
-    };
-    !out.ok && messages.iter().any(|m| out.stderr.contains(m))
+        ]
+        .iter()
+        .any(|m| out.stderr.contains(m))
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::exec::{run, says, Output, Says};
+use super::exec::{run, unavailable, Output};
 use super::names::{chain_name, iptables_comment, valid_name};
 use super::{Family, Tools, MULTICAST_V4, MULTICAST_V6};
 use crate::error::{Error, Result};
@@ -43,10 +43,12 @@ impl Ipt<'_> {
         }
     }
 
-    /// Runs `args`, taking "no such rule/chain" for success (someone removed it first).
-    fn remove(&self, args: &[&str]) -> Result<()> {
+    /// Runs `args` that remove something; when that fails, a fresh listing on which `gone`
+    /// holds (someone removed it first) makes it a success. iptables exits 1 for a missing rule
+    /// or chain as for most other failures, so the listing says it, not the error's text.
+    fn remove(&self, args: &[&str], gone: impl Fn(&[Vec<String>]) -> bool) -> Result<()> {
         let out = self.exec(args)?;
-        if out.ok || says(&out, Says::NotExist) {
+        if out.ok || matches!(self.list_nat(), Ok(Ok(rules)) if gone(&rules)) {
             Ok(())
         } else {
             Err(out.error())
@@ -192,10 +194,10 @@ pub(super) fn ipt_setup_all(tools: &Tools, network: &str, container_id: &str, ad
         })?;
         let ipt = Ipt { bin };
         let rules = ipt.list_nat()?.map_err(|out| out.error())?;
-        let has_chain = rules.iter().any(|w| w.len() == 2 && w[0] == "-N" && w[1] == chain);
-        if !has_chain {
+        if !has_chain(&rules, &chain) {
             let out = ipt.exec(&["-t", "nat", "-N", &chain])?;
-            if !out.ok && !says(&out, Says::ChainExists) {
+            // Failed: fine if another call made the chain meanwhile.
+            if !out.ok && !matches!(ipt.list_nat(), Ok(Ok(now)) if has_chain(&now, &chain)) {
                 return Err(out.error());
             }
         }
@@ -206,6 +208,11 @@ pub(super) fn ipt_setup_all(tools: &Tools, network: &str, container_id: &str, ad
         }
     }
     Ok(())
+}
+
+/// Whether a listing of table nat has chain `chain`.
+fn has_chain(rules: &[Vec<String>], chain: &str) -> bool {
+    rules.iter().any(|w| w.len() == 2 && w[0] == "-N" && w[1] == chain)
 }
 
 /// Adds `rule` unless `iptables -C` finds it (go-iptables' `AppendUnique`).
@@ -236,12 +243,14 @@ pub(super) fn ipt_teardown_chain(ipt: &Ipt, rules: &[Vec<String>], chain: &str) 
         if appended_to(words) == Some("POSTROUTING") && jump_target(words) == Some(chain) {
             let mut args = vec!["-t", "nat", "-D"];
             args.extend(words[1..].iter().map(String::as_str));
-            ipt.remove(&args)?;
+            ipt.remove(&args, |now| !now.contains(words))?;
         }
     }
-    if rules.iter().any(|w| w.len() == 2 && w[0] == "-N" && w[1] == chain) {
-        ipt.remove(&["-t", "nat", "-F", chain])?;
-        ipt.remove(&["-t", "nat", "-X", chain])?;
+    if has_chain(rules, chain) {
+        let gone = |now: &[Vec<String>]| !has_chain(now, chain);
+        let emptied = |now: &[Vec<String>]| gone(now) || !now.iter().any(|w| appended_to(w) == Some(chain));
+        ipt.remove(&["-t", "nat", "-F", chain], emptied)?;
+        ipt.remove(&["-t", "nat", "-X", chain], gone)?;
     }
     Ok(())
 }
@@ -255,7 +264,7 @@ pub(super) fn ipt_listing(tools: &Tools, fam: Family, required: bool) -> Result<
     let ipt = Ipt { bin };
     match ipt.list_nat()? {
         Ok(rules) => Ok(Some((ipt, rules))),
-        Err(out) if says(&out, Says::Unavailable) || !required => Ok(None),
+        Err(out) if unavailable(&out) || !required => Ok(None),
         Err(out) => Err(out.error()),
     }
 }

@@ -508,6 +508,43 @@ mod netns_tests {
         });
     }
 
+    /// Several DELs of one attachment at once (a runtime retrying): each succeeds, whichever
+    /// removes a rule first, and nothing is left.
+    #[test]
+    fn concurrent_teardowns_of_one_attachment() {
+        if !ready("concurrent_teardowns_of_one_attachment", &["ip", "iptables", "nft"]) {
+            return;
+        }
+        let ns = TestNs::new();
+        for round in 0..3 {
+            ns.run(|| {
+                let a = [net("10.56.0.2/24"), net("10.56.1.2/24")];
+                setup_masq(Backend::Iptables, "dup", "c0", "eth0", &a).unwrap();
+                setup_masq(Backend::Nftables, "dup", "c0", "eth0", &a).unwrap();
+                spoofchk::setup_spoofchk("veth0", "02:00:00:00:00:01", "c0", "eth0").unwrap();
+                assert_eq!(nat("iptables").len(), 6, "round {round}");
+                assert_eq!(nft_rules().len(), 2, "round {round}");
+            });
+            std::thread::scope(|s| {
+                for _ in 0..6 {
+                    let ns = &ns;
+                    s.spawn(move || {
+                        ns.run(|| {
+                            teardown_masq("dup", "c0", "eth0", &[]).unwrap();
+                            spoofchk::teardown_spoofchk("c0", "eth0").unwrap();
+                        })
+                    });
+                }
+            });
+            ns.run(|| {
+                assert!(nat("iptables").is_empty(), "round {round}");
+                assert!(nft_rules().is_empty(), "round {round}");
+                let listing = sh("nft", &["list", "table", "bridge", "nat"], None);
+                assert!(!listing.contains("c0-eth0"), "round {round}: {listing}");
+            });
+        }
+    }
+
     /// macspoofchk: the reference's layout per attachment; teardown takes only its own, and
     /// finds nothing to do when nothing (or no table) is there.
     #[test]

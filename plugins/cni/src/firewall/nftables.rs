@@ -18,7 +18,7 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use super::exec::{run, says, Says};
+use super::exec::{run, unavailable};
 use super::names::{nft_comment, nft_instance_hash};
 use super::{Family, MULTICAST_V4, MULTICAST_V6};
 use crate::error::{Error, Result};
@@ -115,7 +115,7 @@ pub(super) enum Listing {
 /// unavailable.
 fn table_exists(nft: &Path, family: &str, table: &str) -> Result<Option<bool>> {
     let out = run(nft, &["-j", "list", "tables"], None)?;
-    if says(&out, Says::Unavailable) {
+    if unavailable(&out) {
         return Ok(None);
     }
     let objs = objects(&out.checked()?)?;
