@@ -64,7 +64,10 @@ impl Output {
 /// could not be started is an error; one that failed is an [`Output`] with `ok` false.
 pub(super) fn run(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
     let name = bin.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let cmd = format!("{name} {}", args.join(" "));
+    let cmd = std::iter::once(name.as_ref())
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut child = Command::new(bin)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -107,4 +110,38 @@ pub(super) fn unavailable(out: &Output) -> bool {
         ]
         .iter()
         .any(|m| out.stderr.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_are_found_in_path_or_sbin() {
+        assert!(find_bin("cat").is_some_and(|p| p.is_absolute()));
+        assert!(find_bin("no-such-tool-here").is_none());
+    }
+
+    #[test]
+    fn stdin_is_fed_and_failures_are_code_105_with_stderr() {
+        let out = run(&find_bin("cat").unwrap(), &[], Some("add table x\n")).unwrap();
+        assert!(out.ok);
+        assert_eq!(out.checked().unwrap(), "add table x\n");
+        let out = run(&find_bin("ls").unwrap(), &["/no/such/dir"], None).unwrap();
+        assert!(!out.ok && !out.stderr.is_empty());
+        let e = out.error();
+        assert_eq!(e.code(), 105);
+        assert!(e.to_string().starts_with("ls /no/such/dir: "), "{e}");
+        assert!(e.to_string().contains(&out.stderr), "{e}");
+        let e = run(&find_bin("false").unwrap(), &[], None)
+            .unwrap()
+            .checked()
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.to_string()),
+            (105, "false: exit status Some(1)".to_string())
+        );
+        let e = run(Path::new("/no/such/nft"), &["-f", "-"], Some("x")).unwrap_err();
+        assert_eq!(e.code(), 105);
+    }
 }
