@@ -216,7 +216,7 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
         result.dns = ipam.dns;
         let gateways = calc_gateways(&mut result, conf);
 
-        iface::container_sysctls(netns, ifname, &result, Some(conf.enable_dad), false)?;
+        iface::container_sysctls(netns, ifname, &result, Some(conf.enable_dad))?;
         step("container sysctls");
         iface::configure(&cont, &cont_link, &result, 2, !conf.enable_dad)?;
         step("container addresses and routes");

@@ -241,12 +241,12 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
         result.dns = ipam.dns;
         step("ipam");
 
-        iface::container_sysctls(netns, ifname, &result, None, false)?;
+        iface::container_sysctls(netns, ifname, &result, None)?;
         step("container sysctls");
         iface::configure(cont, &link, &result, 0, false)?;
         step("container addresses and routes");
     } else {
-        iface::container_sysctls(netns, ifname, &result, None, false)?;
+        iface::container_sysctls(netns, ifname, &result, None)?;
         cont.set_link(
             link.index,
             &LinkChange {
