@@ -123,14 +123,18 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
 /// DEL: releases what (`id`, `ifname`) holds. A store that does not exist holds nothing.
 /// Run by a plugin to undo its failed ADD ([`disk::UNDO_ENV`] set), it also puts back the
 /// round-robin pointers that ADD moved.
+///
+/// DEL takes nothing from `CNI_ARGS` (`IP=` asks for an address): keys it does not know must
+/// not keep a lease held for ever, so `env_args` is not judged (the reference refuses them).
 pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
+    let _ = env_args;
     let undo = std::env::var_os(disk::UNDO_ENV).is_some_and(|v| v == "1");
-    del_with(stdin, id, ifname, env_args, undo)
+    del_with(stdin, id, ifname, undo)
 }
 
 /// [`del`], told whether it undoes a failed ADD.
-pub fn del_with(stdin: &[u8], id: &str, ifname: &str, env_args: &str, undo_add: bool) -> Result<()> {
-    let conf = IpamConfig::load(stdin, env_args)?;
+pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_add: bool) -> Result<()> {
+    let conf = IpamConfig::load(stdin, "")?;
     let Some(mut store) = open_store(&conf, false)? else {
         return Ok(());
     };
@@ -295,7 +299,7 @@ mod tests {
         // From an empty store: the pointers did not exist.
         let empty_before = store_files(t.path());
         add(&c, "c1", "eth0", "").unwrap();
-        del_with(&c, "c1", "eth0", "", true).unwrap();
+        del_with(&c, "c1", "eth0", true).unwrap();
         assert_eq!(store_files(t.path()), empty_before);
         // With pointers and leases of others.
         add(&c, "c2", "eth0", "").unwrap();
@@ -303,7 +307,7 @@ mod tests {
         let before = store_files(t.path());
         let r = add(&c, "c4", "eth0", "").unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.1.0.4/24");
-        del_with(&c, "c4", "eth0", "", true).unwrap();
+        del_with(&c, "c4", "eth0", true).unwrap();
         assert_eq!(store_files(t.path()), before);
         let r = add(&c, "c5", "eth0", "").unwrap();
         assert_eq!(
@@ -313,7 +317,7 @@ mod tests {
         );
         // A pointer moved on by a later ADD stays; a plain DEL leaves the pointers (reference).
         add(&c, "c6", "eth0", "").unwrap();
-        del_with(&c, "c5", "eth0", "", true).unwrap();
+        del_with(&c, "c5", "eth0", true).unwrap();
         assert_eq!(
             std::fs::read(t.path().join("net/last_reserved_ip.0")).unwrap(),
             b"10.1.0.5"
@@ -327,11 +331,21 @@ mod tests {
         // does not undo the first ADD's pointers.
         add(&c, "c7", "eth0", "").unwrap();
         add(&c, "c7", "eth0", "").unwrap();
-        del_with(&c, "c7", "eth0", "", true).unwrap();
+        del_with(&c, "c7", "eth0", true).unwrap();
         assert_eq!(
             std::fs::read(t.path().join("net/last_reserved_ip.0")).unwrap(),
             b"10.1.0.6"
         );
+    }
+
+    #[test]
+    fn del_does_not_judge_cni_args() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        add(&c, "c1", "eth0", "IgnoreUnknown=1;K8S_POD_NAME=x").unwrap();
+        assert_eq!(add(&c, "c2", "eth0", "K8S_POD_NAME=x").unwrap_err().code(), 4);
+        del(&c, "c1", "eth0", "K8S_POD_NAME=x;").unwrap();
+        assert!(leases(t.path()).is_empty());
     }
 
     #[test]
