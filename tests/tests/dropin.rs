@@ -417,6 +417,28 @@ fn mis_cased_keys_mean_the_same() {
 }
 
 #[test]
+fn repeated_keys_merge_as_in_the_reference() {
+    let Some(mut p) = both(None) else { return };
+    // Objects given twice are merged into one struct, arrays element by element; a later
+    // scalar wins.
+    let conf = format!(
+        r#"{{"cniVersion":"0.4.0","name":"{NET}","type":"host-local","cniVersion":"{VERSION}",
+            "ipam":{{"type":"host-local","dataDir":"{{{{DATA}}}}","ranges":[[{{"subnet":"10.74.0.0/24"}}]]}},
+            "IPAM":{{"Ranges":[[{{"rangeStart":"10.74.0.40"}}]],"routes":[{{"dst":"10.9.0.0/16"}}]}},
+            "Ipam":{{"RANGES":[[{{"rangeEnd":"10.74.0.41"}}]]}}}}"#
+    );
+    let (ours, _) = p.same("host-local", "ADD", "h1", &conf, "");
+    let r = ours.expect_ok();
+    assert_eq!(r["cniVersion"], VERSION);
+    assert_eq!(r["ips"][0]["address"], "10.74.0.40/24", "{r}");
+    assert_eq!(r["routes"][0]["dst"], "10.9.0.0/16", "{r}");
+    p.same("host-local", "ADD", "h2", &conf, "");
+    // The range holds two addresses.
+    let (ours, _) = p.same("host-local", "ADD", "h3", &conf, "");
+    ours.expect_error(102);
+}
+
+#[test]
 fn mis_cased_macvlan_keys_mean_the_same() {
     let Some(mut p) = both(None) else { return };
     for w in [&p.a, &p.b] {
@@ -427,7 +449,8 @@ fn mis_cased_macvlan_keys_mean_the_same() {
     let conf = format!(
         r#"{{"cniVersion":"{VERSION}","name":"{NET}","Type":"macvlan","Master":"dimaster","MODE":"private",
             "Mtu":1300,"Ipam":{{"type":"host-local","dataDir":"{{{{DATA}}}}",
-            "Ranges":[[{{"Subnet":"10.72.0.0/24","RangeStart":"10.72.0.9"}}]]}}}}"#
+            "Ranges":[[{{"Subnet":"10.72.0.0/24","RangeStart":"10.72.0.9"}}]],
+            "routes":[{{"dst":"10.10.0.0/16","gw":"10.72.0.1"}}]}}}}"#
     );
     let (ours, _) = p.same("macvlan", "ADD", "m1", &conf, "");
     assert_eq!(ours.expect_ok()["ips"][0]["address"], "10.72.0.9/24");
