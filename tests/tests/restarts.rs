@@ -9,6 +9,7 @@ mod macvlan_common;
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
+use cni_tests::node::{host_snapshot, Snapshot};
 use cni_tests::{bin, lease_files, Cni, Netns, Output, TempDir};
 use macvlan_common::{ip_of, Bed, NsExt};
 use serde_json::{json, Value};
@@ -20,40 +21,9 @@ fn addr0(r: &Value) -> String {
     r["ips"][0]["address"].as_str().unwrap_or_default().to_string()
 }
 
-/// What a failed call must not change: the host namespace's links, addresses and routes, and
-/// the lease store.
-fn snapshot(host: &Netns, data: &TempDir) -> (String, String, String, Vec<String>) {
-    let mut files: Vec<String> = walk(data.path());
-    files.sort();
-    // IPv6 link-local addresses and their routes come and go with DAD on their own.
-    let stable = |s: String| -> String {
-        s.lines()
-            .filter(|l| !l.contains("fe80:"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    (
-        host.ip(&["-o", "link", "show"]),
-        stable(host.ip(&["-o", "addr", "show"])),
-        stable(host.ip(&["route", "show", "table", "all"])),
-        files,
-    )
-}
-
-/// Every file under `dir` with its content (the whole lease store).
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(format!("{}={:?}", p.display(), std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    out
+/// What a failed call must not change: the host namespace and the lease store.
+fn snapshot(host: &Netns, data: &TempDir) -> Snapshot {
+    host_snapshot(host, data.path())
 }
 
 // ---------------------------------------------------------------------------------------------
