@@ -20,9 +20,13 @@ all: build
 build:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --workspace --bins --target $(TRIPLE)
 
+# One multicall binary under the three names (hard links): bridge and macvlan then run
+# host-local in their own process (see plugins/multicall). Each name is replaced atomically.
 install: build
 	install -d $(CNI_BIN_DIR)
-	install -m 0755 $(addprefix $(RELEASE_DIR)/,$(BINS)) $(CNI_BIN_DIR)/
+	install -m 0755 $(RELEASE_DIR)/bridge $(CNI_BIN_DIR)/.bridge.new
+	for b in $(filter-out bridge,$(BINS)); do ln -f $(CNI_BIN_DIR)/.bridge.new $(CNI_BIN_DIR)/.$$b.new; done
+	for b in $(BINS); do mv -f $(CNI_BIN_DIR)/.$$b.new $(CNI_BIN_DIR)/$$b; done
 
 # First run: build, install into /opt/cni/bin, ADD and DEL a conf-example in scratch namespaces.
 demo: deps install

@@ -99,6 +99,8 @@ pub struct Trace {
     pub version_bridge_us: Vec<u64>,
     pub version_hl_us: Vec<u64>,
     pub plain_wall_us: Vec<u64>,
+    /// host-local ran in bridge's process (its lines were `<pid>-host-local`).
+    pub in_process: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -877,8 +879,10 @@ impl Bench<'_> {
                     continue;
                 };
                 let f: Vec<&str> = rest.split_whitespace().collect();
+                // `<pid>`, or `<pid>-host-local` for host-local run in bridge's process.
                 let (Some(pid), Some(us)) = (
-                    f.first().and_then(|p| p.parse::<u32>().ok()),
+                    f.first()
+                        .filter(|p| p.split('-').next().is_some_and(|n| n.parse::<u32>().is_ok())),
                     f.last().and_then(|u| u.parse::<u64>().ok()),
                 ) else {
                     t.unparsed += 1;
@@ -888,7 +892,14 @@ impl Bench<'_> {
                     t.unparsed += 1;
                     continue;
                 }
-                let proc_name = if pid == out.pid { "bridge" } else { "host-local" };
+                let proc_name = if *pid == out.pid.to_string() {
+                    "bridge"
+                } else {
+                    "host-local"
+                };
+                if pid.ends_with("-host-local") {
+                    t.in_process = true;
+                }
                 steps.push((proc_name.to_string(), f[1..f.len() - 1].join(" "), us));
             }
             per_call.push((out.wall.as_micros() as u64, steps));
@@ -983,9 +994,35 @@ fn progress(r: &Row) {
     eprintln!("  {}: {}", r.title, parts.join(", "));
 }
 
-fn copy_plugins(src: &Path, dst: &Path) -> Res<Vec<String>> {
+/// Whether `bin` is our multicall program: run under the name `host-local` with no
+/// `CNI_COMMAND`, it says it is host-local.
+fn is_multicall(bin: &Path) -> bool {
+    use std::os::unix::process::CommandExt;
+    Command::new(bin)
+        .arg0("host-local")
+        .env_clear()
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stderr).starts_with("CNI host-local plugin"))
+}
+
+/// Copies the plugins of `src` to `dst`; `as_installed`: when `src/bridge` is our multicall
+/// program, as `make install` installs it (one file, hard links under the three names).
+fn copy_plugins(src: &Path, dst: &Path, as_installed: bool) -> Res<Vec<String>> {
     fs::create_dir_all(dst).map_err(|e| format!("creating {}: {e}", dst.display()))?;
     let mut missing = Vec::new();
+    let first = src.join(PLUGINS[0]);
+    if as_installed && first.is_file() && is_multicall(&first) {
+        let to = dst.join(PLUGINS[0]);
+        fs::copy(&first, &to).map_err(|e| format!("copying {}: {e}", first.display()))?;
+        for p in &PLUGINS[1..] {
+            fs::hard_link(&to, dst.join(p)).map_err(|e| format!("linking {p}: {e}"))?;
+        }
+        eprintln!(
+            "note: {} is the multicall program: installed once under the three names",
+            first.display()
+        );
+        return Ok(missing);
+    }
     for p in PLUGINS {
         let from = src.join(p);
         if from.is_file() {
@@ -1091,7 +1128,7 @@ pub fn run(opts: &Opts) -> Res<()> {
     let mut sets = Vec::new();
     for (key, src) in SET_KEYS.iter().zip([&opts.ours, &opts.reference]) {
         let bin = tmp.join(format!("bin-{key}"));
-        let missing = copy_plugins(src, &bin)?;
+        let missing = copy_plugins(src, &bin, *key != "reference")?;
         if *key == "reference" && !missing.is_empty() {
             return Err(format!(
                 "reference plugins {missing:?} not found in {} (apt-get install containernetworking-plugins, or --reference DIR)",

@@ -50,6 +50,7 @@ fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<DiskStore>> {
 
 /// ADD: one address per range set (the requested one where a request falls in the set).
 pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniResult> {
+    cni::fault::point("host-local:add");
     let conf = IpamConfig::load(stdin, env_args)?;
     cni::trace::step("load ipam config");
     let dns = match &conf.resolv_conf {
@@ -218,7 +219,14 @@ impl cni::Plugin for HostLocal {
     }
 
     fn del(&self, call: &cni::Call) -> Result<()> {
-        del(&call.stdin, &call.env.container_id, &call.env.ifname, &call.env.args)
+        // `CNI_ARGS` is not judged (see [`del`]); the undo flag comes with the call's
+        // environment, which is the process's or, run in-process, the one it was given.
+        del_with(
+            &call.stdin,
+            &call.env.container_id,
+            &call.env.ifname,
+            call.env.undo_failed_add,
+        )
     }
 
     fn check(&self, call: &cni::Call) -> Result<()> {

@@ -2,12 +2,14 @@
 //! environment, same config on stdin, its result or error passed back.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
+use std::sync::Mutex;
 
 use crate::env::Command;
 use crate::error::{Error, Result};
-use crate::skel::Call;
+use crate::skel::{Call, Plugin};
 use crate::types::CniResult;
 
 /// Finds plugin `name` in the `CNI_PATH` directories.
@@ -43,9 +45,9 @@ pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniRe
 /// The IPAM DEL that undoes the IPAM ADD of this call, which failed after IPAM succeeded.
 pub fn undo_add(plugin_type: &str, call: &Call) -> Result<()> {
     let bin = find_plugin(plugin_type, &call.env.path)?;
-    let child = spawn(&bin, Command::Del, &call.stdin, true)?;
+    let run = launch(plugin_type, &bin, Command::Del, &call.stdin, true)?;
     Pending {
-        child: Some(child),
+        run: Some(run),
         plugin_type: plugin_type.to_string(),
         cmd: Command::Del,
         bin,
@@ -55,12 +57,43 @@ pub fn undo_add(plugin_type: &str, call: &Call) -> Result<()> {
     .map(|_| ())
 }
 
+/// A plugin linked into this binary, which a delegation runs in-process when `CNI_PATH`
+/// resolves its name to this very executable (see [`register_builtin`]).
+pub type Builtin = &'static (dyn Plugin + Sync);
+
+static BUILTINS: Mutex<Vec<(&'static str, Builtin)>> = Mutex::new(Vec::new());
+
+/// Registers `plugin` as linked into this executable under `name` (a multicall binary that
+/// is also `name`): a delegation to `name` whose `CNI_PATH` lookup finds the file this process
+/// runs from (same device and inode as `/proc/self/exe`) then runs it in this process, on a
+/// thread, instead of starting a second process. Its result, error JSON, stderr and effects
+/// are those the child would have had; any other file of that name (a reference or a
+/// third-party plugin, or a copy of ours) is executed as always.
+pub fn register_builtin(name: &'static str, plugin: Builtin) {
+    let mut b = BUILTINS.lock().unwrap_or_else(|e| e.into_inner());
+    b.retain(|(n, _)| *n != name);
+    b.push((name, plugin));
+}
+
+/// The registered plugin `name`, if `bin` (what `CNI_PATH` resolved it to) is this executable.
+fn builtin(name: &str, bin: &Path) -> Option<(&'static str, Builtin)> {
+    let found = BUILTINS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(n, _)| *n == name)
+        .copied()?;
+    let target = std::fs::metadata(bin).ok()?;
+    let me = std::fs::metadata("/proc/self/exe").ok()?;
+    (target.dev() == me.dev() && target.ino() == me.ino()).then_some(found)
+}
+
 /// A delegated plugin running while this one goes on with its own work. Dropped before it
-/// was waited for (an early return, a panic unwinding), it is killed and reaped, and an ADD's
-/// possible reservation is released by a DEL of the same attachment: no process and no lease
-/// outlive the call.
+/// was waited for (an early return, a panic unwinding), it is killed and reaped (in-process:
+/// its thread joined), and an ADD's possible reservation is released by a DEL of the same
+/// attachment: no process, thread or lease outlives the call.
 pub struct Pending {
-    child: Option<std::process::Child>,
+    run: Option<Running>,
     plugin_type: String,
     cmd: Command,
     bin: PathBuf,
@@ -68,13 +101,19 @@ pub struct Pending {
     stdin: Vec<u8>,
 }
 
+/// A delegated plugin: a child process, or the same plugin run in this process on a thread.
+enum Running {
+    Child(std::process::Child),
+    Thread(std::thread::JoinHandle<(i32, Vec<u8>)>),
+}
+
 /// Starts `plugin_type` for `cmd` with the call's config and returns at once: the IPAM
 /// plugin's process start and its work overlap with ours. [`Pending::wait`] collects it.
 pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
     let bin = find_plugin(plugin_type, &call.env.path)?;
-    let child = spawn(&bin, cmd, &call.stdin, false)?;
+    let run = launch(plugin_type, &bin, cmd, &call.stdin, false)?;
     Ok(Pending {
-        child: Some(child),
+        run: Some(run),
         plugin_type: plugin_type.to_string(),
         cmd,
         bin,
@@ -84,6 +123,47 @@ pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
             Vec::new()
         },
     })
+}
+
+/// Starts `bin` (found for `plugin_type`) for `cmd`, in-process when it is this executable
+/// and registered; `undo`: a DEL that undoes a failed ADD of this call ([`UNDO_ENV`]).
+fn launch(plugin_type: &str, bin: &Path, cmd: Command, stdin_bytes: &[u8], undo: bool) -> Result<Running> {
+    match builtin(plugin_type, bin) {
+        Some((name, plugin)) => spawn_thread(name, plugin, bin, cmd, stdin_bytes, undo),
+        None => spawn(bin, cmd, stdin_bytes, undo).map(Running::Child),
+    }
+}
+
+/// Runs the registered `plugin` on a thread with the environment the child would get: this
+/// process's, with `CNI_COMMAND` (and [`UNDO_ENV`]) set.
+fn spawn_thread(
+    name: &'static str,
+    plugin: Builtin,
+    bin: &Path,
+    cmd: Command,
+    stdin_bytes: &[u8],
+    undo: bool,
+) -> Result<Running> {
+    let stdin = stdin_bytes.to_vec();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            crate::trace::set_lane(name);
+            let get = |k: &str| -> Option<String> {
+                if k == "CNI_COMMAND" {
+                    return Some(cmd.as_str().to_string());
+                }
+                if undo && k == UNDO_ENV {
+                    return Some("1".to_string());
+                }
+                std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+            };
+            let out = crate::skel::run_in_process(name, plugin, &get, stdin);
+            crate::trace::step("exit");
+            out
+        })
+        .map(Running::Thread)
+        .map_err(|e| Error::io(format!("running IPAM plugin {} in-process", bin.display()), e))
 }
 
 /// Starts `bin` for `cmd`; `undo`: a DEL that undoes a failed ADD of this call ([`UNDO_ENV`]).
@@ -104,6 +184,33 @@ fn spawn(bin: &std::path::Path, cmd: Command, stdin_bytes: &[u8], undo: bool) ->
     // (Plugins read their whole stdin first, so this does not wait for their work.)
     let _ = stdin.write_all(stdin_bytes);
     Ok(child)
+}
+
+/// How a finished delegated plugin exited: `Ok(stdout)` for status 0, else what it was and
+/// printed.
+fn collect(run: Running, bin: &Path) -> std::result::Result<(std::result::Result<(), String>, Vec<u8>), Error> {
+    match run {
+        Running::Child(child) => {
+            let out = child
+                .wait_with_output()
+                .map_err(|e| Error::io(format!("waiting for IPAM plugin {}", bin.display()), e))?;
+            let status = if out.status.success() {
+                Ok(())
+            } else {
+                Err(out.status.to_string())
+            };
+            Ok((status, out.stdout))
+        }
+        Running::Thread(t) => match t.join() {
+            Ok((0, out)) => Ok((Ok(()), out)),
+            Ok((code, out)) => Ok((Err(format!("exit status: {code}")), out)),
+            // `run_in_process` catches panics; a thread cannot end otherwise.
+            Err(_) => Err(Error::Internal(format!(
+                "IPAM plugin {} (in-process) ended without a result",
+                bin.display()
+            ))),
+        },
+    }
 }
 
 /// What an IPAM ADD gave: its result (which must hold an address), and whether the IPAM
@@ -130,24 +237,21 @@ enum Ended {
 
 impl Pending {
     fn finish(&mut self) -> Ended {
-        let child = self.child.take().expect("a pending plugin is finished once");
-        let out = match child.wait_with_output() {
+        let run = self.run.take().expect("a pending plugin is finished once");
+        let (status, stdout) = match collect(run, &self.bin) {
             Ok(o) => o,
-            Err(e) => {
-                return Ended::Unexplained(Error::io(format!("waiting for IPAM plugin {}", self.bin.display()), e))
-            }
+            Err(e) => return Ended::Unexplained(e),
         };
         crate::trace::step(&format!("ipam {}", self.cmd.as_str()));
-        if out.status.success() {
-            return Ended::Succeeded(out.stdout);
-        }
-        match parse_error(&out.stdout) {
+        let Err(status) = status else {
+            return Ended::Succeeded(stdout);
+        };
+        match parse_error(&stdout) {
             Some(e) => Ended::Reported(e),
             None => Ended::Unexplained(Error::Internal(format!(
-                "IPAM plugin \"{}\" failed ({}) without an error JSON: {}",
+                "IPAM plugin \"{}\" failed ({status}) without an error JSON: {}",
                 self.plugin_type,
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim()
+                String::from_utf8_lossy(&stdout).trim()
             ))),
         }
     }
@@ -195,28 +299,35 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(run) = self.run.take() else {
             return;
         };
-        let _ = child.kill();
-        let _ = child.wait();
+        match run {
+            Running::Child(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // A thread cannot be killed: it finishes (host-local's work is bounded, its lock
+            // wait included) and is joined, so nothing of it runs on after the call.
+            Running::Thread(t) => {
+                let _ = t.join();
+            }
+        }
         if self.cmd != Command::Add {
             return;
         }
         // It may have reserved an address before it was killed.
         // The ADD failed (it was dropped): its DEL undoes it, pointers included.
-        let released = spawn(&self.bin, Command::Del, &self.stdin, true).and_then(|c| {
-            c.wait_with_output()
-                .map_err(|e| Error::io("waiting for IPAM DEL", e))
-                .and_then(|o| {
-                    if o.status.success() {
-                        Ok(())
-                    } else {
-                        Err(parse_error(&o.stdout)
-                            .unwrap_or_else(|| Error::Internal(format!("IPAM DEL failed ({})", o.status))))
-                    }
-                })
-        });
+        let released =
+            launch(&self.plugin_type, &self.bin, Command::Del, &self.stdin, true).and_then(|r| {
+                collect(r, &self.bin)
+                    .map_err(|e| e.context("waiting for IPAM DEL"))
+                    .and_then(|(status, stdout)| match status {
+                        Ok(()) => Ok(()),
+                        Err(status) => Err(parse_error(&stdout)
+                            .unwrap_or_else(|| Error::Internal(format!("IPAM DEL failed ({status})")))),
+                    })
+            });
         if let Err(e) = released {
             eprintln!(
                 "releasing what IPAM plugin \"{}\" may have reserved: {e}",

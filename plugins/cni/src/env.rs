@@ -55,6 +55,9 @@ pub struct Env {
     /// `CNI_ARGS`, raw.
     pub args: String,
     pub path: Vec<PathBuf>,
+    /// [`UNDO_ENV`](crate::delegate::UNDO_ENV) is `1`: this IPAM DEL undoes the failed ADD of
+    /// the plugin that runs it.
+    pub undo_failed_add: bool,
 }
 
 /// The spec's rule for container ids: a letter or digit, then letters, digits, `_`, `.`, `-`.
@@ -154,6 +157,7 @@ impl Env {
             ifname,
             args: get("CNI_ARGS").unwrap_or_default(),
             path,
+            undo_failed_add: get(crate::delegate::UNDO_ENV).is_some_and(|v| v == "1"),
         })
     }
 }

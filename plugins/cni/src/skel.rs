@@ -95,9 +95,52 @@ pub fn run(name: &str, plugin: &dyn Plugin) -> ! {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("panic: {info}");
     }));
+    let process_env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+    let (code, out) = invoke(name, plugin, &process_env, &mut read_stdin);
+    if let Some(out) = out {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&out);
+        let _ = stdout.flush();
+    }
+    trace::report();
+    std::process::exit(code)
+}
+
+/// Runs the plugin in this process as if it were its own process with the environment `get`
+/// and `stdin` on its standard input: returns the exit status and the bytes it would print on
+/// stdout, and prints on stderr what it would print there (a panic is the same code-100 error
+/// JSON). How a plugin delegates to a plugin that is linked into its own binary.
+pub fn run_in_process(
+    name: &str,
+    plugin: &dyn Plugin,
+    get: &dyn Fn(&str) -> Option<String>,
+    stdin: Vec<u8>,
+) -> (i32, Vec<u8>) {
+    trace::start();
+    let mut stdin = Some(stdin);
+    let mut read = || {
+        let buf = stdin.take().unwrap_or_default();
+        if buf.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(Error::Decode(format!(
+                "network config on stdin is larger than {MAX_CONFIG_BYTES} bytes"
+            )));
+        }
+        Ok(buf)
+    };
+    let (code, out) = invoke(name, plugin, get, &mut read);
+    (code, out.unwrap_or_default())
+}
+
+/// One call, panics caught: its exit status and its stdout (a result or an error JSON).
+fn invoke(
+    name: &str,
+    plugin: &dyn Plugin,
+    get: &dyn Fn(&str) -> Option<String>,
+    read: &mut dyn FnMut() -> Result<Vec<u8>>,
+) -> (i32, Option<Vec<u8>>) {
     let mut version_for_errors = version::CURRENT.to_string();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        dispatch(name, plugin, &mut version_for_errors)
+        dispatch(name, plugin, get, read, &mut version_for_errors)
     }));
     let outcome = match outcome {
         Ok(r) => r,
@@ -110,27 +153,20 @@ pub fn run(name: &str, plugin: &dyn Plugin) -> ! {
             Err(Error::Internal(format!("internal error in {name}: {msg}")))
         }
     };
-    let code = match outcome {
-        Ok(Some(out)) => {
-            print_json(&out);
-            0
-        }
-        Ok(None) => 0,
+    match outcome {
+        Ok(Some(out)) => (0, Some(json_line(&out))),
+        Ok(None) => (0, None),
         Err(e) => {
             eprintln!("{name}: error {}: {e}", e.code());
-            print_json(&e.to_json(&version_for_errors));
-            1
+            (1, Some(json_line(&e.to_json(&version_for_errors))))
         }
-    };
-    trace::report();
-    std::process::exit(code)
+    }
 }
 
-fn print_json(v: &serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, v);
-    let _ = out.write_all(b"\n");
-    let _ = out.flush();
+fn json_line(v: &serde_json::Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec(v).unwrap_or_default();
+    out.push(b'\n');
+    out
 }
 
 fn read_stdin() -> Result<Vec<u8>> {
@@ -148,8 +184,14 @@ fn read_stdin() -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn dispatch(name: &str, plugin: &dyn Plugin, version_for_errors: &mut String) -> Result<Option<serde_json::Value>> {
-    let Some(cmd) = std::env::var_os("CNI_COMMAND") else {
+fn dispatch(
+    name: &str,
+    plugin: &dyn Plugin,
+    get: &dyn Fn(&str) -> Option<String>,
+    read: &mut dyn FnMut() -> Result<Vec<u8>>,
+    version_for_errors: &mut String,
+) -> Result<Option<serde_json::Value>> {
+    let Some(cmd) = get("CNI_COMMAND") else {
         eprintln!(
             "CNI {name} plugin {}\nCNI protocol versions supported: {}",
             env!("CARGO_PKG_VERSION"),
@@ -157,12 +199,12 @@ fn dispatch(name: &str, plugin: &dyn Plugin, version_for_errors: &mut String) ->
         );
         return Ok(None);
     };
-    let command = Command::parse(&cmd.to_string_lossy())?;
+    let command = Command::parse(&cmd)?;
     if command == Command::Version {
         return Ok(Some(version::version_json(version::CURRENT)));
     }
-    let env = Env::from_process(command)?;
-    let stdin = read_stdin()?;
+    let env = Env::from_lookup(command, get)?;
+    let stdin = read()?;
     trace::step("read stdin");
     let mut call = parse_call(env, stdin, version_for_errors)?;
     trace::step("parse config");

@@ -1,42 +1,72 @@
 //! Step timings of one call, printed to stderr when `CNI_RS_TRACE=1`; costs nothing otherwise.
+//!
+//! A plugin run in-process by another ([`crate::delegate`]) traces on its own thread, in its
+//! own lane: its lines carry `<pid>-<plugin>` instead of the pid, as a child's carry its pid.
 
+use std::cell::Cell;
 use std::sync::Mutex;
 use std::time::Instant;
 
-static STEPS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+static STEPS: Mutex<Vec<(Option<&'static str>, String, Instant)>> = Mutex::new(Vec::new());
 static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// The in-process plugin this thread runs, if any.
+    static LANE: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
 
 fn on() -> bool {
     *ON.get_or_init(|| std::env::var_os("CNI_RS_TRACE").is_some_and(|v| v == "1"))
 }
 
+fn mark(name: &str) {
+    let lane = LANE.with(|l| l.get());
+    STEPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((lane, name.to_string(), Instant::now()));
+}
+
 pub fn start() {
     if on() {
-        STEPS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(("start".into(), Instant::now()));
+        mark("start");
     }
+}
+
+/// Steps of this thread from now on are those of the in-process plugin `lane`.
+pub fn set_lane(lane: &'static str) {
+    LANE.with(|l| l.set(Some(lane)));
 }
 
 /// Marks the end of a step.
 pub fn step(name: &str) {
     if on() {
-        STEPS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.to_string(), Instant::now()));
+        mark(name);
     }
 }
 
-/// Prints `TRACE <pid> <step> <µs>` lines: the time each step took since the previous mark.
+/// Prints `TRACE <pid> <step> <µs>` lines: the time each step took since the previous mark
+/// of its lane (`<pid>-<plugin>` for a plugin run in-process).
 pub fn report() {
     if !on() {
         return;
     }
     let steps = STEPS.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
-    for w in steps.windows(2) {
-        eprintln!("TRACE {pid} {} {}", w[1].0, w[1].1.duration_since(w[0].1).as_micros());
+    let mut lanes: Vec<Option<&'static str>> = Vec::new();
+    for s in steps.iter() {
+        if !lanes.contains(&s.0) {
+            lanes.push(s.0);
+        }
+    }
+    for lane in lanes {
+        let who = match lane {
+            None => pid.to_string(),
+            Some(l) => format!("{pid}-{l}"),
+        };
+        let mine: Vec<_> = steps.iter().filter(|s| s.0 == lane).collect();
+        for w in mine.windows(2) {
+            eprintln!("TRACE {who} {} {}", w[1].1, w[1].2.duration_since(w[0].2).as_micros());
+        }
     }
 }

@@ -1,8 +1,0 @@
-//! The `bridge` CNI plugin binary: parse and dispatch; the steps live in `plugin.rs`.
-
-mod config;
-mod plugin;
-
-fn main() {
-    cni::skel::run("bridge", &plugin::Bridge)
-}

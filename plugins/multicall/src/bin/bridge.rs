@@ -1,0 +1,5 @@
+//! `bridge`: the multicall program built under this name (see the library).
+
+fn main() {
+    multicall::main("bridge")
+}
