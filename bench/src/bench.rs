@@ -266,7 +266,38 @@ struct Bench<'o> {
     sets: Vec<Set>,
     floor_host: Ns,
     floor_ctr: Ns,
+    /// A minimal static program that only exits: the floor of a process start.
+    exit_floor: Option<PathBuf>,
     notes: Vec<String>,
+}
+
+/// A complete static x86-64 ELF program of 129 bytes that only calls `exit(0)`: one loadable
+/// segment, no interpreter, no libc, no relocations. What a process start costs at the least.
+pub fn exit_only_elf() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    const CODE: [u8; 9] = [0xb8, 0x3c, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05]; // mov eax,60; xor edi,edi; syscall
+    let len = (64 + 56 + CODE.len()) as u64;
+    let mut e = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    e.extend(2u16.to_le_bytes()); // ET_EXEC
+    e.extend(0x3eu16.to_le_bytes()); // x86-64
+    e.extend(1u32.to_le_bytes());
+    e.extend((BASE + 120).to_le_bytes()); // entry
+    e.extend(64u64.to_le_bytes()); // program headers
+    e.extend(0u64.to_le_bytes()); // no section headers
+    e.extend(0u32.to_le_bytes());
+    for h in [64u16, 56, 1, 0, 0, 0] {
+        e.extend(h.to_le_bytes());
+    }
+    e.extend(1u32.to_le_bytes()); // PT_LOAD
+    e.extend(5u32.to_le_bytes()); // R + X
+    e.extend(0u64.to_le_bytes());
+    e.extend(BASE.to_le_bytes());
+    e.extend(BASE.to_le_bytes());
+    e.extend(len.to_le_bytes());
+    e.extend(len.to_le_bytes());
+    e.extend(0x1000u64.to_le_bytes());
+    e.extend(CODE);
+    e
 }
 
 impl Bench<'_> {
@@ -437,14 +468,32 @@ impl Bench<'_> {
                     Box::new(move || vec![self.call(s, p, "VERSION", None, "", br#"{"cniVersion":"1.0.0"}"#, false)])
                 })
                 .collect();
+            // The floor: the exit-only program, spawned the same way in the same cycles.
+            if let Some(exit) = &self.exit_floor {
+                contestants.push(Box::new(move || {
+                    vec![(|| {
+                        self.floor_host.enter()?;
+                        let mut c = Command::new(exit);
+                        c.env_clear().env("PATH", SAFE_PATH).env("CNI_COMMAND", "VERSION");
+                        sys::run(&mut c, br#"{"cniVersion":"1.0.0"}"#)
+                            .map_err(|e| format!("running {}: {e}", exit.display()))
+                    })()]
+                }));
+            }
             eprintln!("{p} VERSION: {} cycles", self.opts.cycles);
-            let res = alternate(p, &mut contestants, 1, self.opts.cycles, self.opts.warmup)?;
+            let mut res = alternate(p, &mut contestants, 1, self.opts.cycles, self.opts.warmup)?;
+            let floor = self
+                .exit_floor
+                .as_ref()
+                .and_then(|_| res.pop())
+                .map(|mut v| v.remove(0));
             let got = res.into_iter().map(|mut v| v.remove(0)).collect();
-            let row = Row {
+            let mut row = Row {
                 key: format!("version.{p}"),
                 title: format!("`{p}` VERSION (process start)"),
                 samples: self.spread(&[p], &idx, got),
             };
+            row.samples.extend(floor);
             progress(&row);
             rows.push(row);
         }
@@ -1181,11 +1230,21 @@ pub fn run(opts: &Opts) -> Res<()> {
     )?;
     sys::enter_root()?;
 
+    let exit_floor = if cfg!(target_arch = "x86_64") {
+        let p = tmp.join("exit-only");
+        fs::write(&p, exit_only_elf()).map_err(|e| format!("writing {}: {e}", p.display()))?;
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", p.display()))?;
+        Some(p)
+    } else {
+        None
+    };
     let mut b = Bench {
         opts,
         sets,
         floor_host,
         floor_ctr,
+        exit_floor,
         notes: Vec::new(),
     };
     let mut rows = Vec::new();
