@@ -1177,7 +1177,10 @@ pub fn run(opts: &Opts) -> Res<()> {
     let mut sets = Vec::new();
     for (key, src) in SET_KEYS.iter().zip([&opts.ours, &opts.reference]) {
         let bin = tmp.join(format!("bin-{key}"));
-        let missing = copy_plugins(src, &bin, *key != "reference")?;
+        // BENCH_REFERENCE_AS_INSTALLED=1: a multicall build given as the reference (an A/B of
+        // two builds of ours) is installed as ours is.
+        let as_installed = *key != "reference" || std::env::var("BENCH_REFERENCE_AS_INSTALLED").is_ok_and(|v| v == "1");
+        let missing = copy_plugins(src, &bin, as_installed)?;
         if *key == "reference" && !missing.is_empty() {
             return Err(format!(
                 "reference plugins {missing:?} not found in {} (apt-get install containernetworking-plugins, or --reference DIR)",

@@ -9,7 +9,7 @@ use cni::delegate;
 use cni::env::Command;
 use cni::firewall;
 use cni::iface;
-use cni::netlink::{Link, LinkChange, Nl};
+use cni::netlink::{Link, LinkChange, Nl, NlOpening};
 use cni::netns::{read_sysctl, write_sysctl, Netns};
 use cni::trace::step;
 use cni::txn::Txn;
@@ -21,13 +21,18 @@ pub struct Bridge;
 
 impl Plugin for Bridge {
     fn add(&self, call: &Call) -> Result<CniResult> {
-        let conf = BridgeConf::load(call)?;
         let netns = call.container_netns()?;
+        // The container's socket opens on its thread while the config is loaded and the host
+        // socket made (its errors come after the config's, in `add`).
+        let opening = Nl::open_in_background(netns)?;
+        let conf = BridgeConf::load(call)?;
+        step("load config");
         let host = Nl::current()?;
+        step("host socket");
         // Every change below registers its undo; they all run, newest first, unless the ADD
         // gets to the end (an error returned or a panic: see `cni::txn`).
         let mut txn = Txn::new("bridge");
-        let result = add(call, &conf, netns, &host, &mut txn)?;
+        let result = add(call, &conf, netns, &host, opening, &mut txn)?;
         txn.commit();
         Ok(result)
     }
@@ -153,9 +158,16 @@ impl Plugin for Bridge {
 /// How long ADD waits for the new port's carrier (the reference: about 2.5 s).
 const CARRIER_WAIT: std::time::Duration = std::time::Duration::from_millis(2500);
 
-fn add<'a>(call: &'a Call, conf: &'a BridgeConf, netns: &Netns, host: &'a Nl, txn: &mut Txn<'a>) -> Result<CniResult> {
+fn add<'a>(
+    call: &'a Call,
+    conf: &'a BridgeConf,
+    netns: &Netns,
+    host: &'a Nl,
+    opening: NlOpening,
+    txn: &mut Txn<'a>,
+) -> Result<CniResult> {
     let ifname = &call.env.ifname;
-    let cont = Nl::open_in(netns)?;
+    let cont = opening.finish()?;
     step("open netns socket");
     iface::ensure_ifname_free(&cont, ifname, netns)?;
 

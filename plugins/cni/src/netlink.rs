@@ -242,6 +242,44 @@ pub struct Nl {
     h: Handle,
 }
 
+type Opened = std::io::Result<(
+    rtnetlink::proto::Connection<RouteNetlinkMessage>,
+    Handle,
+    futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+)>;
+
+/// A socket being opened in another namespace ([`Nl::open_in_background`]). Dropped
+/// unfinished, its thread is joined.
+pub struct NlOpening {
+    rt: &'static tokio::runtime::Runtime,
+    thread: Option<std::thread::JoinHandle<Result<Opened, Error>>>,
+    path: String,
+}
+
+impl NlOpening {
+    /// The socket, once its thread has opened it.
+    pub fn finish(mut self) -> Result<Nl, Error> {
+        let thread = self.thread.take().expect("finished once");
+        let (conn, h, _) = thread
+            .join()
+            .map_err(|_| Error::Internal("thread in network namespace panicked".into()))??
+            .map_err(|e| Error::io(format!("opening a netlink socket in {}", self.path), e))?;
+        self.rt.spawn(conn);
+        Ok(Nl { rt: self.rt, h })
+    }
+}
+
+impl Drop for NlOpening {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The process's one current-thread runtime, shared by the sockets of every namespace (built
 /// once; never dropped: the process exits after one call).
 fn runtime() -> Result<&'static tokio::runtime::Runtime, Error> {
@@ -282,6 +320,23 @@ impl Nl {
             .map_err(|e| Error::io(format!("opening a netlink socket in {}", ns.path()), e))?;
         rt.spawn(conn);
         Ok(Nl { rt, h })
+    }
+
+    /// Starts opening a socket inside `ns` ([`Nl::open_in`]) on its own thread and returns at
+    /// once: the thread start and the kernel's work overlap with the caller's until
+    /// [`NlOpening::finish`].
+    pub fn open_in_background(ns: &Netns) -> Result<NlOpening, Error> {
+        let rt = runtime()?;
+        let handle = rt.handle().clone();
+        let thread = ns.spawn(move || {
+            let _g = handle.enter();
+            rtnetlink::new_connection()
+        })?;
+        Ok(NlOpening {
+            rt,
+            thread: Some(thread),
+            path: ns.path().to_string(),
+        })
     }
 
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {

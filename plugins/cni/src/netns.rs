@@ -173,6 +173,29 @@ impl Netns {
         Ok((m.dev(), m.ino()))
     }
 
+    /// Starts `f` on a new thread that enters this namespace (through its own duplicate of the
+    /// namespace's descriptor) and ends with `f`; the caller goes on meanwhile and joins it.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<T>>> {
+        let file = self.file.try_clone().map_err(|e| Error::io(&self.path, e))?;
+        let path = self.path.clone();
+        std::thread::Builder::new()
+            .spawn(move || {
+                // SAFETY: setns on a valid netns fd affects only this thread, which ends here.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(Error::io(
+                        format!("entering network namespace {path}"),
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                drop(file);
+                Ok(f())
+            })
+            .map_err(|e| Error::io(format!("starting a thread for network namespace {}", self.path), e))
+    }
+
     /// Runs `f` on a new thread that has entered this namespace; the thread ends with `f`.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let fd = self.fd();

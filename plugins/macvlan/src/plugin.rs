@@ -25,9 +25,12 @@ struct Master<'a> {
 
 impl Plugin for Macvlan {
     fn add(&self, call: &Call) -> Result<CniResult> {
-        let conf = MacvlanConf::load(call)?;
         let netns = call.container_netns()?;
-        let cont = Nl::open_in(netns)?;
+        // The container's socket opens on its thread while the config is loaded.
+        let opening = Nl::open_in_background(netns)?;
+        let conf = MacvlanConf::load(call)?;
+        step("load config");
+        let cont = opening.finish()?;
         step("open netns socket");
         // Every change below registers its undo; they all run, newest first, unless the ADD
         // gets to the end (an error returned or a panic: see `cni::txn`).
