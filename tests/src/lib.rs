@@ -38,6 +38,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
 
+pub mod etcd;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call: `<prefix><pid>-<n>`.

@@ -126,9 +126,22 @@ pub fn allocate(
         }
     }
     let last = store.last_reserved(idx)?;
-    for (ip, r) in Candidates::new(set, last) {
-        if store.reserve(id, ifname, ip, idx)? {
-            return Ok(ip_config(ip, r));
+    // After a lost race (etcd), skip a few free candidates so that the losers spread out; a
+    // second pass without skipping makes sure a free address is always found.
+    let spread = store.spread(idx);
+    for skip in [spread, 0] {
+        let mut skip = skip;
+        for (ip, r) in Candidates::new(set, last) {
+            if skip > 0 && !store.is_reserved(ip)? {
+                skip -= 1;
+                continue;
+            }
+            if store.reserve(id, ifname, ip, idx)? {
+                return Ok(ip_config(ip, r));
+            }
+        }
+        if spread == 0 {
+            break;
         }
     }
     Err(Error::NoAddress(format!(

@@ -56,6 +56,8 @@ pub struct IpamConfig {
     pub resolv_conf: Option<PathBuf>,
     /// From `CNI_ARGS` `IP=`, then `args.cni.ips`, then `runtimeConfig.ips`.
     pub requested: Vec<Requested>,
+    /// `ipam.store`: the etcd store; `None`: the on-disk store in `data_dir`.
+    pub etcd: Option<crate::etcd::EtcdConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +84,8 @@ struct RawIpam {
     resolv_conf: Option<String>,
     #[serde(default)]
     ranges: Option<Vec<Vec<RawRange>>>,
+    #[serde(default)]
+    store: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -477,6 +481,10 @@ impl IpamConfig {
             None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
             Some(d) => PathBuf::from(d),
         };
+        let etcd = match &ipam.store {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => crate::etcd::EtcdConfig::from_json(v)?,
+        };
         Ok(IpamConfig {
             name: n.name,
             cni_version: n.cni_version,
@@ -485,6 +493,7 @@ impl IpamConfig {
             data_dir,
             resolv_conf: ipam.resolv_conf.filter(|s| !s.is_empty()).map(PathBuf::from),
             requested,
+            etcd,
         })
     }
 }

@@ -4,7 +4,9 @@
 //! - [`config`]: the `ipam` section, validated with the reference's rules
 //! - [`allocator`]: round-robin allocation from a range set
 //! - [`store`]: the lease store trait; [`disk`]: the on-disk store (atomic leases, an index
-//!   that keeps ADD and DEL independent of the number of leases, symlink-proof)
+//!   that keeps ADD and DEL independent of the number of leases, symlink-proof); [`etcd`]: the
+//!   etcd store (`ipam.store`), one address space for every host of a network
+//! - [`ops`]: the operator commands (`host-local leases|release-host|import`)
 //! - [`dns`]: the `resolvConf` file
 //! - [`HostLocal`]: the verbs
 
@@ -12,6 +14,8 @@ pub mod allocator;
 pub mod config;
 pub mod disk;
 pub mod dns;
+pub mod etcd;
+pub mod ops;
 pub mod store;
 mod sys;
 
@@ -27,8 +31,13 @@ use store::{Owner, Store};
 /// The plugin.
 pub struct HostLocal;
 
-fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<DiskStore>> {
-    DiskStore::open(&conf.data_dir, &conf.name, create)
+/// The network's store: on disk unless `ipam.store` selects etcd (the etcd client is only
+/// started then). Without `create`, `Ok(None)` when an on-disk store does not exist.
+fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<Box<dyn Store>>> {
+    if let Some(e) = &conf.etcd {
+        return Ok(Some(Box::new(etcd::EtcdStore::open(e, &conf.name)?)));
+    }
+    Ok(DiskStore::open(&conf.data_dir, &conf.name, create)?.map(|s| Box::new(s) as Box<dyn Store>))
 }
 
 /// ADD: one address per range set (the requested one where a request falls in the set).
@@ -63,26 +72,33 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
     }
 
     let mut store = open_store(&conf, true)?.expect("created on open");
-    let mut reserved: Vec<IpAddr> = Vec::new();
     let mut result = CniResult::default();
-    for (idx, set) in conf.range_sets.iter().enumerate() {
-        match allocator::allocate(&mut store, set, idx, id, ifname, per_set[idx]) {
-            Ok(ipc) => {
-                reserved.push(ipc.address.addr());
-                result.ips.push(ipc);
-            }
-            Err(e) => {
-                for ip in &reserved {
-                    if let Err(re) = store.release(id, ifname, *ip) {
-                        eprintln!("host-local: rolling back {ip}: {re}");
-                    }
+    loop {
+        let mut reserved: Vec<IpAddr> = Vec::new();
+        result.ips.clear();
+        for (idx, set) in conf.range_sets.iter().enumerate() {
+            match allocator::allocate(store.as_mut(), set, idx, id, ifname, per_set[idx]) {
+                Ok(ipc) => {
+                    reserved.push(ipc.address.addr());
+                    result.ips.push(ipc);
                 }
-                let _ = store.commit();
-                return Err(e.context(format!("failed to allocate for range {idx}")));
+                Err(e) => {
+                    for ip in &reserved {
+                        if let Err(re) = store.release(id, ifname, *ip) {
+                            eprintln!("host-local: rolling back {ip}: {re}");
+                        }
+                    }
+                    let _ = store.commit();
+                    return Err(e.context(format!("failed to allocate for range {idx}")));
+                }
             }
         }
+        // Every range set's address in one transaction; a lost race starts over.
+        if store.try_commit()? {
+            break;
+        }
+        store.refresh()?;
     }
-    store.commit()?;
     cni::trace::step("allocate");
     result.routes = conf.routes;
     result.dns = dns;
@@ -97,10 +113,15 @@ pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
     };
     // As the reference, once per range set: a second pass also releases old-format leases
     // of the container when the first released new-format ones.
-    for _ in &conf.range_sets {
-        store.release_by_id(id, ifname)?;
+    loop {
+        for _ in &conf.range_sets {
+            store.release_by_id(id, ifname)?;
+        }
+        if store.try_commit()? {
+            return Ok(());
+        }
+        store.refresh()?;
     }
-    store.commit()
 }
 
 /// CHECK: (`id`, `ifname`) must still hold a lease.
@@ -138,9 +159,13 @@ pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcRepo
         Some(ifn) => pairs.contains(&(o.container_id.as_str(), ifn.as_str())),
         None => ids.contains(o.container_id.as_str()),
     };
-    let report = store.gc(&keep_fn)?;
-    store.commit()?;
-    Ok(report)
+    loop {
+        let report = store.gc(&keep_fn)?;
+        if store.try_commit()? {
+            return Ok(report);
+        }
+        store.refresh()?;
+    }
 }
 
 /// STATUS: code 50 when the store cannot be written or a range set has no free address.
@@ -150,7 +175,7 @@ pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
     let mut store = open_store(&conf, true).map_err(unavailable)?.expect("created on open");
     store.check_writable().map_err(unavailable)?;
     for (idx, set) in conf.range_sets.iter().enumerate() {
-        if !allocator::has_free_address(&mut store, set, idx).map_err(unavailable)? {
+        if !allocator::has_free_address(store.as_mut(), set, idx).map_err(unavailable)? {
             return Err(Error::PluginNotAvailable(format!(
                 "no IP addresses available in range set: {set}"
             )));

@@ -1,0 +1,627 @@
+//! The etcd lease store (`ipam.store.type` `"etcd"`): every host that allocates from one
+//! network draws from one address space.
+//!
+//! ```text
+//! <prefix>/<network>/ips/<ip>      a lease: {"containerId","ifname","host","token","time"}
+//! <prefix>/<network>/last/<n>      the address last reserved in range set n (shared round robin)
+//! <prefix>/<network>/boot/<host>   the boot id of the host's last call (reboot handling)
+//! ```
+//!
+//! **One transaction per call, no lock.** A call reads the network's leases once (one
+//! linearizable read), decides in memory as the on-disk store does, and writes everything it
+//! decided at [`Store::try_commit`] in one transaction: each new lease under the compare
+//! `create_revision == 0` (nobody holds it), each release under `mod_revision == <seen>` (it is
+//! still the lease we saw). A dual-stack ADD is one transaction. When a compare fails another
+//! call won a race: nothing was written, the call reads again and moves on to the next free
+//! candidate, starting a random step further on so that losers spread out instead of
+//! colliding again.
+//!
+//! **Unknown outcomes.** Every call writes a random token into its leases. When a write's
+//! reply is lost, the call reads the keys back: our token there means the write committed.
+//!
+//! **etcd trouble.** Every request requires a leader (`hasleader`), so "no leader" comes back at
+//! once instead of hanging. Failed requests are retried (the client balances over every
+//! endpoint, so a dead member costs a retry) until the call's deadline (`ipam.store.timeout`),
+//! then the call fails with code 11 having written nothing.
+
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cni::{Error, Result};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use serde::{Deserialize, Serialize};
+
+pub use config::EtcdConfig;
+
+use crate::store::{GcReport, Owner, Store};
+
+/// One attempt of a request never takes longer than this, so that a request stuck on a
+/// member that just died is retried on another within the call's deadline.
+const ATTEMPT_CAP: Duration = Duration::from_millis(2000);
+/// At most this many lost races in one call.
+const MAX_ROUNDS: usize = 200;
+
+/// A lease as stored in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    #[serde(rename = "containerId")]
+    pub container_id: String,
+    /// `None` for leases imported from the reference's old format (container id only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    pub host: String,
+    /// The call that wrote it.
+    #[serde(default)]
+    pub token: String,
+    /// Unix time (seconds) it was written.
+    #[serde(default)]
+    pub time: u64,
+}
+
+impl Lease {
+    pub fn owner(&self) -> Owner {
+        Owner {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+}
+
+/// A lease read from etcd.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub lease: Lease,
+    pub mod_revision: i64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 128 random bits as hex.
+fn random_token() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mix = t ^ ((std::process::id() as u128) << 64);
+    for (i, x) in mix.to_le_bytes().iter().enumerate() {
+        b[i] ^= x;
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn small_random(bound: u64) -> u64 {
+    if bound == 0 {
+        return 0;
+    }
+    let t = random_token();
+    u64::from_str_radix(&t[..16], 16).unwrap_or(0) % bound
+}
+
+/// An error with its whole chain of causes (tonic's "transport error" alone says nothing).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Errors that retrying cannot fix (gRPC codes: invalid argument, permission denied, out of
+/// range, unimplemented, unauthenticated).
+fn permanent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::InvalidArgs(_)
+        | etcd_client::Error::InvalidUri(_)
+        | etcd_client::Error::EndpointError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 3 | 7 | 11 | 12 | 16),
+        _ => false,
+    }
+}
+
+/// A connection to the cluster with the call's deadline.
+pub struct Conn {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    conf: EtcdConfig,
+    deadline: Instant,
+}
+
+impl Conn {
+    /// Connects (lazily: the first request makes the connections).
+    pub fn open(conf: &EtcdConfig) -> Result<Conn> {
+        let deadline = Instant::now() + conf.timeout;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the etcd client runtime", e))?;
+        let mut opts = ConnectOptions::new()
+            .with_require_leader(true)
+            .with_connect_timeout(ATTEMPT_CAP.min(conf.timeout))
+            .with_keep_alive(Duration::from_secs(2), ATTEMPT_CAP.min(conf.timeout));
+        if let Some(t) = &conf.tls {
+            let read = |what: &str, p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| Error::io(format!("reading ipam.store.tls.{what} {}", p.display()), e))
+            };
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &t.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read("ca", ca)?));
+            }
+            if let (Some(c), Some(k)) = (&t.cert, &t.key) {
+                tls = tls.identity(etcd_client::Identity::from_pem(read("cert", c)?, read("key", k)?));
+            }
+            opts = opts.with_tls(tls);
+        }
+        let eps = conf.endpoints.clone();
+        let client = rt
+            .block_on(Client::connect(eps, Some(opts)))
+            .map_err(|e| Error::InvalidConfig(format!("ipam.store: cannot set up the etcd client: {}", chain(&e))))?;
+        Ok(Conn {
+            rt,
+            client,
+            conf: conf.clone(),
+            deadline,
+        })
+    }
+
+    pub fn conf(&self) -> &EtcdConfig {
+        &self.conf
+    }
+
+    fn trouble(&self, what: &str, last: &str) -> Error {
+        Error::TryAgainLater(format!(
+            "etcd ({}): {what}: no success within the deadline of {:.1}s (ipam.store.timeout): {last}",
+            self.conf.endpoints.join(","),
+            self.conf.timeout.as_secs_f64()
+        ))
+    }
+
+    /// One request attempt, bounded by the deadline and [`ATTEMPT_CAP`].
+    fn attempt<T, F, Fut>(&self, f: &mut F) -> Option<std::result::Result<T, String>>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let fut = f(self.client.clone());
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(left.min(ATTEMPT_CAP), fut).await })
+        {
+            Ok(Ok(v)) => Some(Ok(v)),
+            Ok(Err(e)) if permanent(&e) => Some(Err(format!("!{}", chain(&e)))),
+            Ok(Err(e)) => Some(Err(chain(&e))),
+            Err(_) => Some(Err("request timed out".into())),
+        }
+    }
+
+    fn pause(&self, n: u32) {
+        let d = Duration::from_millis((20u64 << n.min(4)).min(300));
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(d.min(left));
+    }
+
+    /// A request that is safe to repeat (a read, a compare-guarded write whose first try can
+    /// only have failed whole), retried until the deadline.
+    pub fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut last = String::from("no attempt made");
+        let mut n = 0;
+        loop {
+            match self.attempt(&mut f) {
+                None => return Err(self.trouble(what, &last)),
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(e)) if e.starts_with('!') => {
+                    return Err(Error::Io(format!(
+                        "etcd ({}): {what}: {}",
+                        self.conf.endpoints.join(","),
+                        &e[1..]
+                    )))
+                }
+                Some(Err(e)) => last = e,
+            }
+            self.pause(n);
+            n += 1;
+        }
+    }
+
+    /// Like [`Conn::retry`], but gives up at the first failure (for the one write whose
+    /// outcome the caller must check before trying again).
+    fn once<T, F, Fut>(&self, what: &str, mut f: F) -> Result<std::result::Result<T, String>>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        match self.attempt(&mut f) {
+            None => Err(self.trouble(what, "deadline reached")),
+            Some(Err(e)) if e.starts_with('!') => Err(Error::Io(format!(
+                "etcd ({}): {what}: {}",
+                self.conf.endpoints.join(","),
+                &e[1..]
+            ))),
+            Some(r) => Ok(r),
+        }
+    }
+
+    fn net_prefix(&self, network: &str) -> String {
+        format!("{}/{network}/", self.conf.prefix)
+    }
+
+    pub fn lease_key(&self, network: &str, ip: IpAddr) -> String {
+        format!("{}ips/{ip}", self.net_prefix(network))
+    }
+
+    fn last_key(&self, network: &str, idx: usize) -> String {
+        format!("{}last/{idx}", self.net_prefix(network))
+    }
+
+    /// Every lease of `network`, and the last reserved address of each range set.
+    pub fn snapshot(&self, network: &str) -> Result<(BTreeMap<IpAddr, Held>, BTreeMap<usize, IpAddr>)> {
+        let ips = format!("{}ips/", self.net_prefix(network));
+        let last = format!("{}last/", self.net_prefix(network));
+        let resp = self.retry("reading the leases", |mut c| {
+            let txn = Txn::new().and_then([
+                TxnOp::get(ips.clone(), Some(GetOptions::new().with_prefix())),
+                TxnOp::get(last.clone(), Some(GetOptions::new().with_prefix())),
+            ]);
+            async move { c.txn(txn).await }
+        })?;
+        let mut leases = BTreeMap::new();
+        let mut lasts = BTreeMap::new();
+        for (i, op) in resp.op_responses().into_iter().enumerate() {
+            let TxnOpResponse::Get(g) = op else { continue };
+            for kv in g.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                if i == 0 {
+                    let Some(ip) = key.strip_prefix(&ips).and_then(|s| s.parse::<IpAddr>().ok()) else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<Lease>(kv.value()) {
+                        Ok(lease) => {
+                            leases.insert(
+                                ip,
+                                Held {
+                                    lease,
+                                    mod_revision: kv.mod_revision(),
+                                },
+                            );
+                        }
+                        Err(e) => eprintln!("host-local: ignoring etcd key {key}: not a lease: {e}"),
+                    }
+                } else if let Some(idx) = key.strip_prefix(&last).and_then(|s| s.parse::<usize>().ok()) {
+                    if let Ok(ip) = String::from_utf8_lossy(kv.value()).trim().parse() {
+                        lasts.insert(idx, ip);
+                    }
+                }
+            }
+        }
+        Ok((leases, lasts))
+    }
+
+    /// Creates `lease` at `ip` unless the address is held; `Ok(Some(holder))` when it is.
+    pub fn create_lease(&self, network: &str, ip: IpAddr, lease: &Lease) -> Result<Option<Lease>> {
+        let key = self.lease_key(network, ip);
+        let val = serde_json::to_vec(lease).expect("a lease serializes");
+        let resp = self.retry("creating a lease", |mut c| {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), val.clone(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            async move { c.txn(txn).await }
+        })?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op {
+                if let Some(kv) = g.kvs().first() {
+                    if let Ok(l) = serde_json::from_slice::<Lease>(kv.value()) {
+                        return Ok(Some(l));
+                    }
+                }
+            }
+        }
+        Err(Error::Io(format!(
+            "etcd: {key} is held by something that is not a lease"
+        )))
+    }
+
+    /// Deletes the lease at `ip` if it is still the one of `mod_revision`.
+    pub fn delete_lease(&self, network: &str, ip: IpAddr, mod_revision: i64) -> Result<bool> {
+        let key = self.lease_key(network, ip);
+        let resp = self.retry("releasing a lease", |mut c| {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
+                .and_then([TxnOp::delete(key.clone(), None)]);
+            async move { c.txn(txn).await }
+        })?;
+        Ok(resp.succeeded())
+    }
+}
+
+/// The etcd store of one network for one call.
+pub struct EtcdStore {
+    conn: Conn,
+    network: String,
+    token: String,
+    leases: BTreeMap<IpAddr, Held>,
+    last: BTreeMap<usize, IpAddr>,
+    /// Reservations of this call: address → (lease, range set).
+    new: BTreeMap<IpAddr, (Lease, usize)>,
+    /// Releases of this call: address → the revision we saw.
+    gone: BTreeMap<IpAddr, i64>,
+    /// After a lost race: how many free candidates the next round may skip (at most).
+    spread: u64,
+    rounds: usize,
+}
+
+impl EtcdStore {
+    pub fn open(conf: &EtcdConfig, network: &str) -> Result<EtcdStore> {
+        let conn = Conn::open(conf)?;
+        cni::trace::step("etcd connect");
+        let (leases, last) = conn.snapshot(network)?;
+        cni::trace::step("etcd read");
+        Ok(EtcdStore {
+            conn,
+            network: network.to_string(),
+            token: random_token(),
+            leases,
+            last,
+            new: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            spread: 0,
+            rounds: 0,
+        })
+    }
+
+    fn host(&self) -> &str {
+        &self.conn.conf.host
+    }
+
+    fn held(&self, ip: IpAddr) -> bool {
+        self.new.contains_key(&ip) || (self.leases.contains_key(&ip) && !self.gone.contains_key(&ip))
+    }
+
+    fn matching(&self, id: &str, ifname: Option<&str>) -> Vec<IpAddr> {
+        let id = id.trim();
+        let mut v: Vec<IpAddr> = self
+            .leases
+            .iter()
+            .filter(|(ip, _)| !self.gone.contains_key(ip))
+            .filter(|(_, h)| h.lease.container_id == id && h.lease.ifname.as_deref() == ifname)
+            .map(|(ip, _)| *ip)
+            .collect();
+        v.extend(
+            self.new
+                .iter()
+                .filter(|(_, (l, _))| l.container_id == id && l.ifname.as_deref() == ifname)
+                .map(|(ip, _)| *ip),
+        );
+        v
+    }
+
+    /// The one transaction of the call. `Ok(false)`: a compare failed, nothing was written.
+    fn write(&mut self) -> Result<bool> {
+        let mut cmp = Vec::new();
+        let mut ops = Vec::new();
+        for (ip, (lease, _)) in &self.new {
+            let key = self.conn.lease_key(&self.network, *ip);
+            cmp.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+            ops.push(TxnOp::put(
+                key,
+                serde_json::to_vec(lease).expect("a lease serializes"),
+                None,
+            ));
+        }
+        for (ip, rev) in &self.gone {
+            let key = self.conn.lease_key(&self.network, *ip);
+            cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
+            ops.push(TxnOp::delete(key, None));
+        }
+        let mut lasts: BTreeMap<usize, IpAddr> = BTreeMap::new();
+        for (ip, (_, idx)) in &self.new {
+            lasts.insert(*idx, *ip);
+        }
+        for (idx, ip) in lasts {
+            ops.push(TxnOp::put(self.conn.last_key(&self.network, idx), ip.to_string(), None));
+        }
+        let txn = Txn::new().when(cmp).and_then(ops);
+        let mut n = 0;
+        loop {
+            let t = txn.clone();
+            match self.conn.once("writing the leases", move |mut c| {
+                let t = t.clone();
+                async move { c.txn(t).await }
+            })? {
+                Ok(resp) => return Ok(resp.succeeded()),
+                Err(e) => {
+                    // The reply is lost: the write may have committed. Our token in the leases
+                    // says it did; without reservations the compares make a repeat harmless.
+                    eprintln!("host-local: etcd write failed ({e}); checking whether it committed");
+                    if !self.new.is_empty() {
+                        let (now, _) = self.conn.snapshot(&self.network)?;
+                        let ours = self
+                            .new
+                            .keys()
+                            .any(|ip| now.get(ip).is_some_and(|h| h.lease.token == self.token));
+                        if ours {
+                            return Ok(true);
+                        }
+                    }
+                }
+            }
+            self.conn.pause(n);
+            n += 1;
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool> {
+        if self.held(ip) {
+            return Ok(false);
+        }
+        let lease = Lease {
+            container_id: id.trim().to_string(),
+            ifname: Some(ifname.to_string()),
+            host: self.host().to_string(),
+            token: self.token.clone(),
+            time: now_secs(),
+        };
+        self.new.insert(ip, (lease, range_set));
+        Ok(true)
+    }
+
+    fn release(&mut self, id: &str, ifname: &str, ip: IpAddr) -> Result<bool> {
+        if let Some((l, _)) = self.new.get(&ip) {
+            if l.container_id == id.trim() && l.ifname.as_deref() == Some(ifname) {
+                self.new.remove(&ip);
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        match self.leases.get(&ip) {
+            Some(h) if h.lease.container_id == id.trim() && h.lease.ifname.as_deref() == Some(ifname) => {
+                self.gone.insert(ip, h.mod_revision);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn is_reserved(&mut self, ip: IpAddr) -> Result<bool> {
+        Ok(self.held(ip))
+    }
+
+    fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>> {
+        let last = self
+            .new
+            .iter()
+            .filter(|(_, (_, i))| *i == range_set)
+            .map(|(ip, _)| *ip)
+            .next_back()
+            .or_else(|| self.last.get(&range_set).copied());
+        Ok(last)
+    }
+
+    fn spread(&mut self, _range_set: usize) -> usize {
+        if self.spread == 0 {
+            return 0;
+        }
+        small_random(self.spread) as usize
+    }
+
+    fn get_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let mut ips = self.matching(id, Some(ifname));
+        for ip in self.matching(id, None) {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        Ok(ips)
+    }
+
+    fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let mut ips = self.matching(id, Some(ifname));
+        if ips.is_empty() {
+            ips = self.matching(id, None);
+        }
+        for ip in &ips {
+            if self.new.remove(ip).is_none() {
+                if let Some(h) = self.leases.get(ip) {
+                    self.gone.insert(*ip, h.mod_revision);
+                }
+            }
+        }
+        Ok(ips)
+    }
+
+    fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let host = self.host().to_string();
+        for (ip, h) in &self.leases {
+            if h.lease.host != host || self.gone.contains_key(ip) {
+                continue;
+            }
+            if keep(&h.lease.owner()) {
+                report.kept += 1;
+            } else {
+                report.released.push(*ip);
+            }
+        }
+        for ip in &report.released {
+            let rev = self.leases[ip].mod_revision;
+            self.gone.insert(*ip, rev);
+        }
+        Ok(report)
+    }
+
+    fn check_writable(&mut self) -> Result<()> {
+        // The linearizable read at open needed a leader and a quorum: writes can go through.
+        Ok(())
+    }
+
+    fn try_commit(&mut self) -> Result<bool> {
+        if self.new.is_empty() && self.gone.is_empty() {
+            return Ok(true);
+        }
+        let ok = self.write()?;
+        cni::trace::step("etcd write");
+        if ok {
+            self.new.clear();
+            self.gone.clear();
+        }
+        Ok(ok)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.try_commit()? {
+            Ok(())
+        } else {
+            Err(Error::TryAgainLater(
+                "etcd: the leases changed while this call ran; try again".into(),
+            ))
+        }
+    }
+
+    fn refresh(&mut self) -> Result<()> {
+        self.rounds += 1;
+        if self.rounds > MAX_ROUNDS {
+            return Err(Error::TryAgainLater(format!(
+                "etcd: lost the race for an address {MAX_ROUNDS} times in one call; try again"
+            )));
+        }
+        let (leases, last) = self.conn.snapshot(&self.network)?;
+        self.leases = leases;
+        self.last = last;
+        self.new.clear();
+        self.gone.clear();
+        self.spread = 1u64 << self.rounds.min(4);
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! host-local on the etcd lease store (issue 12): each test starts its own 3-member etcd
+//! cluster on 127.0.0.1 (free ports, temp data dirs), stopped by pid at the end. Every "host"
+//! has its own host name (a private UTS namespace) and data dir; host-local touches no
+//! interface, so for the store-only tests it runs in this namespace, where the members listen.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use cni_tests::etcd::{make_certs, Cluster};
+use cni_tests::{bin, is_root, unique_name, Cni, Output, TempDir};
+use serde_json::{json, Value};
+
+/// One "host": its host name and data dir.
+struct Host {
+    name: String,
+    data: TempDir,
+}
+
+impl Host {
+    fn new(tag: &str) -> Host {
+        Host {
+            name: unique_name(&format!("host{tag}-")),
+            data: TempDir::new(&format!("etcd-{tag}")),
+        }
+    }
+
+    /// host-local as this host runs it: in a private UTS namespace with its host name.
+    fn cni(&self, cmd: &str, id: &str) -> Cni {
+        let script = format!("hostname {} && exec \"$@\"", self.name);
+        Cni::new(bin("host-local"))
+            .wrapper(&["unshare", "-u", "sh", "-c", &script, "sh"])
+            .command(cmd)
+            .container_id(id)
+    }
+
+    /// The config of network `net` on cluster `c` (no `host`: the host name is the default).
+    fn conf(&self, c: &Cluster, net: &str, prefix: &str, extra: Value) -> Value {
+        let mut v = json!({
+            "cniVersion": "1.1.0",
+            "name": net,
+            "type": "host-local",
+            "ipam": {
+                "type": "host-local",
+                "dataDir": self.data.path(),
+                "ranges": [[{"subnet": "10.10.0.0/24"}], [{"subnet": "fd10::/64"}]],
+                "store": {"type": "etcd", "endpoints": c.endpoints(), "prefix": prefix, "timeout": 10}
+            }
+        });
+        cni_tests::merge(&mut v, extra);
+        v
+    }
+}
+
+fn lease_map(c: &Cluster, prefix: &str, net: &str) -> BTreeMap<String, Value> {
+    let p = format!("{prefix}/{net}/ips/");
+    c.get_prefix(&p)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k[p.len()..].to_string(),
+                serde_json::from_str(&v).expect("a lease is JSON"),
+            )
+        })
+        .collect()
+}
+
+fn skip() -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return true;
+    }
+    false
+}
+
+/// Test 1: two hosts, 128 concurrent dual-stack ADDs on one network, dynamic and static mixed:
+/// no address twice, every success is exactly its leases in etcd, nothing left after the DELs.
+#[test]
+fn concurrent_adds_on_two_hosts_never_share_an_address() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let prefix = "/t1";
+    let hosts = [&a, &b];
+    let mut running = Vec::new();
+    for i in 0..128 {
+        let h = hosts[i % 2];
+        let conf = h.conf(&c, "lan", prefix, json!({}));
+        let id = format!("c{i}");
+        let mut call = h.cni("ADD", &id).config(&conf);
+        // Every 8th asks for a static address (both families), from the top of the range
+        // down (a static reservation moves the shared round robin, as on disk).
+        if i % 8 == 0 {
+            call = call.args(&format!("IP=10.10.0.{},fd10::{:x}", 254 - i / 8, 0xfff - i / 8));
+        }
+        running.push((id, h.name.clone(), i % 8 == 0, call.spawn()));
+    }
+    let mut got: Vec<(String, String, Vec<String>)> = Vec::new();
+    let mut refused = Vec::new();
+    for (id, host, stat, r) in running {
+        let out = r.wait();
+        if stat && out.error_code() == Some(103) {
+            // A dynamic ADD may take a static address first; the refusal names it.
+            let n: usize = id[1..].parse().unwrap();
+            let want = format!("10.10.0.{}", 254 - n / 8);
+            let want6 = format!("fd10::{:x}", 0xfff - n / 8);
+            let msg = out.error_msg();
+            assert!(msg.contains(&want) || msg.contains(&want6), "{msg}");
+            refused.push((want, want6));
+            continue;
+        }
+        let res = out.expect_ok();
+        let ips: Vec<String> = res["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(ips.len(), 2, "{res}");
+        if stat {
+            let n: usize = id[1..].parse().unwrap();
+            assert_eq!(ips[0], format!("10.10.0.{}", 254 - n / 8));
+        }
+        got.push((id, host, ips));
+    }
+    let mut seen = HashSet::new();
+    for (_, _, ips) in &got {
+        for ip in ips {
+            assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+        }
+    }
+    let leases = lease_map(&c, prefix, "lan");
+    assert_eq!(leases.len(), 2 * got.len(), "{leases:?}");
+    // Every dynamic ADD succeeded (expect_ok above); most static ones too.
+    assert!(refused.len() <= 8, "statics refused: {refused:?}");
+    for (v4, v6) in &refused {
+        assert!(
+            seen.contains(v4) || seen.contains(v6),
+            "{v4}/{v6} refused but nobody holds it"
+        );
+    }
+    for (id, host, ips) in &got {
+        for ip in ips {
+            let l = &leases[ip];
+            assert_eq!(
+                (l["containerId"].as_str(), l["ifname"].as_str()),
+                (Some(id.as_str()), Some("eth0"))
+            );
+            assert_eq!(l["host"].as_str(), Some(host.as_str()));
+        }
+    }
+    // CHECK on the right host passes; DEL everything concurrently (twice: DEL is idempotent).
+    let conf_a = a.conf(&c, "lan", prefix, json!({}));
+    a.cni("CHECK", &got[0].0).config(&conf_a).run().expect_ok();
+    for _ in 0..2 {
+        let dels: Vec<_> = got
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _, _))| {
+                let h = hosts[i % 2];
+                h.cni("DEL", id).config(&h.conf(&c, "lan", prefix, json!({}))).spawn()
+            })
+            .collect();
+        for d in dels {
+            d.wait().expect_ok();
+        }
+    }
+    assert!(lease_map(&c, prefix, "lan").is_empty());
+    a.cni("CHECK", &got[0].0).config(&conf_a).run().expect_error(104);
+    // Nothing of a lease is left; only the round robin's position (as the disk store's
+    // last_reserved_ip files).
+    for (k, _) in c.get_prefix(prefix) {
+        assert!(
+            k.starts_with(&format!("{prefix}/lan/last/")),
+            "left under the prefix: {k}"
+        );
+    }
+    // The disk store was never used.
+    assert!(!a.data.join("lan").exists());
+}
+
+/// Same semantics as on disk: round robin, gateway skipped, static conflicts, exhaustion,
+/// STATUS, the result in an old version.
+#[test]
+fn same_semantics_as_the_disk_store() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let extra = json!({"ipam": {"ranges": [[{"subnet": "10.20.0.0/29"}]]}});
+    let conf_a = a.conf(&c, "small", "/t2", extra.clone());
+    let conf_b = b.conf(&c, "small", "/t2", extra);
+    let ip = |o: Output| o.expect_ok()["ips"][0]["address"].as_str().unwrap().to_string();
+    assert_eq!(ip(a.cni("ADD", "x1").config(&conf_a).run()), "10.20.0.2/29");
+    assert_eq!(ip(b.cni("ADD", "x2").config(&conf_b).run()), "10.20.0.3/29");
+    // Round robin is shared: B's next address follows A's.
+    assert_eq!(ip(a.cni("ADD", "x3").config(&conf_a).run()), "10.20.0.4/29");
+    // A static request held by another host: refused with the address named.
+    let e = b
+        .cni("ADD", "x4")
+        .args("IP=10.20.0.2")
+        .config(&conf_b)
+        .run()
+        .expect_error(103);
+    assert!(e.contains("10.20.0.2"), "{e}");
+    let e = b
+        .cni("ADD", "x4")
+        .args("IP=10.20.0.1")
+        .config(&conf_b)
+        .run()
+        .expect_error(7);
+    assert!(e.contains("gateway"), "{e}");
+    // Duplicate allocation of one attachment is refused.
+    a.cni("ADD", "x1").config(&conf_a).run().expect_error(103);
+    assert_eq!(ip(b.cni("ADD", "x5").config(&conf_b).run()), "10.20.0.5/29");
+    b.cni("STATUS", "").config(&conf_b).run().expect_ok();
+    assert_eq!(ip(b.cni("ADD", "x6").config(&conf_b).run()), "10.20.0.6/29");
+    let e = a.cni("ADD", "x7").config(&conf_a).run().expect_error(102);
+    assert_eq!(
+        e,
+        "failed to allocate for range 0: no IP addresses available in range set: 10.20.0.1-10.20.0.6"
+    );
+    a.cni("STATUS", "").config(&conf_a).run().expect_error(50);
+    // DEL on another host releases the attachment too (the store is one address space).
+    a.cni("DEL", "x2").config(&conf_a).run().expect_ok();
+    let mut old = conf_a.clone();
+    old["cniVersion"] = json!("0.3.1");
+    let r = a.cni("ADD", "x7").config(&old).run().expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.20.0.3/29");
+    assert_eq!(r["ips"][0]["version"], "4");
+}
+
+/// Test 4: GC on host A releases A's stale leases and keeps host B's.
+#[test]
+fn gc_is_per_host() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let conf_a = a.conf(&c, "gcnet", "/t4", json!({}));
+    let conf_b = b.conf(&c, "gcnet", "/t4", json!({}));
+    a.cni("ADD", "a1").config(&conf_a).run().expect_ok();
+    a.cni("ADD", "a2").config(&conf_a).run().expect_ok();
+    b.cni("ADD", "b1").config(&conf_b).run().expect_ok();
+    let mut gc = conf_a.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "a2", "ifname": "eth0"}]);
+    a.cni("GC", "").config(&gc).run().expect_ok();
+    let owners: Vec<(String, String)> = lease_map(&c, "/t4", "gcnet")
+        .values()
+        .map(|l| {
+            (
+                l["containerId"].as_str().unwrap().into(),
+                l["host"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        ("a2".to_string(), a.name.clone()),
+        ("a2".to_string(), a.name.clone()),
+        ("b1".to_string(), b.name.clone()),
+        ("b1".to_string(), b.name.clone()),
+    ];
+    let mut got = owners.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
