@@ -235,6 +235,23 @@ impl Cluster {
         }
     }
 
+    /// Waits until member `i` knows no leader (after the others died: the leader steps down
+    /// when it loses its quorum).
+    pub fn wait_no_leader(&self, i: usize, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        loop {
+            let out = self.etcdctl(&[self.endpoint(i)], &["endpoint", "status", "-w", "json"]);
+            let leader = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v[0]["Status"]["leader"].as_u64());
+            if leader.is_none_or(|l| l == 0) {
+                return;
+            }
+            assert!(Instant::now() < end, "member {i} still has a leader after {deadline:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Every key under `prefix` with its value.
     pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
         let out = self.etcdctl(&[], &["get", "--prefix", prefix]);

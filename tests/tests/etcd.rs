@@ -268,3 +268,154 @@ fn gc_is_per_host() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// Test 2: the leader is SIGKILLed in the middle of a storm of ADDs: no address twice, every
+/// failure is code 11, and ADDs succeed afterwards.
+#[test]
+fn leader_killed_during_a_storm() {
+    if skip() {
+        return;
+    }
+    let mut c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let hosts = [&a, &b];
+    let prefix = "/t2";
+    let leader = c.leader(Duration::from_secs(10));
+    let conf = |h: &Host, c: &Cluster| h.conf(c, "storm", prefix, json!({"ipam": {"store": {"timeout": 5}}}));
+    let mut running = Vec::new();
+    for i in 0..64 {
+        if i == 32 {
+            c.kill_member(leader);
+        }
+        let h = hosts[i % 2];
+        running.push((
+            format!("s{i}"),
+            h.cni("ADD", &format!("s{i}")).config(&conf(h, &c)).spawn(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut failed = 0;
+    for (id, r) in running {
+        let out = r.wait();
+        if !out.success() {
+            out.expect_error(11);
+            failed += 1;
+            continue;
+        }
+        for x in out.expect_ok()["ips"].as_array().unwrap() {
+            let ip = x["address"].as_str().unwrap().to_string();
+            assert!(seen.insert(ip.clone()), "{ip} handed out twice ({id})");
+        }
+    }
+    eprintln!("{failed} of 64 ADDs failed with code 11 around the leader's death");
+    // The survivors elect a leader; ADDs work again, and no address is held twice in etcd.
+    c.leader(Duration::from_secs(15));
+    for i in 0..4 {
+        let h = hosts[i % 2];
+        let r = h
+            .cni("ADD", &format!("after{i}"))
+            .config(&conf(h, &c))
+            .run()
+            .expect_ok();
+        for x in r["ips"].as_array().unwrap() {
+            let ip = x["address"].as_str().unwrap().to_string();
+            assert!(seen.insert(ip.clone()), "{ip} handed out twice (after{i})");
+        }
+    }
+    let live: Vec<String> = (0..3).filter(|&i| i != leader).map(|i| c.endpoint(i)).collect();
+    let out = c.etcdctl(
+        &live,
+        &["get", "--prefix", "--keys-only", &format!("{prefix}/storm/ips/")],
+    );
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    // Every success has its leases (a failed call whose write committed late may add its own).
+    for ip in &seen {
+        let bare = ip.split('/').next().unwrap();
+        assert!(
+            keys.contains(&format!("{prefix}/storm/ips/{bare}")),
+            "{ip} not in etcd: {keys:?}"
+        );
+    }
+}
+
+/// Test 3: quorum lost: ADD (bridge + host-local on etcd) fails with code 11 within the
+/// deadline and leaves no veth, no rule and no lease; STATUS is code 50; once the members are
+/// back everything works. The members run in the host namespace (on its 127.0.0.1).
+#[test]
+fn quorum_lost_is_try_again_later_and_leaves_nothing() {
+    if skip() {
+        return;
+    }
+    let host = cni_tests::Netns::new();
+    let ctr = cni_tests::Netns::new();
+    let mut c = Cluster::start_with(3, Some(&host), None);
+    let data = TempDir::new("etcd-q");
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "q", "type": "bridge", "bridge": "cnitq0",
+        "isGateway": true, "ipMasq": true,
+        "ipam": {"type": "host-local", "subnet": "10.30.0.0/24", "dataDir": data.path(),
+                 "store": {"type": "etcd", "endpoints": c.endpoints(), "prefix": "/t3", "timeout": 2}}
+    });
+    let call = |cmd: &str, id: &str| {
+        Cni::new(bin("bridge"))
+            .command(cmd)
+            .container_id(id)
+            .netns(ctr.path())
+            .host(&host)
+            .config(&conf)
+    };
+    let r = call("ADD", "q1").run().expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.30.0.2/24");
+    call("DEL", "q1").run().expect_ok();
+    let link_names = |ns: &cni_tests::Netns| -> Vec<String> {
+        ns.ip(&["-o", "link"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap().to_string()))
+            .collect()
+    };
+    let links_before = link_names(&host);
+    let nat_before = String::from_utf8_lossy(&host.exec(&["iptables", "-w", "-t", "nat", "-S"]).stdout).into_owned();
+
+    c.kill_member(0);
+    c.kill_member(1);
+    c.wait_no_leader(2, Duration::from_secs(15));
+    let t0 = Instant::now();
+    let e = call("ADD", "q2").run().expect_error(11);
+    let took = t0.elapsed();
+    // The deadline is 2 s; the bound leaves room for a loaded machine, not for a hang.
+    assert!(took < Duration::from_secs(8), "ADD took {took:?}");
+    assert!(e.contains("ipam.store.timeout"), "{e}");
+    assert_eq!(link_names(&host), links_before, "a link was left");
+    let nat = String::from_utf8_lossy(&host.exec(&["iptables", "-w", "-t", "nat", "-S"]).stdout).into_owned();
+    assert_eq!(nat, nat_before, "a rule was left");
+    assert_eq!(link_names(&ctr), ["lo"], "container link left");
+    // STATUS: code 50 (host-local itself and through bridge).
+    let mut ipam = conf.clone();
+    ipam["type"] = json!("host-local");
+    Cni::new(bin("host-local"))
+        .command("STATUS")
+        .host(&host)
+        .config(&ipam)
+        .run()
+        .expect_error(50);
+    // Never a silent fall back to the disk store.
+    assert!(!data.join("q").exists());
+
+    c.start_member(0);
+    c.start_member(1);
+    c.wait_healthy(Duration::from_secs(30));
+    Cni::new(bin("host-local"))
+        .command("STATUS")
+        .host(&host)
+        .config(&ipam)
+        .run()
+        .expect_ok();
+    let r = call("ADD", "q2").run().expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.30.0.3/24");
+    call("DEL", "q2").run().expect_ok();
+    assert!(lease_map(&c, "/t3", "q").is_empty());
+}
