@@ -34,6 +34,7 @@ pub struct Cluster {
     tls: Option<Tls>,
     token: String,
     dir: TempDir,
+    addr: String,
 }
 
 /// Ports nobody listens on now (in this namespace).
@@ -53,6 +54,12 @@ impl Cluster {
     /// Starts `n` members inside `ns` (on its 127.0.0.1), or here when `ns` is `None`, with
     /// TLS when given.
     pub fn start_with(n: usize, ns: Option<&Netns>, tls: Option<Tls>) -> Cluster {
+        Self::start_on(n, ns, "127.0.0.1", tls)
+    }
+
+    /// Starts `n` members inside `ns` listening on `addr`, an address of that namespace the
+    /// test gave it (127.0.0.1 in the test's own namespace).
+    pub fn start_on(n: usize, ns: Option<&Netns>, addr: &str, tls: Option<Tls>) -> Cluster {
         // In a fresh netns every port is free; here, ask the kernel.
         let ports = if ns.is_some() {
             (0..2 * n as u16).map(|i| 23790 + i).collect()
@@ -73,6 +80,7 @@ impl Cluster {
             tls,
             token: crate::unique_name("etcd-"),
             dir: TempDir::new("etcd"),
+            addr: addr.to_string(),
         };
         for i in 0..n {
             c.start_member(i);
@@ -92,7 +100,7 @@ impl Cluster {
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .map(|m| format!("{}=http://{}:{}", m.name, self.addr, m.peer))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -112,8 +120,8 @@ impl Cluster {
     pub fn start_member(&mut self, i: usize) {
         let m = &self.members[i];
         let data = self.dir.join(&m.name);
-        let client_url = format!("{}://127.0.0.1:{}", self.scheme(), m.client);
-        let peer_url = format!("http://127.0.0.1:{}", m.peer);
+        let client_url = format!("{}://{}:{}", self.scheme(), self.addr, m.client);
+        let peer_url = format!("http://{}:{}", self.addr, m.peer);
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).expect("etcd log file");
         let mut cmd = self.command("etcd");
         cmd.args(["--name", &m.name, "--data-dir"])
@@ -161,7 +169,7 @@ impl Cluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
+            .map(|m| format!("{}://{}:{}", self.scheme(), self.addr, m.client))
             .collect()
     }
 
@@ -193,7 +201,7 @@ impl Cluster {
             .members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
+            .map(|m| format!("{}://{}:{}", self.scheme(), self.addr, m.client))
             .collect();
         loop {
             let out = self.etcdctl(&eps, &["endpoint", "health"]);

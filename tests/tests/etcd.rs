@@ -419,3 +419,100 @@ fn quorum_lost_is_try_again_later_and_leaves_nothing() {
     call("DEL", "q2").run().expect_ok();
     assert!(lease_map(&c, "/t3", "q").is_empty());
 }
+
+fn ping(ns: &cni_tests::Netns, addr: &str) -> bool {
+    (0..5).any(|_| ns.exec(&["ping", "-c1", "-W1", addr]).status.success())
+}
+
+fn addr4(r: &Value) -> String {
+    r["ips"][0]["address"].as_str().unwrap().to_string()
+}
+
+/// Test 5, the LAN scenario, with the conf-example `macvlan-etcd.conflist`: two hosts on one
+/// LAN (a bridge in a "LAN" namespace, each host's uplink a veth into it, the etcd members on
+/// the LAN's own address); macvlan + host-local on etcd with the same range on both hosts.
+#[test]
+fn lan_of_two_hosts_shares_one_address_space() {
+    if skip() {
+        return;
+    }
+    use cni_tests::Netns;
+    let lan = Netns::new();
+    lan.ip(&["link", "add", "br0", "type", "bridge"]);
+    lan.ip(&["addr", "add", "192.168.1.2/24", "dev", "br0"]);
+    lan.ip(&["link", "set", "br0", "up"]);
+    let mut hosts = Vec::new();
+    for (i, tag) in ["a", "b"].iter().enumerate() {
+        let ns = Netns::new();
+        let peer = format!("lan{tag}");
+        ns.ip(&[
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            lan.name(),
+        ]);
+        lan.ip(&["link", "set", &peer, "master", "br0", "up"]);
+        ns.ip(&["addr", "add", &format!("192.168.1.{}/24", 11 + i), "dev", "up0"]);
+        ns.ip(&["link", "set", "up0", "up"]);
+        hosts.push((ns, Host::new(tag)));
+    }
+    let c = Cluster::start_on(3, Some(&lan), "192.168.1.2", None);
+
+    // The example, with this LAN's master and etcd endpoints.
+    let path = cni_tests::workspace_dir().join("conf-examples/macvlan-etcd.conflist");
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let conf_of = |h: &Host| {
+        let mut conf = list["plugins"][0].clone();
+        conf["cniVersion"] = list["cniVersion"].clone();
+        conf["name"] = list["name"].clone();
+        conf["master"] = json!("up0");
+        conf["ipam"]["dataDir"] = json!(h.data.path());
+        conf["ipam"]["store"]["endpoints"] = json!(c.endpoints());
+        conf
+    };
+    let run = |i: usize, cmd: &str, id: &str, ctr: &Netns, args: &str| {
+        let (ns, h) = &hosts[i];
+        let script = format!("hostname {} && exec \"$@\"", h.name);
+        let mut call = Cni::new(bin("macvlan"))
+            .wrapper(&["unshare", "-u", "sh", "-c", &script, "sh"])
+            .command(cmd)
+            .container_id(id)
+            .netns(ctr.path())
+            .host(ns)
+            .config(&conf_of(h));
+        if !args.is_empty() {
+            call = call.args(args);
+        }
+        call.run()
+    };
+    let (a1, b1, a2, b2) = (Netns::new(), Netns::new(), Netns::new(), Netns::new());
+    let ra1 = run(0, "ADD", "a1", &a1, "").expect_ok();
+    let rb1 = run(1, "ADD", "b1", &b1, "").expect_ok();
+    let ra2 = run(0, "ADD", "a2", &a2, "").expect_ok();
+    let got: HashSet<String> = [&ra1, &rb1, &ra2].iter().map(|r| addr4(r)).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(addr4(&ra1), "192.168.1.100/24");
+    assert_eq!(addr4(&rb1), "192.168.1.101/24");
+    // Across hosts, over the LAN.
+    assert!(ping(&a1, "192.168.1.101"), "a1 cannot reach b1");
+    assert!(ping(&b1, "192.168.1.102"), "b1 cannot reach a2");
+    // A static address host A holds, requested on host B: refused, naming it; nothing left.
+    let e = run(1, "ADD", "b2", &b2, "IP=192.168.1.100").expect_error(103);
+    assert!(e.contains("192.168.1.100"), "{e}");
+    let links = b2.ip(&["-o", "link"]);
+    assert_eq!(links.lines().count(), 1, "{links}");
+    // Leases record their hosts.
+    let leases = lease_map(&c, "/cni-rs/host-local", "rsmacvlan-lan");
+    assert_eq!(leases["192.168.1.100"]["host"].as_str(), Some(hosts[0].1.name.as_str()));
+    assert_eq!(leases["192.168.1.101"]["host"].as_str(), Some(hosts[1].1.name.as_str()));
+    for (i, id, ns) in [(0, "a1", &a1), (1, "b1", &b1), (0, "a2", &a2)] {
+        run(i, "DEL", id, ns, "").expect_ok();
+    }
+    assert!(lease_map(&c, "/cni-rs/host-local", "rsmacvlan-lan").is_empty());
+}
