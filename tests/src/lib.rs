@@ -495,6 +495,24 @@ pub struct Running {
 }
 
 impl Running {
+    /// Waits at most `timeout` for the call; a call still running then is killed and the test
+    /// fails: a plugin must never hang.
+    #[track_caller]
+    pub fn wait_within(mut self, timeout: std::time::Duration) -> Output {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.child.try_wait().expect("polling the plugin").is_some() {
+                return self.wait();
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the plugin hung: still running after {timeout:?}, killed");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     pub fn wait(self) -> Output {
         let out = self.child.wait_with_output().expect("waiting for the plugin");
         let raw_stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -510,6 +528,20 @@ impl Running {
             raw_stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+}
+
+/// Waits until `cond` holds, polling, for at most `timeout`; panics naming `what` when it never
+/// does. For what the kernel does asynchronously (a namespace's links go some time after the
+/// namespace is deleted), never a fixed sleep.
+#[track_caller]
+pub fn eventually(timeout: std::time::Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_millis(1);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
     }
 }
 

@@ -169,12 +169,10 @@ fn concurrent_adds_on_two_hosts_never_share_an_address() {
     assert!(lease_map(&c, prefix, "lan").is_empty());
     a.cni("CHECK", &got[0].0).config(&conf_a).run().expect_error(104);
     // Nothing of a lease is left; only the round robin's position (as the disk store's
-    // last_reserved_ip files).
+    // last_reserved_ip files) and each host's boot record (its .boot_id).
     for (k, _) in c.get_prefix(prefix) {
-        assert!(
-            k.starts_with(&format!("{prefix}/lan/last/")),
-            "left under the prefix: {k}"
-        );
+        let ok = k.starts_with(&format!("{prefix}/lan/last/")) || k.starts_with(&format!("{prefix}/lan/boot/"));
+        assert!(ok, "left under the prefix: {k}");
     }
     // The disk store was never used.
     assert!(!a.data.join("lan").exists());
@@ -212,8 +210,8 @@ fn same_semantics_as_the_disk_store() {
         .run()
         .expect_error(7);
     assert!(e.contains("gateway"), "{e}");
-    // Duplicate allocation of one attachment is refused.
-    a.cni("ADD", "x1").config(&conf_a).run().expect_error(103);
+    // A second ADD of an attachment gets its lease back.
+    assert_eq!(ip(a.cni("ADD", "x1").config(&conf_a).run()), "10.20.0.2/29");
     assert_eq!(ip(b.cni("ADD", "x5").config(&conf_b).run()), "10.20.0.5/29");
     b.cni("STATUS", "").config(&conf_b).run().expect_ok();
     assert_eq!(ip(b.cni("ADD", "x6").config(&conf_b).run()), "10.20.0.6/29");
@@ -515,4 +513,75 @@ fn lan_of_two_hosts_shares_one_address_space() {
         run(i, "DEL", id, ns, "").expect_ok();
     }
     assert!(lease_map(&c, "/cni-rs/host-local", "rsmacvlan-lan").is_empty());
+}
+
+/// After a reboot of host A (its boot record under the prefix names another boot), the first
+/// call on A releases A's leases and keeps B's; with `releaseOnReboot` false nothing goes.
+#[test]
+fn reboot_releases_only_this_hosts_leases() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let conf_a = a.conf(&c, "rb", "/t8", json!({}));
+    let conf_b = b.conf(&c, "rb", "/t8", json!({}));
+    a.cni("ADD", "a1").config(&conf_a).run().expect_ok();
+    b.cni("ADD", "b1").config(&conf_b).run().expect_ok();
+    let boot_key = format!("/t8/rb/boot/{}", a.name);
+    let hosts_of = || -> Vec<String> {
+        let mut v: Vec<String> = lease_map(&c, "/t8", "rb")
+            .values()
+            .map(|l| l["containerId"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    // Opted out: the old boot's leases stay, and the boot is recorded.
+    c.put(&boot_key, "an-earlier-boot");
+    let mut keep = conf_a.clone();
+    keep["ipam"]["releaseOnReboot"] = json!(false);
+    a.cni("CHECK", "a1").config(&keep).run().expect_ok();
+    assert_eq!(hosts_of(), ["a1", "a1", "b1", "b1"]);
+    // A reboot: the first call releases A's leases only.
+    c.put(&boot_key, "an-earlier-boot");
+    a.cni("CHECK", "a1").config(&conf_a).run().expect_error(104);
+    assert_eq!(hosts_of(), ["b1", "b1"]);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let rec: BTreeMap<String, String> = c.get_prefix(&boot_key).into_iter().collect();
+    assert_eq!(rec[&boot_key], boot.trim());
+    // Later calls of this boot release nothing.
+    a.cni("ADD", "a2").config(&conf_a).run().expect_ok();
+    a.cni("CHECK", "a2").config(&conf_a).run().expect_ok();
+}
+
+/// Test 6: TLS with client certificates (made here with openssl): works; a wrong CA fails
+/// with an error that says so, names the key and shows no credential.
+#[test]
+fn tls_with_client_certificates() {
+    if skip() {
+        return;
+    }
+    let certs = TempDir::new("etcd-tls");
+    let tls = make_certs(certs.path(), "good");
+    let other = make_certs(certs.path(), "other");
+    let c = Cluster::start_with(3, None, Some(tls.clone()));
+    let a = Host::new("a");
+    let store = |ca: &std::path::Path| json!({"ipam": {"store": {"timeout": 3, "tls": {"ca": ca, "cert": tls.cert, "key": tls.key}}}});
+    let conf = a.conf(&c, "tls", "/t6", store(&tls.ca));
+    assert!(c.endpoints()[0].starts_with("https://"));
+    let r = a.cni("ADD", "t1").config(&conf).run().expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.10.0.2/24");
+    assert_eq!(lease_map(&c, "/t6", "tls").len(), 2);
+    let bad = a.conf(&c, "tls", "/t6", store(&other.ca));
+    let out = a.cni("ADD", "t2").config(&bad).run();
+    let msg = out.expect_error(5);
+    assert!(msg.contains("ipam.store.tls"), "{msg}");
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+    let key = std::fs::read_to_string(&tls.key).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    assert!(!msg.contains(key_line) && !out.stderr.contains(key_line));
+    assert_eq!(lease_map(&c, "/t6", "tls").len(), 2);
+    a.cni("DEL", "t1").config(&conf).run().expect_ok();
+    assert!(lease_map(&c, "/t6", "tls").is_empty());
 }

@@ -1600,7 +1600,21 @@ fn lock_of_a_killed_holder_is_released() {
     }
 
     let mut waiting = add("second");
-    std::thread::sleep(Duration::from_millis(300));
+    // The ADD blocks on the lock: /proc/locks lists it as a waiter ("->") of a FLOCK.
+    let waiter = format!(" {} ", waiting.id());
+    let t = Instant::now();
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        if locks.lines().any(|l| l.contains("-> FLOCK") && l.contains(&waiter)) {
+            break;
+        }
+        assert!(waiting.try_wait().unwrap().is_none(), "ADD did not wait for the lock");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "ADD never blocked on the lock: {locks}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     assert!(waiting.try_wait().unwrap().is_none(), "ADD did not wait for the lock");
     holder.kill().unwrap(); // SIGKILL
     holder.wait().unwrap();

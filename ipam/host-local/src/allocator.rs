@@ -84,8 +84,23 @@ fn ip_config(ip: IpAddr, r: &Range) -> IpConfig {
     }
 }
 
+/// What [`allocate`] did for one range set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allocation {
+    pub ip: IpConfig,
+    /// A new lease was written (`false`: the attachment's lease was handed back).
+    pub new: bool,
+    /// Leases of the attachment in this set that a static request replaced.
+    pub replaced: Vec<IpAddr>,
+}
+
 /// Allocates one address of range set `set` (number `idx`) to (`id`, `ifname`): `requested`
 /// if given, else the next free one.
+///
+/// An attachment that already holds a lease in the set (an ADD again without a DEL, as after a
+/// crash or a restart of the container) gets that lease back, and the round-robin pointer
+/// stays where it is; with a static request, the held address is handed back when it is the
+/// requested one, and otherwise replaced by it. An address held by anyone else is refused.
 pub fn allocate(
     store: &mut dyn Store,
     set: &RangeSet,
@@ -93,7 +108,12 @@ pub fn allocate(
     id: &str,
     ifname: &str,
     requested: Option<IpAddr>,
-) -> Result<IpConfig> {
+) -> Result<Allocation> {
+    let held: Vec<IpAddr> = store
+        .get_by_id(id, ifname)?
+        .into_iter()
+        .filter(|ip| set.contains(*ip))
+        .collect();
     if let Some(ip) = requested {
         let Some(r) = set.range_for(ip) else {
             return Err(Error::InvalidConfig(format!(
@@ -109,21 +129,46 @@ pub fn allocate(
                 r.subnet
             )));
         }
+        if held.contains(&ip) {
+            return Ok(Allocation {
+                ip: ip_config(ip, r),
+                new: false,
+                replaced: Vec::new(),
+            });
+        }
         if !store.reserve(id, ifname, ip, idx)? {
+            let holder = match store.owner(ip)? {
+                Some(o) => match &o.ifname {
+                    Some(ifn) => format!(": held by container {} (interface {ifn})", o.container_id),
+                    None => format!(": held by container {}", o.container_id),
+                },
+                None => String::new(),
+            };
             return Err(Error::Conflict(format!(
-                "requested IP address {ip} is not available in range set {set}"
+                "requested IP address {ip} is not available in range set {set}{holder}"
             )));
         }
-        return Ok(ip_config(ip, r));
+        // The new lease first, then the old one goes: a refused request keeps what was held.
+        let mut replaced = Vec::new();
+        for old in held {
+            if store.release(id, ifname, old)? {
+                replaced.push(old);
+            }
+        }
+        return Ok(Allocation {
+            ip: ip_config(ip, r),
+            new: true,
+            replaced,
+        });
     }
 
-    // The spec forbids a second allocation for the same attachment.
-    for held in store.get_by_id(id, ifname)? {
-        if set.contains(held) {
-            return Err(Error::Conflict(format!(
-                "{held} has been allocated to {id}, duplicate allocation is not allowed"
-            )));
-        }
+    if let Some(&ip) = held.first() {
+        let r = set.range_for(ip).expect("the set contains it");
+        return Ok(Allocation {
+            ip: ip_config(ip, r),
+            new: false,
+            replaced: Vec::new(),
+        });
     }
     let last = store.last_reserved(idx)?;
     // After a lost race (etcd), skip a few free candidates so that the losers spread out; a
@@ -137,7 +182,11 @@ pub fn allocate(
                 continue;
             }
             if store.reserve(id, ifname, ip, idx)? {
-                return Ok(ip_config(ip, r));
+                return Ok(Allocation {
+                    ip: ip_config(ip, r),
+                    new: true,
+                    replaced: Vec::new(),
+                });
             }
         }
         if spread == 0 {
@@ -190,7 +239,7 @@ mod tests {
     }
 
     fn get(b: &mut Bed, set: &RangeSet, id: &str) -> Result<String> {
-        allocate(&mut b.store, set, 0, id, "eth0", None).map(|c| c.address.to_string())
+        allocate(&mut b.store, set, 0, id, "eth0", None).map(|c| c.ip.address.to_string())
     }
 
     #[test]
@@ -276,15 +325,56 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_allocation_is_refused() {
+    fn an_attachment_that_holds_a_lease_gets_it_back() {
         let s = &sets(json!([[{"subnet": "10.1.0.0/24"}]]))[0];
         let mut b = bed();
-        get(&mut b, s, "c1").unwrap();
-        let e = get(&mut b, s, "c1").unwrap_err();
-        assert_eq!(e.code(), 103);
-        assert!(e.to_string().contains("duplicate allocation is not allowed"), "{e}");
+        assert_eq!(get(&mut b, s, "c1").unwrap(), "10.1.0.2/24");
+        assert_eq!(get(&mut b, s, "c2").unwrap(), "10.1.0.3/24");
+        // c1 again (restarted, no DEL): its lease, the pointer left on c2's.
+        let a = allocate(&mut b.store, s, 0, "c1", "eth0", None).unwrap();
+        assert_eq!((a.ip.address.to_string(), a.new), ("10.1.0.2/24".into(), false));
+        assert_eq!(b.store.last_reserved(0).unwrap(), Some(ip4("10.1.0.3")));
+        assert_eq!(get(&mut b, s, "c3").unwrap(), "10.1.0.4/24");
         // Another interface of the same container is another attachment.
-        allocate(&mut b.store, s, 0, "c1", "eth1", None).unwrap();
+        let a = allocate(&mut b.store, s, 0, "c1", "eth1", None).unwrap();
+        assert_eq!((a.ip.address.to_string(), a.new), ("10.1.0.5/24".into(), true));
+    }
+
+    fn ip4(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_static_request_of_a_holder_is_handed_back_or_replaces_the_held_lease() {
+        let s = &sets(json!([[{"subnet": "10.1.0.0/24"}]]))[0];
+        let mut b = bed();
+        let req = |x: &str| Some(ip4(x));
+        let a = allocate(&mut b.store, s, 0, "c1", "eth0", req("10.1.0.50")).unwrap();
+        assert!(a.new);
+        get(&mut b, s, "c2").unwrap();
+        // The same request again: handed back, nothing written.
+        let a = allocate(&mut b.store, s, 0, "c1", "eth0", req("10.1.0.50")).unwrap();
+        assert_eq!((a.ip.address.to_string(), a.new), ("10.1.0.50/24".into(), false));
+        assert_eq!(b.store.last_reserved(0).unwrap(), Some(ip4("10.1.0.51")));
+        // Another request: the held lease is replaced by it.
+        let a = allocate(&mut b.store, s, 0, "c1", "eth0", req("10.1.0.60")).unwrap();
+        assert_eq!((a.new, a.replaced.clone()), (true, vec![ip4("10.1.0.50")]));
+        assert_eq!(b.store.get_by_id("c1", "eth0").unwrap(), [ip4("10.1.0.60")]);
+        assert!(!b.store.is_reserved(ip4("10.1.0.50")).unwrap());
+        // A dynamic lease is replaced by a request too.
+        let a = allocate(&mut b.store, s, 0, "c2", "eth0", req("10.1.0.70")).unwrap();
+        assert_eq!(a.replaced, [ip4("10.1.0.51")]);
+        // Held by another attachment: refused, naming the holder; c1 keeps its lease.
+        let e = allocate(&mut b.store, s, 0, "c1", "eth0", req("10.1.0.70")).unwrap_err();
+        assert_eq!(e.code(), 103);
+        assert_eq!(
+            e.to_string(),
+            "requested IP address 10.1.0.70 is not available in range set 10.1.0.1-10.1.0.254: \
+             held by container c2 (interface eth0)"
+        );
+        assert_eq!(b.store.get_by_id("c1", "eth0").unwrap(), [ip4("10.1.0.60")]);
+        let e = allocate(&mut b.store, s, 0, "c1", "eth1", req("10.1.0.60")).unwrap_err();
+        assert!(e.to_string().ends_with("held by container c1 (interface eth0)"), "{e}");
     }
 
     #[test]
@@ -293,8 +383,8 @@ mod tests {
         let mut b = bed();
         let ip = |s: &str| Some(s.parse().unwrap());
         let c = allocate(&mut b.store, s, 0, "c1", "eth0", ip("10.1.0.50")).unwrap();
-        assert_eq!(c.address.to_string(), "10.1.0.50/24");
-        assert_eq!(c.gateway, Some("10.1.0.1".parse().unwrap()));
+        assert_eq!(c.ip.address.to_string(), "10.1.0.50/24");
+        assert_eq!(c.ip.gateway, Some("10.1.0.1".parse().unwrap()));
         // Held by another container: conflict.
         let e = allocate(&mut b.store, s, 0, "c2", "eth0", ip("10.1.0.50")).unwrap_err();
         assert_eq!(e.code(), 103, "{e}");

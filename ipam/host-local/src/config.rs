@@ -58,6 +58,9 @@ pub struct IpamConfig {
     pub requested: Vec<Requested>,
     /// `ipam.store`: the etcd store; `None`: the on-disk store in `data_dir`.
     pub etcd: Option<crate::etcd::EtcdConfig>,
+    /// `releaseOnReboot` (ours; default true): on the first call after a reboot, release the
+    /// leases written in an earlier boot.
+    pub release_on_reboot: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +89,8 @@ struct RawIpam {
     ranges: Option<Vec<Vec<RawRange>>>,
     #[serde(default)]
     store: Option<serde_json::Value>,
+    #[serde(rename = "releaseOnReboot", default)]
+    release_on_reboot: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -494,6 +499,7 @@ impl IpamConfig {
             resolv_conf: ipam.resolv_conf.filter(|s| !s.is_empty()).map(PathBuf::from),
             requested,
             etcd,
+            release_on_reboot: ipam.release_on_reboot.unwrap_or(true),
         })
     }
 }

@@ -14,7 +14,8 @@
 //! <dataDir>/<network>/.tmp-*               a lease being written (only while the lock is held)
 //! <dataDir>/<network>/.by-id/<id>:<ifname> index: the addresses of an attachment
 //! <dataDir>/<network>/.by-id/<id>:         index: the addresses of an old-format lease owner
-//! <dataDir>/<network>/.by-id/.stamp        the network directory's mtime the index matches
+//! <dataDir>/<network>/.by-id/.stamp        the network directory's mtime and ctime the index matches
+//! <dataDir>/<network>/.boot_id             the kernel boot id of the last boot the store was used in
 //! ```
 //!
 //! **Atomic leases.** A lease is written to a temp file first and then `link(2)`ed to its
@@ -25,12 +26,16 @@
 //!
 //! **Cost.** ADD probes candidate names with `link` (one syscall each), DEL and CHECK look the
 //! attachment up in the index and verify the lease files it names; neither reads the other
-//! leases. The index is *complete* when `.stamp` equals the network directory's mtime: every
-//! call of ours that changes the directory updates the index and then sets the directory's
-//! mtime to a value in the past (now − 10 s) and records it. Anything else that adds or removes
-//! a file there (the reference plugin, a person) sets the mtime to the current time, which can
-//! never equal the recorded value, so the next call of ours rebuilds the index with one full
-//! scan. When the index is complete, a missing index entry means "holds nothing".
+//! leases. The index is *complete* when `.stamp` equals the network directory's mtime and
+//! ctime: every call of ours that changes the directory updates the index and then sets the
+//! directory's mtime to a value in the past (now − 10 s) and records both times. Setting the
+//! mtime sets the ctime to the current time, so the recorded pair is about 10 s apart.
+//! Anything else that adds or removes a file there (the reference plugin, a person) sets both
+//! to the same current time, and the ctime can never be set back by anyone: such a pair never
+//! equals the recorded one, whatever the clock does (stepped back onto the recorded mtime, it
+//! still gives a ctime equal to that mtime). The next call of ours then rebuilds the index
+//! with one full scan. When the index is complete, a missing index entry means "holds
+//! nothing".
 //! Index entries are verified against the lease files they name before they are used.
 //!
 //! **Crash safety of the index.** Index files are rewritten in place, once per call (the
@@ -61,6 +66,8 @@ pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 pub const INDEX_DIR: &str = ".by-id";
 pub const STAMP_FILE: &str = ".stamp";
 pub const TMP_PREFIX: &str = ".tmp-";
+/// The kernel boot id of the last boot in which the store was used.
+pub const BOOT_FILE: &str = ".boot_id";
 
 const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
@@ -79,10 +86,13 @@ fn index_key(id: &str, ifname: Option<&str>) -> Option<String> {
     ok.then_some(key)
 }
 
-/// The content of `.stamp` for a directory mtime: fixed width, so that rewriting it in place
-/// never needs a truncation.
-fn stamp_text(mtime: (i64, i64)) -> String {
-    format!("v1 {:020} {:09}\n", mtime.0, mtime.1)
+/// The content of `.stamp` for the network directory's status: its mtime and ctime, fixed
+/// width, so that rewriting it in place never needs a truncation.
+fn stamp_text(st: &sys::Stat) -> String {
+    format!(
+        "v2 {:020} {:09} {:020} {:09}\n",
+        st.mtime.0, st.mtime.1, st.ctime.0, st.ctime.1
+    )
 }
 
 /// The content of an index entry.
@@ -207,7 +217,7 @@ impl DiskStore {
         let Ok(st) = self.dir.stat() else {
             return false;
         };
-        stamp == stamp_text(st.mtime).as_bytes()
+        stamp == stamp_text(&st).as_bytes()
     }
 
     fn next_tmp_name(&mut self) -> String {
@@ -494,7 +504,7 @@ impl DiskStore {
             .unwrap_or_default();
         self.dir.set_mtime(back.as_secs() as i64, back.subsec_nanos() as i64)?;
         let st = self.dir.stat()?;
-        index.write_file(STAMP_FILE, stamp_text(st.mtime).as_bytes(), FILE_MODE)?;
+        index.write_file(STAMP_FILE, stamp_text(&st).as_bytes(), FILE_MODE)?;
         self.stamp_invalid = false;
         Ok(())
     }
@@ -537,6 +547,46 @@ impl Store for DiskStore {
             .stat_at(&lease_name(ip))
             .map(|s| s.is_some())
             .map_err(|e| io_err(format!("checking {}/{ip}", self.path.display()), e))
+    }
+
+    fn owner(&mut self, ip: IpAddr) -> Result<Option<Owner>> {
+        match self.read_lease(ip) {
+            Ok(Some(c)) => Ok(Owner::parse(&c)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(io_err(format!("reading lease {}/{ip}", self.path.display()), e)),
+        }
+    }
+
+    fn reconcile_boot(&mut self, boot_id: &str, release: bool) -> Result<Vec<IpAddr>> {
+        let recorded = match self.dir.read_small(BOOT_FILE, 256) {
+            Ok(Some(b)) => Some(String::from_utf8_lossy(&b).trim().to_string()),
+            Ok(None) => None,
+            // Unreadable (a symlink planted there, say): replaced below, nothing released.
+            Err(e) => {
+                eprintln!("host-local: ignoring {}/{BOOT_FILE}: {e}", self.path.display());
+                None
+            }
+        };
+        if recorded.as_deref() == Some(boot_id) {
+            return Ok(Vec::new());
+        }
+        let mut released = Vec::new();
+        if release && recorded.is_some() {
+            let report = self.gc(&|_| false)?;
+            released = report.released;
+            released.extend(report.empty_removed);
+            if !released.is_empty() {
+                eprintln!(
+                    "host-local: {} was last used in another boot; released its {} lease(s)",
+                    self.path.display(),
+                    released.len()
+                );
+            }
+        }
+        self.dir
+            .write_file(BOOT_FILE, format!("{boot_id}\n").as_bytes(), FILE_MODE)
+            .map_err(|e| io_err(format!("writing {}/{BOOT_FILE}", self.path.display()), e))?;
+        Ok(released)
     }
 
     fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>> {
@@ -771,18 +821,36 @@ mod tests {
         let s = open(t.path());
         assert!(s.index_complete(), "our own change keeps the index complete");
         drop(s);
-        // A lease planted behind the index's back, with the directory's mtime put back as
-        // we left it, is not seen: lookups use the index, not a scan of the leases.
-        let net = t.path().join("net");
-        let before = std::fs::metadata(&net).unwrap().modified().unwrap();
-        plant(t.path(), "10.1.0.9", "ghost\r\neth0");
-        let f = std::fs::File::open(&net).unwrap();
-        f.set_modified(before).unwrap();
+        // A lease rewritten in place (which changes nothing in the directory itself) is not
+        // seen under its new owner: lookups use the index, not a scan of the leases.
+        std::fs::write(t.path().join("net/10.1.0.2"), "ghost\r\neth0").unwrap();
         let mut s = open(t.path());
         assert!(s.index_complete());
         assert!(s.release_by_id("ghost", "eth0").unwrap().is_empty());
+        s.commit().unwrap();
+    }
+
+    /// The reference writes into the store while the clock has been stepped back so that its
+    /// change lands on the very mtime our stamp recorded: the index must not look complete.
+    #[test]
+    fn a_foreign_change_at_the_stamped_mtime_still_rebuilds_the_index() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = open(t.path());
+        s.reserve("c1", "eth0", ip("10.1.0.2"), 0).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let net = t.path().join("net");
+        let stamped = std::fs::metadata(&net).unwrap().modified().unwrap();
+        plant(t.path(), "10.1.0.9", "ghost\r\neth0");
+        std::fs::File::open(&net).unwrap().set_modified(stamped).unwrap();
+        assert_eq!(std::fs::metadata(&net).unwrap().modified().unwrap(), stamped);
+        let mut s = open(t.path());
+        assert!(!s.index_complete(), "the ctime tells the change apart");
+        assert_eq!(s.release_by_id("ghost", "eth0").unwrap(), [ip("10.1.0.9")]);
         assert_eq!(s.release_by_id("c1", "eth0").unwrap(), [ip("10.1.0.2")]);
         s.commit().unwrap();
+        drop(s);
+        assert!(open(t.path()).index_complete());
     }
 
     #[test]

@@ -31,13 +31,31 @@ use store::{Owner, Store};
 /// The plugin.
 pub struct HostLocal;
 
-/// The network's store: on disk unless `ipam.store` selects etcd (the etcd client is only
-/// started then). Without `create`, `Ok(None)` when an on-disk store does not exist.
+/// Where the kernel tells the id of this boot.
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The kernel's id of this boot.
+pub fn boot_id() -> Result<String> {
+    std::fs::read_to_string(BOOT_ID_PATH)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::io(format!("reading {BOOT_ID_PATH}"), e))
+}
+
+/// Opens the network's store, on disk (see [`DiskStore::open`]) unless `ipam.store` selects
+/// etcd (the etcd client is only started then), and does its boot bookkeeping: leases from an
+/// earlier boot are released first (see [`Store::reconcile_boot`]). Without `create`,
+/// `Ok(None)` when an on-disk store does not exist.
 fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<Box<dyn Store>>> {
-    if let Some(e) = &conf.etcd {
-        return Ok(Some(Box::new(etcd::EtcdStore::open(e, &conf.name)?)));
-    }
-    Ok(DiskStore::open(&conf.data_dir, &conf.name, create)?.map(|s| Box::new(s) as Box<dyn Store>))
+    let mut store: Box<dyn Store> = match &conf.etcd {
+        Some(e) => Box::new(etcd::EtcdStore::open(e, &conf.name)?),
+        None => match DiskStore::open(&conf.data_dir, &conf.name, create)? {
+            Some(s) => Box::new(s),
+            None => return Ok(None),
+        },
+    };
+    store.reconcile_boot(&boot_id()?, conf.release_on_reboot)?;
+    cni::trace::step("boot record");
+    Ok(Some(store))
 }
 
 /// ADD: one address per range set (the requested one where a request falls in the set).
@@ -74,18 +92,29 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
     let mut store = open_store(&conf, true)?.expect("created on open");
     let mut result = CniResult::default();
     loop {
+        // New leases of this call, and held ones a static request replaced: what a failure
+        // undoes.
         let mut reserved: Vec<IpAddr> = Vec::new();
+        let mut replaced: Vec<(usize, IpAddr)> = Vec::new();
         result.ips.clear();
         for (idx, set) in conf.range_sets.iter().enumerate() {
             match allocator::allocate(store.as_mut(), set, idx, id, ifname, per_set[idx]) {
-                Ok(ipc) => {
-                    reserved.push(ipc.address.addr());
-                    result.ips.push(ipc);
+                Ok(a) => {
+                    if a.new {
+                        reserved.push(a.ip.address.addr());
+                    }
+                    replaced.extend(a.replaced.iter().map(|ip| (idx, *ip)));
+                    result.ips.push(a.ip);
                 }
                 Err(e) => {
                     for ip in &reserved {
                         if let Err(re) = store.release(id, ifname, *ip) {
                             eprintln!("host-local: rolling back {ip}: {re}");
+                        }
+                    }
+                    for (set, ip) in &replaced {
+                        if let Err(re) = store.reserve(id, ifname, *ip, *set) {
+                            eprintln!("host-local: restoring the lease of {ip}: {re}");
                         }
                     }
                     let _ = store.commit();
@@ -185,6 +214,11 @@ pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
 }
 
 impl cni::Plugin for HostLocal {
+    /// host-local ignores `CNI_NETNS`, as the reference does.
+    fn enters_netns(&self) -> bool {
+        false
+    }
+
     fn add(&self, call: &cni::Call) -> Result<CniResult> {
         add(&call.stdin, &call.env.container_id, &call.env.ifname, &call.env.args)
     }
@@ -302,6 +336,96 @@ mod tests {
         let r = add(v.to_string().as_bytes(), "c1", "eth0", "").unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.1.0.7/24");
         assert_eq!(r.ips[1].address.to_string(), "fd00::7/64");
+    }
+
+    #[test]
+    fn a_second_add_of_an_attachment_gets_its_leases_back() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        add(&c, "c1", "eth0", "").unwrap();
+        add(&c, "c2", "eth0", "").unwrap();
+        let net = t.path().join("net");
+        let pointer = || std::fs::read(net.join("last_reserved_ip.0")).unwrap();
+        assert_eq!(pointer(), b"10.1.0.3");
+        let r = add(&c, "c1", "eth0", "").unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.2/24");
+        assert_eq!(r.ips[1].address.to_string(), "fd00::2/64");
+        assert_eq!(pointer(), b"10.1.0.3", "the round robin is untouched");
+        assert_eq!(leases(t.path()), ["10.1.0.2", "10.1.0.3", "fd00::2", "fd00::3"]);
+        // A static request of the holder: the IPv4 lease is replaced, the IPv6 one kept.
+        let r = add(&c, "c1", "eth0", "IP=10.1.0.9").unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.9/24");
+        assert_eq!(r.ips[1].address.to_string(), "fd00::2/64");
+        assert_eq!(leases(t.path()), ["10.1.0.3", "10.1.0.9", "fd00::2", "fd00::3"]);
+        // Another container's address: refused with its holder, c1 keeps its leases.
+        let e = add(&c, "c1", "eth0", "IP=10.1.0.3").unwrap_err();
+        assert_eq!(e.code(), 103);
+        assert!(e.to_string().contains("held by container c2"), "{e}");
+        assert_eq!(leases(t.path()), ["10.1.0.3", "10.1.0.9", "fd00::2", "fd00::3"]);
+    }
+
+    /// Plants a boot record of another boot, as a store written before a reboot has.
+    fn plant_boot(dir: &std::path::Path, id: &str) {
+        std::fs::write(dir.join("net").join(disk::BOOT_FILE), format!("{id}\n")).unwrap();
+    }
+
+    fn recorded_boot(dir: &std::path::Path) -> String {
+        std::fs::read_to_string(dir.join("net").join(disk::BOOT_FILE)).unwrap()
+    }
+
+    #[test]
+    fn leases_of_an_earlier_boot_are_released_by_the_first_call() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        add(&c, "c1", "eth0", "").unwrap();
+        add(&c, "c2", "eth0", "IP=10.1.0.40").unwrap();
+        assert_eq!(recorded_boot(t.path()), format!("{}\n", boot_id().unwrap()));
+        // Same boot: nothing changes.
+        add(&c, "c3", "eth0", "").unwrap();
+        assert_eq!(leases(t.path()).len(), 6);
+        // "Reboot": the store says it was last used in another boot; an empty lease of a
+        // writer that crashed then goes too.
+        plant_boot(t.path(), "00000000-0000-0000-0000-000000000000");
+        std::fs::write(t.path().join("net/10.1.0.77"), "").unwrap();
+        check(&c, "c1", "eth0", "").unwrap_err();
+        assert!(leases(t.path()).is_empty());
+        assert_eq!(recorded_boot(t.path()), format!("{}\n", boot_id().unwrap()));
+        // Round robin goes on where it was.
+        let r = add(&c, "c4", "eth0", "").unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.42/24");
+        // The first call after the boot may be any verb: here a DEL of another container.
+        plant_boot(t.path(), "another-boot");
+        del(&c, "nobody", "eth0", "").unwrap();
+        assert!(leases(t.path()).is_empty());
+    }
+
+    #[test]
+    fn a_store_without_a_boot_record_is_adopted() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        add(&c, "c1", "eth0", "").unwrap();
+        // As the reference (or an older version of ours) leaves it: no record.
+        std::fs::remove_file(t.path().join("net").join(disk::BOOT_FILE)).unwrap();
+        add(&c, "c2", "eth0", "").unwrap();
+        assert_eq!(leases(t.path()).len(), 4);
+        assert_eq!(recorded_boot(t.path()), format!("{}\n", boot_id().unwrap()));
+    }
+
+    #[test]
+    fn release_on_reboot_can_be_turned_off() {
+        let t = tempfile::tempdir().unwrap();
+        let c = conf(
+            t.path(),
+            json!({"ranges": [[{"subnet": "10.1.0.0/24"}]], "releaseOnReboot": false}),
+        );
+        add(&c, "c1", "eth0", "").unwrap();
+        plant_boot(t.path(), "another-boot");
+        add(&c, "c2", "eth0", "").unwrap();
+        assert_eq!(leases(t.path()), ["10.1.0.2", "10.1.0.3"]);
+        // The boot is recorded all the same.
+        assert_eq!(recorded_boot(t.path()), format!("{}\n", boot_id().unwrap()));
+        let bad = conf(t.path(), json!({"subnet": "10.1.0.0/24", "releaseOnReboot": "no"}));
+        assert_eq!(add(&bad, "c3", "eth0", "").unwrap_err().code(), 6);
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub trait Store {
     /// Whether `ip` is held by anyone.
     fn is_reserved(&mut self, ip: IpAddr) -> Result<bool>;
 
+    /// Who holds `ip` (`None`: nobody, or a lease too damaged to say).
+    fn owner(&mut self, ip: IpAddr) -> Result<Option<Owner>>;
+
     /// The last address reserved in range set `range_set`, where round robin resumes.
     fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>>;
 
@@ -77,6 +80,14 @@ pub trait Store {
 
     /// Releases every lease whose owner `keep` refuses, and empty leases.
     fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<GcReport>;
+
+    /// The boot bookkeeping of the store, done once per call right after it is opened (under
+    /// the lock): when the store was last used in another boot of this host (`boot_id`, the
+    /// kernel's), every lease of this host it holds is from a container that cannot exist any
+    /// more; with `release` they are released. A store that has no boot record yet (written by
+    /// the reference, or by an older version of ours) is adopted as written in this boot. The
+    /// current boot is recorded either way. Returns the addresses released.
+    fn reconcile_boot(&mut self, boot_id: &str, release: bool) -> Result<Vec<IpAddr>>;
 
     /// Fails when new leases cannot be written.
     fn check_writable(&mut self) -> Result<()>;

@@ -45,6 +45,8 @@ pub struct Stat {
     pub mode: u32,
     pub size: u64,
     pub mtime: (i64, i64),
+    /// Set by the kernel to the current time on every change (never settable).
+    pub ctime: (i64, i64),
 }
 
 impl Stat {
@@ -53,6 +55,7 @@ impl Stat {
             mode: st.st_mode,
             size: st.st_size as u64,
             mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
         }
     }
 }

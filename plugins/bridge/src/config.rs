@@ -80,6 +80,7 @@ impl BridgeConf {
     /// Decodes and validates the config of `call`.
     pub fn load(call: &Call) -> Result<BridgeConf> {
         let mut c = BridgeConf::decode(call)?;
+        c.net.require_type()?;
         if let Err(why) = check_ifname(&c.bridge) {
             return Err(Error::InvalidConfig(format!(
                 "invalid bridge name \"{}\" (key \"bridge\"): {why}",

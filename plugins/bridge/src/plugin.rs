@@ -31,10 +31,10 @@ struct Undo {
 impl Plugin for Bridge {
     fn add(&self, call: &Call) -> Result<CniResult> {
         let conf = BridgeConf::load(call)?;
-        let netns = Netns::open(call.netns()?)?;
+        let netns = call.container_netns()?;
         let host = Nl::current()?;
         let mut undo = Undo::default();
-        let r = add(call, &conf, &netns, &host, &mut undo);
+        let r = add(call, &conf, netns, &host, &mut undo);
         if r.is_err() {
             rollback(call, &conf, &host, undo);
         }
@@ -67,7 +67,7 @@ impl Plugin for Bridge {
 
     fn check(&self, call: &Call) -> Result<()> {
         let conf = BridgeConf::load(call)?;
-        let netns = Netns::open(call.netns()?)?;
+        let netns = call.container_netns()?;
         if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Check, call)?;
         }
@@ -99,7 +99,7 @@ impl Plugin for Bridge {
             .enumerate()
             .find(|(_, i)| &i.name == ifname && i.sandbox.is_some())
             .ok_or_else(|| Error::CheckFailed(format!("previous result has no interface {ifname} in a sandbox")))?;
-        let cont = Nl::open_in(&netns)?;
+        let cont = Nl::open_in(netns)?;
         let link = cont
             .link(ifname)?
             .ok_or_else(|| Error::CheckFailed(format!("interface {ifname} not found in {}", netns.path())))?;
@@ -161,6 +161,9 @@ impl Plugin for Bridge {
 
 fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo) -> Result<CniResult> {
     let ifname = &call.env.ifname;
+    let cont = Nl::open_in(netns)?;
+    step("open netns socket");
+    iface::ensure_ifname_free(&cont, ifname, netns)?;
 
     // 1. The bridge, created or reused, up (a name taken by another kind of link fails here,
     //    before anything else is touched).
@@ -174,7 +177,7 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
         .ipam_type()
         .map(|t| delegate::start(t, Command::Add, call))
         .transpose()?;
-    let links = setup_links(call, conf, netns, host, &br, undo);
+    let links = setup_links(call, conf, netns, host, cont, &br, undo);
     // Reap IPAM whatever happened to the links; a lease it may hold is released on failure.
     let ipam = pending.map(|p| p.wait_add());
     undo.ipam_added = ipam.as_ref().is_some_and(|o| o.holds_lease);
@@ -268,6 +271,7 @@ fn setup_links(
     conf: &BridgeConf,
     netns: &Netns,
     host: &Nl,
+    cont: Nl,
     br: &Link,
     undo: &mut Undo,
 ) -> Result<(Link, Nl, Link)> {
@@ -275,8 +279,6 @@ fn setup_links(
 
     // The veth pair: the container end made inside the netns under a temporary name, then
     //    renamed there; the host end on the bridge.
-    let cont = Nl::open_in(netns)?;
-    step("open netns socket");
     let (host_veth, cont_link) = setup_veth(host, &cont, netns, call, conf.mtu(), conf.mac, undo)?;
     step("veth");
     host.set_link(

@@ -28,6 +28,9 @@ pub enum Error {
     /// Code 7: the network configuration is invalid.
     #[error("{0}")]
     InvalidConfig(String),
+    /// Code 8: `CNI_NETNS` may not be used (it is the plugin's own network namespace).
+    #[error("{0}")]
+    InvalidNetns(String),
     /// Code 11: a transient condition; the runtime should retry later.
     #[error("{0}")]
     TryAgainLater(String),
@@ -75,6 +78,7 @@ impl Error {
             Error::Io(_) => 5,
             Error::Decode(_) => 6,
             Error::InvalidConfig(_) => 7,
+            Error::InvalidNetns(_) => 8,
             Error::TryAgainLater(_) => 11,
             Error::PluginNotAvailable(_) => 50,
             Error::PluginNotAvailableLimited(_) => 51,
@@ -174,6 +178,7 @@ impl Error {
             5 => Error::Io(msg),
             6 => Error::Decode(msg),
             7 => Error::InvalidConfig(msg),
+            8 => Error::InvalidNetns(msg),
             11 => Error::TryAgainLater(msg),
             50 => Error::PluginNotAvailable(msg),
             51 => Error::PluginNotAvailableLimited(msg),

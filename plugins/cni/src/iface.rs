@@ -50,6 +50,19 @@ pub fn rename_to_ifname(nl: &Nl, link: Link, ifname: &str, netns: &Netns) -> Res
     })
 }
 
+/// Fails (code 103) when the container's namespace already has an interface `ifname`: checked
+/// before IPAM runs, so that an ADD again into a living container (whose lease IPAM hands
+/// back) never undoes that container's lease when it fails.
+pub fn ensure_ifname_free(nl: &Nl, ifname: &str, netns: &Netns) -> Result<()> {
+    if nl.link(ifname)?.is_some() {
+        return Err(Error::Conflict(format!(
+            "container interface \"{ifname}\" already exists in {}",
+            netns.path()
+        )));
+    }
+    Ok(())
+}
+
 /// Deletes the container interface `ifname` of an attachment and the temporary link a killed
 /// ADD of it may have left (see [`temp_ifname`]). Missing links are fine.
 pub fn del_container_links(nl: &Nl, container_id: &str, ifname: &str) -> Result<()> {
@@ -64,18 +77,10 @@ pub fn del_container_links(nl: &Nl, container_id: &str, ifname: &str) -> Result<
 /// the caller goes on with its own teardown.
 pub fn del_attachment(call: &Call, ipam_type: Option<&str>, errs: &mut Errors) {
     let pending = ipam_type.map(|t| delegate::start(t, Command::Del, call));
-    if let Some(path) = call.env.netns.as_deref() {
-        match Netns::open(path) {
-            Ok(ns) => {
-                let links =
-                    Nl::open_in(&ns).and_then(|nl| del_container_links(&nl, &call.env.container_id, &call.env.ifname));
-                errs.note(links);
-            }
-            Err(Error::UnknownContainer(_)) => {}
-            Err(e) => {
-                errs.note::<()>(Err(e));
-            }
-        }
+    // Opened and checked before the plugin ran; `None`: no CNI_NETNS, or the namespace is gone.
+    if let Some(ns) = call.container_ns.as_deref() {
+        let links = Nl::open_in(ns).and_then(|nl| del_container_links(&nl, &call.env.container_id, &call.env.ifname));
+        errs.note(links);
     }
     crate::trace::step("delete link");
     if let Some(p) = pending {

@@ -2,9 +2,11 @@
 //! result or one error, and never let a panic reach the runtime.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use crate::env::{Command, Env};
 use crate::error::{Error, Result};
+use crate::netns::Netns;
 use crate::trace;
 use crate::types::{CniResult, NetConf};
 use crate::version::{self, Version};
@@ -19,6 +21,10 @@ pub struct Call {
     pub stdin: Vec<u8>,
     pub conf: NetConf,
     pub version: Version,
+    /// The container's network namespace, opened and checked before the plugin runs (for
+    /// plugins that enter it): `None` without `CNI_NETNS`, or for a DEL whose namespace is
+    /// gone.
+    pub container_ns: Option<Arc<Netns>>,
 }
 
 impl Call {
@@ -38,10 +44,42 @@ impl Call {
             .as_deref()
             .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is required".into()))
     }
+
+    /// The container's network namespace, which ADD and CHECK always have.
+    pub fn container_netns(&self) -> Result<&Netns> {
+        self.netns()?;
+        self.container_ns
+            .as_deref()
+            .ok_or_else(|| Error::Internal("CNI_NETNS was not opened before the plugin ran".into()))
+    }
+
+    /// Opens and checks `CNI_NETNS` for ADD, CHECK and DEL ([`Netns::open_container`]):
+    /// before anything else is done, so that a path that is not a network namespace, or is
+    /// the plugin's own, fails the call at once with nothing changed. For DEL a namespace that
+    /// does not exist any more is no error: its links went with it.
+    pub fn open_container_ns(&mut self) -> Result<()> {
+        let Some(path) = self.env.netns.as_deref() else {
+            return Ok(());
+        };
+        if !matches!(self.env.command, Command::Add | Command::Check | Command::Del) {
+            return Ok(());
+        }
+        match Netns::open_container(path) {
+            Ok(ns) => self.container_ns = Some(Arc::new(ns)),
+            Err(Error::UnknownContainer(_)) if self.env.command == Command::Del => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
 }
 
 /// What a plugin implements; the skeleton does the rest.
 pub trait Plugin {
+    /// Whether the plugin works in the container's network namespace (`CNI_NETNS`), which the
+    /// skeleton then opens and checks first. IPAM plugins that ignore it say no.
+    fn enters_netns(&self) -> bool {
+        true
+    }
     fn add(&self, call: &Call) -> Result<CniResult>;
     fn del(&self, call: &Call) -> Result<()>;
     fn check(&self, call: &Call) -> Result<()>;
@@ -126,8 +164,12 @@ fn dispatch(name: &str, plugin: &dyn Plugin, version_for_errors: &mut String) ->
     let env = Env::from_process(command)?;
     let stdin = read_stdin()?;
     trace::step("read stdin");
-    let call = parse_call(env, stdin, version_for_errors)?;
+    let mut call = parse_call(env, stdin, version_for_errors)?;
     trace::step("parse config");
+    if plugin.enters_netns() {
+        call.open_container_ns()?;
+        trace::step("open netns");
+    }
     match command {
         Command::Add => {
             let r = plugin.add(&call)?;
@@ -175,5 +217,6 @@ pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> 
         stdin,
         conf,
         version,
+        container_ns: None,
     })
 }

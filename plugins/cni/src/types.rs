@@ -60,6 +60,16 @@ pub struct Attachment {
 }
 
 impl NetConf {
+    /// The spec requires `type`: a config without it names no plugin (code 7).
+    pub fn require_type(&self) -> Result<()> {
+        if self.plugin_type.is_empty() {
+            return Err(Error::InvalidConfig(
+                "network config has no \"type\": the key is required and names the plugin".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The GC keep-list: `cni.dev/valid-attachments`, else the older `cni.dev/attachments`.
     pub fn gc_keep(&self) -> Vec<Attachment> {
         self.valid_attachments

@@ -66,6 +66,7 @@ impl MacvlanConf {
     /// MTU, which [`crate::plugin`] checks against the machine).
     pub fn load(call: &Call) -> Result<MacvlanConf> {
         let mut c = Self::decode(call)?;
+        c.net.require_type()?;
         if !c.master.is_empty() {
             if let Err(why) = check_ifname(&c.master) {
                 return Err(Error::InvalidConfig(format!(
@@ -198,18 +199,30 @@ mod tests {
     #[test]
     fn bad_values_are_code_7_and_named() {
         let cases = [
-            (r#"{"cniVersion":"1.0.0","name":"n","mode":"weird"}"#, "mode"),
-            (r#"{"cniVersion":"1.0.0","name":"n","mtu":-1}"#, "mtu"),
-            (r#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#, "mtu"),
-            (r#"{"cniVersion":"1.0.0","name":"n","mac":"zz"}"#, "\"mac\""),
-            (r#"{"cniVersion":"1.0.0","name":"n","master":"a/b"}"#, "master"),
-            (r#"{"cniVersion":"1.0.0","name":"n","mode":"source"}"#, "sourceMacs"),
             (
-                r#"{"cniVersion":"1.0.0","name":"n","mode":"source","sourceMacs":["01:00:00:00:00:01"]}"#,
+                r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mode":"weird"}"#,
+                "mode",
+            ),
+            (r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mtu":-1}"#, "mtu"),
+            (r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mtu":10}"#, "mtu"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mac":"zz"}"#,
+                "\"mac\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","master":"a/b"}"#,
+                "master",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mode":"source"}"#,
+                "sourceMacs",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mode":"source","sourceMacs":["01:00:00:00:00:01"]}"#,
                 "sourceMacs[0]",
             ),
             (
-                r#"{"cniVersion":"1.0.0","name":"n","sourceMacs":["02:00:00:00:00:01"]}"#,
+                r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","sourceMacs":["02:00:00:00:00:01"]}"#,
                 "sourceMacs",
             ),
         ];
@@ -222,13 +235,13 @@ mod tests {
 
     #[test]
     fn mac_priority() {
-        let conf = r#"{"cniVersion":"1.0.0","name":"n","mac":"02:00:00:00:00:01",
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mac":"02:00:00:00:00:01",
                        "runtimeConfig":{"mac":"02:00:00:00:00:03"}}"#;
         assert_eq!(
             load(conf, "MAC=02:00:00:00:00:02").unwrap().parsed_mac,
             Some([2, 0, 0, 0, 0, 3])
         );
-        let conf = r#"{"cniVersion":"1.0.0","name":"n","mac":"02:00:00:00:00:01"}"#;
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mac":"02:00:00:00:00:01"}"#;
         assert_eq!(
             load(conf, "IgnoreUnknown=1;MAC=02:00:00:00:00:02").unwrap().parsed_mac,
             Some([2, 0, 0, 0, 0, 2])
@@ -237,14 +250,21 @@ mod tests {
         let e = load(conf, "MAC=nope").unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("CNI_ARGS MAC"), "{e}");
-        let conf = r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"mac":"bad"}}"#;
+        let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","runtimeConfig":{"mac":"bad"}}"#;
         assert!(load(conf, "").unwrap_err().to_string().contains("runtimeConfig.mac"));
+    }
+
+    #[test]
+    fn type_is_required() {
+        let e = load(r#"{"cniVersion":"1.0.0","name":"n"}"#, "").unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("\"type\""), "{e}");
     }
 
     #[test]
     fn source_mode() {
         let c = load(
-            r#"{"cniVersion":"1.0.0","name":"n","mode":"source","sourceMacs":["02:00:00:00:00:01","02:00:00:00:00:02"]}"#,
+            r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","mode":"source","sourceMacs":["02:00:00:00:00:01","02:00:00:00:00:02"]}"#,
             "",
         )
         .unwrap();

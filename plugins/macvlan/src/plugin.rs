@@ -32,11 +32,11 @@ struct Undo {
 impl Plugin for Macvlan {
     fn add(&self, call: &Call) -> Result<CniResult> {
         let conf = MacvlanConf::load(call)?;
-        let netns = Netns::open(call.netns()?)?;
-        let cont = Nl::open_in(&netns)?;
+        let netns = call.container_netns()?;
+        let cont = Nl::open_in(netns)?;
         step("open netns socket");
         let mut undo = Undo::default();
-        let r = add(call, &conf, &netns, &cont, &mut undo);
+        let r = add(call, &conf, netns, &cont, &mut undo);
         if r.is_err() {
             rollback(call, &conf, &cont, undo);
         }
@@ -53,7 +53,7 @@ impl Plugin for Macvlan {
 
     fn check(&self, call: &Call) -> Result<()> {
         let conf = MacvlanConf::load(call)?;
-        let netns = Netns::open(call.netns()?)?;
+        let netns = call.container_netns()?;
         if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Check, call)?;
         }
@@ -77,7 +77,7 @@ impl Plugin for Macvlan {
             })?;
 
         // The master still exists.
-        let cont = Nl::open_in(&netns)?;
+        let cont = Nl::open_in(netns)?;
         let host = if conf.link_in_container {
             None
         } else {
@@ -155,6 +155,7 @@ impl Plugin for Macvlan {
 
 fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Undo) -> Result<CniResult> {
     let ifname = &call.env.ifname;
+    iface::ensure_ifname_free(cont, ifname, netns)?;
 
     // 1. The master: the configured one or the default route's, here or in the container;
     //    the MTU must fit it.

@@ -138,6 +138,9 @@ fn permanent(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Leases, last reserved addresses, this host's boot record.
+type Snapshot = (BTreeMap<IpAddr, Held>, BTreeMap<usize, IpAddr>, Option<(String, i64)>);
+
 /// A connection to the cluster with the call's deadline.
 pub struct Conn {
     rt: tokio::runtime::Runtime,
@@ -212,6 +215,11 @@ impl Conn {
         {
             Ok(Ok(v)) => Some(Ok(v)),
             Ok(Err(e)) if permanent(&e) => Some(Err(format!("!{}", chain(&e)))),
+            // A certificate refused (either way) does not get better by retrying.
+            Ok(Err(e)) if chain(&e).to_lowercase().contains("certificate") => Some(Err(format!(
+                "!TLS handshake failed, check ipam.store.tls (ca, cert, key) against the members' certificates: {}",
+                chain(&e)
+            ))),
             Ok(Err(e)) => Some(Err(chain(&e))),
             Err(_) => Some(Err("request timed out".into())),
         }
@@ -280,19 +288,31 @@ impl Conn {
         format!("{}last/{idx}", self.net_prefix(network))
     }
 
+    fn boot_key(&self, network: &str) -> String {
+        format!("{}boot/{}", self.net_prefix(network), self.conf.host)
+    }
+
     /// Every lease of `network`, and the last reserved address of each range set.
     pub fn snapshot(&self, network: &str) -> Result<(BTreeMap<IpAddr, Held>, BTreeMap<usize, IpAddr>)> {
+        self.snapshot_with_boot(network).map(|(l, r, _)| (l, r))
+    }
+
+    /// [`Conn::snapshot`] and this host's boot record: (boot id, mod revision).
+    fn snapshot_with_boot(&self, network: &str) -> Result<Snapshot> {
         let ips = format!("{}ips/", self.net_prefix(network));
         let last = format!("{}last/", self.net_prefix(network));
+        let boot = self.boot_key(network);
         let resp = self.retry("reading the leases", |mut c| {
             let txn = Txn::new().and_then([
                 TxnOp::get(ips.clone(), Some(GetOptions::new().with_prefix())),
                 TxnOp::get(last.clone(), Some(GetOptions::new().with_prefix())),
+                TxnOp::get(boot.clone(), None),
             ]);
             async move { c.txn(txn).await }
         })?;
         let mut leases = BTreeMap::new();
         let mut lasts = BTreeMap::new();
+        let mut boot_rec = None;
         for (i, op) in resp.op_responses().into_iter().enumerate() {
             let TxnOpResponse::Get(g) = op else { continue };
             for kv in g.kvs() {
@@ -313,6 +333,11 @@ impl Conn {
                         }
                         Err(e) => eprintln!("host-local: ignoring etcd key {key}: not a lease: {e}"),
                     }
+                } else if i == 2 {
+                    boot_rec = Some((
+                        String::from_utf8_lossy(kv.value()).trim().to_string(),
+                        kv.mod_revision(),
+                    ));
                 } else if let Some(idx) = key.strip_prefix(&last).and_then(|s| s.parse::<usize>().ok()) {
                     if let Ok(ip) = String::from_utf8_lossy(kv.value()).trim().parse() {
                         lasts.insert(idx, ip);
@@ -320,7 +345,7 @@ impl Conn {
                 }
             }
         }
-        Ok((leases, lasts))
+        Ok((leases, lasts, boot_rec))
     }
 
     /// Creates `lease` at `ip` unless the address is held; `Ok(Some(holder))` when it is.
@@ -378,13 +403,18 @@ pub struct EtcdStore {
     /// After a lost race: how many free candidates the next round may skip (at most).
     spread: u64,
     rounds: usize,
+    /// This host's boot record as read: (boot id, mod revision).
+    boot_rec: Option<(String, i64)>,
+    /// The boot record to write in this call's transaction (a new boot), with what
+    /// [`Store::reconcile_boot`] was asked, to redo it after a lost race.
+    boot_new: Option<(String, bool)>,
 }
 
 impl EtcdStore {
     pub fn open(conf: &EtcdConfig, network: &str) -> Result<EtcdStore> {
         let conn = Conn::open(conf)?;
         cni::trace::step("etcd connect");
-        let (leases, last) = conn.snapshot(network)?;
+        let (leases, last, boot_rec) = conn.snapshot_with_boot(network)?;
         cni::trace::step("etcd read");
         Ok(EtcdStore {
             conn,
@@ -396,6 +426,8 @@ impl EtcdStore {
             gone: BTreeMap::new(),
             spread: 0,
             rounds: 0,
+            boot_rec,
+            boot_new: None,
         })
     }
 
@@ -450,6 +482,14 @@ impl EtcdStore {
         for (idx, ip) in lasts {
             ops.push(TxnOp::put(self.conn.last_key(&self.network, idx), ip.to_string(), None));
         }
+        if let Some((boot, _)) = &self.boot_new {
+            let key = self.conn.boot_key(&self.network);
+            match &self.boot_rec {
+                Some((_, rev)) => cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)),
+                None => cmp.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+            }
+            ops.push(TxnOp::put(key, boot.clone(), None));
+        }
         let txn = Txn::new().when(cmp).and_then(ops);
         let mut n = 0;
         loop {
@@ -486,6 +526,16 @@ impl Store for EtcdStore {
         if self.held(ip) {
             return Ok(false);
         }
+        // Taking back a lease this call released (the undo of a replaced static lease).
+        if let Some(h) = self.leases.get(&ip) {
+            if self.gone.contains_key(&ip)
+                && h.lease.container_id == id.trim()
+                && h.lease.ifname.as_deref() == Some(ifname)
+            {
+                self.gone.remove(&ip);
+                return Ok(true);
+            }
+        }
         let lease = Lease {
             container_id: id.trim().to_string(),
             ifname: Some(ifname.to_string()),
@@ -516,6 +566,47 @@ impl Store for EtcdStore {
 
     fn is_reserved(&mut self, ip: IpAddr) -> Result<bool> {
         Ok(self.held(ip))
+    }
+
+    fn owner(&mut self, ip: IpAddr) -> Result<Option<Owner>> {
+        if let Some((l, _)) = self.new.get(&ip) {
+            return Ok(Some(l.owner()));
+        }
+        if self.gone.contains_key(&ip) {
+            return Ok(None);
+        }
+        Ok(self.leases.get(&ip).map(|h| h.lease.owner()))
+    }
+
+    fn reconcile_boot(&mut self, boot_id: &str, release: bool) -> Result<Vec<IpAddr>> {
+        let recorded = self.boot_rec.as_ref().map(|(b, _)| b.as_str());
+        if recorded == Some(boot_id) {
+            self.boot_new = None;
+            return Ok(Vec::new());
+        }
+        let mut released = Vec::new();
+        if release && recorded.is_some() {
+            // Only this host's leases: the other hosts did not reboot.
+            let host = self.host().to_string();
+            for (ip, h) in &self.leases {
+                if h.lease.host == host && !self.gone.contains_key(ip) {
+                    released.push(*ip);
+                }
+            }
+            for ip in &released {
+                let rev = self.leases[ip].mod_revision;
+                self.gone.insert(*ip, rev);
+            }
+            if !released.is_empty() {
+                eprintln!(
+                    "host-local: host {host} rebooted since its last call on network {}; releasing its {} lease(s)",
+                    self.network,
+                    released.len()
+                );
+            }
+        }
+        self.boot_new = Some((boot_id.to_string(), release));
+        Ok(released)
     }
 
     fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>> {
@@ -587,7 +678,7 @@ impl Store for EtcdStore {
     }
 
     fn try_commit(&mut self) -> Result<bool> {
-        if self.new.is_empty() && self.gone.is_empty() {
+        if self.new.is_empty() && self.gone.is_empty() && self.boot_new.is_none() {
             return Ok(true);
         }
         let ok = self.write()?;
@@ -595,6 +686,7 @@ impl Store for EtcdStore {
         if ok {
             self.new.clear();
             self.gone.clear();
+            self.boot_new = None;
         }
         Ok(ok)
     }
@@ -616,11 +708,15 @@ impl Store for EtcdStore {
                 "etcd: lost the race for an address {MAX_ROUNDS} times in one call; try again"
             )));
         }
-        let (leases, last) = self.conn.snapshot(&self.network)?;
+        let (leases, last, boot_rec) = self.conn.snapshot_with_boot(&self.network)?;
         self.leases = leases;
         self.last = last;
+        self.boot_rec = boot_rec;
         self.new.clear();
         self.gone.clear();
+        if let Some((boot, release)) = self.boot_new.take() {
+            self.reconcile_boot(&boot, release)?;
+        }
         self.spread = 1u64 << self.rounds.min(4);
         Ok(())
     }
