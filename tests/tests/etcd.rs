@@ -585,3 +585,108 @@ fn tls_with_client_certificates() {
     a.cni("DEL", "t1").config(&conf).run().expect_ok();
     assert!(lease_map(&c, "/t6", "tls").is_empty());
 }
+
+fn ops(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin("host-local"))
+        .args(args)
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Test 7: the operators' commands. Import of two hosts' disk stores with one conflicting
+/// address: the conflict is reported, nothing is overwritten; `leases` lists either store;
+/// `release-host` releases a gone host's leases only.
+#[test]
+fn import_list_and_release_host() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    // Each host's disk store, made by host-local itself.
+    for (h, leases) in [
+        (&a, [("c1", "10.10.0.2"), ("c2", "10.10.0.3")]),
+        (&b, [("c9", "10.10.0.3"), ("c8", "10.10.0.4")]),
+    ] {
+        let disk = json!({"cniVersion": "1.1.0", "name": "imp", "type": "host-local",
+            "ipam": {"type": "host-local", "subnet": "10.10.0.0/24", "dataDir": h.data.path()}});
+        for (id, ip) in leases {
+            h.cni("ADD", id)
+                .args(&format!("IP={ip}"))
+                .config(&disk)
+                .run()
+                .expect_ok();
+        }
+    }
+    let conf = json!({"cniVersion": "1.0.0", "name": "imp", "plugins": [{"type": "macvlan", "master": "eth0",
+        "ipam": {"type": "host-local", "subnet": "10.10.0.0/24",
+                 "store": {"type": "etcd", "endpoints": c.endpoints(), "prefix": "/t7", "host": "opnode"}}}]});
+    let file = a.data.join("imp.conflist");
+    std::fs::write(&file, conf.to_string()).unwrap();
+    let f = file.to_str().unwrap();
+    let dir = |h: &Host| h.data.path().to_str().unwrap().to_string();
+
+    let (code, out, err) = ops(&["import", f, "--data-dir", &dir(&a), "--host", &a.name]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("2 imported, 0 already there, 0 conflict(s)\n"), "{out}");
+    let (code, out, err) = ops(&["import", f, "--data-dir", &dir(&b), "--host", &b.name]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains(&format!("conflict 10.10.0.3: c9 eth0 on {}", b.name)),
+        "{out}"
+    );
+    assert!(out.contains(&format!("etcd has it for c2 eth0 on {}", a.name)), "{out}");
+    assert!(out.ends_with("1 imported, 0 already there, 1 conflict(s)\n"), "{out}");
+    let leases = lease_map(&c, "/t7", "imp");
+    assert_eq!(leases.len(), 3);
+    assert_eq!(leases["10.10.0.3"]["containerId"], "c2");
+    assert_eq!(leases["10.10.0.3"]["host"].as_str(), Some(a.name.as_str()));
+    assert_eq!(leases["10.10.0.4"]["host"].as_str(), Some(b.name.as_str()));
+    // A repeat imports nothing twice.
+    let (code, out, _) = ops(&["import", f, "--data-dir", &dir(&a), "--host", &a.name]);
+    assert_eq!(code, 0);
+    assert!(out.ends_with("0 imported, 2 already there, 0 conflict(s)\n"), "{out}");
+
+    // leases: etcd, then host B's disk store.
+    let (code, out, _) = ops(&["leases", f]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ADDRESS") && lines[0].contains("HOST") && lines[0].ends_with("AGE"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines[2].starts_with("10.10.0.3") && lines[2].contains(" c2 ") && lines[2].contains(&a.name),
+        "{out}"
+    );
+    let mut disk = conf.clone();
+    disk["plugins"][0]["ipam"]["store"] = Value::Null;
+    disk["plugins"][0]["ipam"]["dataDir"] = json!(dir(&b));
+    let dfile = b.data.join("imp.conflist");
+    std::fs::write(&dfile, disk.to_string()).unwrap();
+    let (code, out, _) = ops(&["leases", dfile.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains(" c9 ") && out.contains(" c8 "), "{out}");
+
+    // release-host: host B is gone.
+    let (code, out, err) = ops(&["release-host", f, &b.name]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.ends_with(&format!("1 lease(s) of host {} released\n", b.name)),
+        "{out}"
+    );
+    let leases = lease_map(&c, "/t7", "imp");
+    assert_eq!(leases.keys().collect::<Vec<_>>(), ["10.10.0.2", "10.10.0.3"]);
+    // Usage on a bad command line.
+    let (code, _, err) = ops(&["frobnicate"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("usage:"), "{err}");
+}
