@@ -239,10 +239,13 @@ impl Conn {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut last = String::from("no attempt made");
+        // What a member that answered said ("no leader") tells more than a dead member's
+        // "connection refused".
+        let mut answered: Option<String> = None;
         let mut n = 0;
         loop {
             match self.attempt(&mut f) {
-                None => return Err(self.trouble(what, &last)),
+                None => return Err(self.trouble(what, answered.as_deref().unwrap_or(&last))),
                 Some(Ok(v)) => return Ok(v),
                 Some(Err(e)) if e.starts_with('!') => {
                     return Err(Error::Io(format!(
@@ -251,7 +254,12 @@ impl Conn {
                         &e[1..]
                     )))
                 }
-                Some(Err(e)) => last = e,
+                Some(Err(e)) => {
+                    if !e.contains("connect error") {
+                        answered = Some(e.clone());
+                    }
+                    last = e;
+                }
             }
             self.pause(n);
             n += 1;
