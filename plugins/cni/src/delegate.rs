@@ -35,102 +35,173 @@ pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniRe
     start(plugin_type, cmd, call)?.wait()
 }
 
-/// A delegated plugin running while this one goes on with its own work.
+/// A delegated plugin running while this one goes on with its own work. Dropped before it
+/// was waited for (an early return, a panic unwinding), it is killed and reaped, and an ADD's
+/// possible reservation is released by a DEL of the same attachment: no process and no lease
+/// outlive the call.
 pub struct Pending {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     plugin_type: String,
     cmd: Command,
     bin: PathBuf,
+    /// The config, for the DEL that releases what a dropped ADD may have reserved.
+    stdin: Vec<u8>,
 }
 
 /// Starts `plugin_type` for `cmd` with the call's config and returns at once: the IPAM
 /// plugin's process start and its work overlap with ours. [`Pending::wait`] collects it.
 pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
     let bin = find_plugin(plugin_type, &call.env.path)?;
-    let mut child = Proc::new(&bin)
+    let child = spawn(&bin, cmd, &call.stdin)?;
+    Ok(Pending {
+        child: Some(child),
+        plugin_type: plugin_type.to_string(),
+        cmd,
+        bin,
+        stdin: if cmd == Command::Add {
+            call.stdin.clone()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+fn spawn(bin: &std::path::Path, cmd: Command, stdin_bytes: &[u8]) -> Result<std::process::Child> {
+    let mut child = Proc::new(bin)
         .env("CNI_COMMAND", cmd.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| Error::io(format!("running IPAM plugin {}", bin.display()), e))?;
-    {
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        // A plugin that exits without reading stdin gives EPIPE; its exit status tells more.
-        // (Plugins read their whole stdin first, so this does not wait for their work.)
-        let _ = stdin.write_all(&call.stdin);
-    }
-    Ok(Pending {
-        child,
-        plugin_type: plugin_type.to_string(),
-        cmd,
-        bin,
-    })
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // A plugin that exits without reading stdin gives EPIPE; its exit status tells more.
+    // (Plugins read their whole stdin first, so this does not wait for their work.)
+    let _ = stdin.write_all(stdin_bytes);
+    Ok(child)
 }
 
-/// What an IPAM ADD gave: its result (which must hold an address), and whether the IPAM plugin
-/// may hold a lease for the attachment now, which a failed ADD must release: it does when the
-/// plugin succeeded, even if its result is unreadable or empty; a failed IPAM ADD reserved
-/// nothing (and may have failed because the attachment already holds a lease, not ours to drop).
+/// What an IPAM ADD gave: its result (which must hold an address), and whether the IPAM
+/// plugin may hold a lease for the attachment now, which a failed ADD must release.
 pub struct IpamAdd {
     pub result: Result<CniResult>,
+    /// `false` only when the plugin itself reported an error: it reserved nothing then (and
+    /// may have failed because the attachment holds a lease that is not ours to drop). A
+    /// plugin that succeeded holds a lease even if its result is unreadable or empty, and one
+    /// that died without saying why may hold one.
     pub holds_lease: bool,
 }
 
+/// How a delegated plugin ended.
+enum Ended {
+    /// Exit status 0, with its stdout.
+    Succeeded(Vec<u8>),
+    /// It said why it failed (an error JSON).
+    Reported(Error),
+    /// It failed without saying why (killed, crashed, no error JSON), or could not be waited
+    /// for.
+    Unexplained(Error),
+}
+
 impl Pending {
-    /// Waits for an ADD; see [`IpamAdd`].
-    pub fn wait_add(self) -> IpamAdd {
-        let plugin_type = self.plugin_type.clone();
-        match self.wait() {
-            Ok(Some(r)) if r.ips.is_empty() => IpamAdd {
-                result: Err(Error::InvalidConfig(format!(
-                    "IPAM plugin \"{plugin_type}\" returned no IP address"
-                ))),
-                holds_lease: true,
-            },
-            Ok(Some(r)) => IpamAdd {
-                result: Ok(r),
-                holds_lease: true,
-            },
-            Ok(None) => IpamAdd {
-                result: Err(Error::Internal("IPAM ADD gave no result".into())),
-                holds_lease: true,
-            },
+    fn finish(&mut self) -> Ended {
+        let child = self.child.take().expect("a pending plugin is finished once");
+        let out = match child.wait_with_output() {
+            Ok(o) => o,
             Err(e) => {
-                let holds_lease = matches!(e, Error::Decode(_));
-                IpamAdd {
-                    result: Err(e),
-                    holds_lease,
-                }
+                return Ended::Unexplained(Error::io(format!("waiting for IPAM plugin {}", self.bin.display()), e))
             }
+        };
+        crate::trace::step(&format!("ipam {}", self.cmd.as_str()));
+        if out.status.success() {
+            return Ended::Succeeded(out.stdout);
+        }
+        match parse_error(&out.stdout) {
+            Some(e) => Ended::Reported(e),
+            None => Ended::Unexplained(Error::Internal(format!(
+                "IPAM plugin \"{}\" failed ({}) without an error JSON: {}",
+                self.plugin_type,
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            ))),
+        }
+    }
+
+    fn decode(&self, stdout: &[u8]) -> Result<CniResult> {
+        CniResult::from_slice(stdout).map_err(|e| e.context(format!("result of IPAM plugin \"{}\"", self.plugin_type)))
+    }
+
+    /// Waits for an ADD; see [`IpamAdd`].
+    pub fn wait_add(mut self) -> IpamAdd {
+        match self.finish() {
+            Ended::Succeeded(out) => IpamAdd {
+                result: self.decode(&out).and_then(|r| {
+                    if r.ips.is_empty() {
+                        Err(Error::InvalidConfig(format!(
+                            "IPAM plugin \"{}\" returned no IP address",
+                            self.plugin_type
+                        )))
+                    } else {
+                        Ok(r)
+                    }
+                }),
+                holds_lease: true,
+            },
+            Ended::Reported(e) => IpamAdd {
+                result: Err(e),
+                holds_lease: false,
+            },
+            Ended::Unexplained(e) => IpamAdd {
+                result: Err(e),
+                holds_lease: true,
+            },
         }
     }
 
     /// Waits for the plugin; its parsed result for ADD, or its error.
-    pub fn wait(self) -> Result<Option<CniResult>> {
-        let Pending {
-            child,
-            plugin_type,
-            cmd,
-            bin,
-        } = self;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::io(format!("waiting for IPAM plugin {}", bin.display()), e))?;
-        crate::trace::step(&format!("ipam {}", cmd.as_str()));
-        if !out.status.success() {
-            return Err(parse_error(&plugin_type, &out.stdout, out.status));
+    pub fn wait(mut self) -> Result<Option<CniResult>> {
+        match self.finish() {
+            Ended::Succeeded(out) if self.cmd == Command::Add => self.decode(&out).map(Some),
+            Ended::Succeeded(_) => Ok(None),
+            Ended::Reported(e) | Ended::Unexplained(e) => Err(e),
         }
-        if cmd != Command::Add {
-            return Ok(None);
-        }
-        CniResult::from_slice(&out.stdout)
-            .map(Some)
-            .map_err(|e| e.context(format!("result of IPAM plugin \"{plugin_type}\"")))
     }
 }
 
-fn parse_error(plugin_type: &str, stdout: &[u8], status: std::process::ExitStatus) -> Error {
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        if self.cmd != Command::Add {
+            return;
+        }
+        // It may have reserved an address before it was killed.
+        let released = spawn(&self.bin, Command::Del, &self.stdin).and_then(|c| {
+            c.wait_with_output()
+                .map_err(|e| Error::io("waiting for IPAM DEL", e))
+                .and_then(|o| {
+                    if o.status.success() {
+                        Ok(())
+                    } else {
+                        Err(parse_error(&o.stdout)
+                            .unwrap_or_else(|| Error::Internal(format!("IPAM DEL failed ({})", o.status))))
+                    }
+                })
+        });
+        if let Err(e) = released {
+            eprintln!(
+                "releasing what IPAM plugin \"{}\" may have reserved: {e}",
+                self.plugin_type
+            );
+        }
+    }
+}
+
+/// The error JSON a failed plugin printed, if it printed one.
+fn parse_error(stdout: &[u8]) -> Option<Error> {
     #[derive(serde::Deserialize)]
     struct E {
         code: u32,
@@ -139,15 +210,9 @@ fn parse_error(plugin_type: &str, stdout: &[u8], status: std::process::ExitStatu
         #[serde(default)]
         details: String,
     }
-    match serde_json::from_slice::<E>(stdout) {
-        Ok(e) => Error::Delegated {
-            code: e.code,
-            msg: e.msg,
-            details: e.details,
-        },
-        Err(_) => Error::Internal(format!(
-            "IPAM plugin \"{plugin_type}\" failed ({status}) without an error JSON: {}",
-            String::from_utf8_lossy(stdout).trim()
-        )),
-    }
+    serde_json::from_slice::<E>(stdout).ok().map(|e| Error::Delegated {
+        code: e.code,
+        msg: e.msg,
+        details: e.details,
+    })
 }

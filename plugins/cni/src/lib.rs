@@ -1,23 +1,30 @@
 //! The CNI protocol library every plugin of this set is made of.
 //!
 //! - [`skel`]: the entry point (environment, config, dispatch, result/error printing)
-//! - [`types`], [`version`], [`env`], [`error`]: the spec's data
+//! - [`types`], [`version`], [`env`](mod@env), [`error`]: the spec's data
 //! - [`delegate`]: running the IPAM plugin
-//! - [`netns`]: the only module that calls `setns`
+//! - [`txn`]: an ADD as a transaction whose undo runs on every way out; [`fault`]: test-only
+//!   fault points
+//! - [`netns`]: the only module that calls `setns` (and the `/proc/sys/net` sysctls, which
+//!   follow the calling thread's namespace)
 //! - [`netlink`]: the only module that speaks rtnetlink
-//! - [`sysctl`]: `/proc/sys/net` writes inside a namespace
+//! - [`iface`]: the shared steps of bridge and macvlan on a container interface
 //! - [`firewall`]: masquerade rules (iptables or nftables)
+//! - [`spoofchk`]: the `macspoofchk` rules (nftables)
+//! - [`trace`]: step timings on stderr (`CNI_RS_TRACE=1`)
 
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod fault;
 pub mod firewall;
 pub mod iface;
 pub mod netlink;
 pub mod netns;
 pub mod skel;
-pub mod spoofchk;
+pub use firewall::spoofchk;
 pub mod trace;
+pub mod txn;
 pub mod types;
 pub mod version;
 

@@ -12,7 +12,10 @@ use netlink_packet_route::link::{
     BridgeVlanInfoFlags, InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMacAddressMode, MacVlanMode,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope};
+use netlink_packet_route::neighbour::NeighbourFlags;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
@@ -94,6 +97,8 @@ pub struct Link {
     pub hairpin: Option<bool>,
     pub isolated: Option<bool>,
     pub vlan_filtering: Option<bool>,
+    /// IFLA_IFALIAS: the link's free-text description (`ip link set dev X alias ...`).
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +162,23 @@ pub struct RouteEntry {
     pub mtu: Option<u32>,
     pub advmss: Option<u32>,
     pub scope: u8,
+    /// Who made the route (RTPROT_*: 2 kernel, 3 boot, 4 static, ...).
+    pub protocol: u8,
+    /// RTA_PREFSRC: the source address the route prefers.
+    pub prefsrc: Option<IpAddr>,
+}
+
+/// A host route that its maker marks as its own: a `protocol` of its own and a `metric` that
+/// names what it was made for, so that it can be told apart from every other route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkedRoute {
+    /// The destination (a /32 or /128 for a host route).
+    pub dst: IpNet,
+    pub oif: u32,
+    /// The preferred source address (RTA_PREFSRC), if any.
+    pub src: Option<IpAddr>,
+    pub protocol: u8,
+    pub metric: u32,
 }
 
 /// A route to add.
@@ -427,6 +449,13 @@ impl Nl {
             .map_err(|e| nl_err(format!("changing link {index} ({c:?})"), e))
     }
 
+    /// Sets the alias (IFLA_IFALIAS, a free-text description) of link `index`.
+    pub fn set_alias(&self, index: u32, alias: &str) -> NlResult<()> {
+        let b = LinkUnspec::new_with_index(index).alias(alias);
+        self.block(async { self.h.link().set(b.build()).execute().await })
+            .map_err(|e| nl_err(format!("setting the alias of link {index}"), e))
+    }
+
     /// Moves link `index` into `ns`.
     pub fn move_link(&self, index: u32, ns: &Netns) -> NlResult<()> {
         let b = LinkUnspec::new_with_index(index).setns_by_fd(ns.fd());
@@ -649,6 +678,96 @@ impl Nl {
         })
         .map_err(|e| nl_err("listing routes", e))
     }
+
+    /// Adds `r` to the main table: a link-scope route (IPv4) or a route without gateway
+    /// (IPv6) through `r.oif`, with its protocol, metric and preferred source.
+    pub fn add_marked_route(&self, r: &MarkedRoute) -> NlResult<()> {
+        let mut msg = route_msg(r.dst);
+        msg.header.protocol = RouteProtocol::from(r.protocol);
+        msg.header.kind = RouteType::Unicast;
+        if r.dst.addr().is_ipv4() {
+            msg.header.scope = RouteScope::Link;
+        }
+        msg.attributes.push(RouteAttribute::Oif(r.oif));
+        msg.attributes.push(RouteAttribute::Priority(r.metric));
+        if let Some(src) = r.src {
+            msg.attributes.push(RouteAttribute::PrefSource(match src {
+                IpAddr::V4(a) => RouteAddress::Inet(a),
+                IpAddr::V6(a) => RouteAddress::Inet6(a),
+            }));
+        }
+        self.block(async { self.h.route().add(msg).execute().await })
+            .map_err(|e| {
+                nl_err(
+                    format!(
+                        "adding route to {} dev {} proto {} metric {}",
+                        r.dst, r.oif, r.protocol, r.metric
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Deletes the route `r` (as listed by [`Nl::routes`]): the kernel matches its
+    /// destination, table, protocol, metric and interface, so that only that route goes. A
+    /// route that is already gone is fine.
+    pub fn del_route(&self, r: &RouteEntry) -> NlResult<()> {
+        let mut msg = route_msg(r.dst);
+        msg.header.protocol = RouteProtocol::from(r.protocol);
+        msg.header.scope = RouteScope::from(r.scope);
+        if r.table < 256 {
+            msg.header.table = r.table as u8;
+        } else {
+            msg.header.table = 252;
+        }
+        msg.attributes.push(RouteAttribute::Table(r.table));
+        if let Some(oif) = r.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        if let Some(p) = r.priority {
+            msg.attributes.push(RouteAttribute::Priority(p));
+        }
+        match self.block(async { self.h.route().del(msg).execute().await }) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl_err(
+                    format!("deleting route to {} dev {:?} proto {}", r.dst, r.oif, r.protocol),
+                    e,
+                );
+                if e.is(libc::ESRCH) || e.is(libc::ENOENT) || e.is(libc::ENODEV) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    // ---- neighbours
+
+    /// Adds a proxy neighbour entry (`ip -6 neigh add proxy IP dev X`): with `proxy_ndp` on
+    /// link `index`, the kernel answers neighbour solicitations for `ip` arriving there.
+    /// An existing entry is fine.
+    pub fn add_proxy_neigh(&self, index: u32, ip: IpAddr) -> NlResult<()> {
+        match self.block(async {
+            self.h
+                .neighbours()
+                .add(index, ip)
+                .flags(NeighbourFlags::Proxy)
+                .execute()
+                .await
+        }) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl_err(format!("adding proxy neighbour {ip} on link {index}"), e);
+                if e.is(libc::EEXIST) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
 }
 
 fn route_msg(dst: IpNet) -> RouteMessage {
@@ -678,6 +797,8 @@ fn parse_route(m: &RouteMessage) -> Option<RouteEntry> {
         mtu: None,
         advmss: None,
         scope: u8::from(m.header.scope),
+        protocol: u8::from(m.header.protocol),
+        prefsrc: None,
     };
     for a in &m.attributes {
         match a {
@@ -686,6 +807,8 @@ fn parse_route(m: &RouteMessage) -> Option<RouteEntry> {
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => e.gw = Some((*a).into()),
             RouteAttribute::Gateway(RouteAddress::Inet6(a)) => e.gw = Some((*a).into()),
             RouteAttribute::Oif(i) => e.oif = Some(*i),
+            RouteAttribute::PrefSource(RouteAddress::Inet(a)) => e.prefsrc = Some((*a).into()),
+            RouteAttribute::PrefSource(RouteAddress::Inet6(a)) => e.prefsrc = Some((*a).into()),
             RouteAttribute::Table(t) => e.table = *t,
             RouteAttribute::Priority(p) => e.priority = Some(*p),
             RouteAttribute::Metrics(ms) => {
@@ -719,6 +842,7 @@ fn parse_link(m: &LinkMessage) -> Link {
             LinkAttribute::Controller(v) => l.master = Some(*v),
             LinkAttribute::Link(v) => l.parent = Some(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
+            LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     match i {

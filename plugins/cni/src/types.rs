@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::version::Version;
 
 /// The keys every network configuration has. Plugins embed it (`#[serde(flatten)]`) in their
-/// own config type; keys nobody knows are kept in `other`.
+/// own config type, which names the plugin's keys; keys that neither names are ignored (a
+/// delegated plugin gets the raw config bytes, so nothing is lost for it). Only the `ipam`
+/// section keeps its unknown keys ([`IpamRef::other`]).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct NetConf {
     #[serde(rename = "cniVersion", default)]

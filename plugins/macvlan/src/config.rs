@@ -38,6 +38,10 @@ pub struct MacvlanConf {
     /// `source` mode: the source MACs whose frames the interface receives.
     #[serde(rename = "sourceMacs", default)]
     pub source_macs: Vec<String>,
+    /// Ours (not in the reference): a host-side macvlan "shim" on the master and a host route
+    /// per container address through it, so that the host reaches its own containers.
+    #[serde(rename = "hostShim", default)]
+    pub host_shim: bool,
 
     /// Derived from `mode`.
     #[serde(skip, default = "default_mode")]
@@ -88,6 +92,9 @@ impl MacvlanConf {
             )));
         }
         c.parsed_source_macs = source_macs(&c.source_macs, c.parsed_mode)?;
+        if c.host_shim {
+            check_host_shim(&c)?;
+        }
         c.parsed_mac = container_mac(&c.mac, &c.net, &call.env.args)?;
         Ok(c)
     }
@@ -100,6 +107,31 @@ impl MacvlanConf {
     pub fn bcqueuelen(&self) -> Option<u32> {
         (self.bcqueuelen > 0).then_some(self.bcqueuelen)
     }
+}
+
+/// `hostShim` works where the kernel forwards frames between two macvlans of one master: in
+/// `bridge` mode, with the master on the host, and with addresses to route to.
+fn check_host_shim(c: &MacvlanConf) -> Result<()> {
+    if c.link_in_container {
+        return Err(Error::InvalidConfig(
+            "key \"hostShim\" cannot be used with \"linkInContainer\": true: the shim lives on the host, \
+             next to a master the host owns"
+                .into(),
+        ));
+    }
+    if c.parsed_mode != MacvlanMode::Bridge {
+        return Err(Error::InvalidConfig(format!(
+            "key \"hostShim\" needs mode \"bridge\", not \"{}\" (key \"mode\"): only bridge-mode macvlans \
+             of one master reach each other, so the host's shim could not reach the container",
+            c.parsed_mode.as_str()
+        )));
+    }
+    if c.net.ipam_type().is_none() {
+        return Err(Error::InvalidConfig(
+            "key \"hostShim\" needs an \"ipam\" section: the host routes go to the container's addresses".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `sourceMacs`: required (at least one) in `source` mode, refused in the others.
@@ -270,6 +302,65 @@ mod tests {
         .unwrap();
         assert_eq!(c.parsed_mode, MacvlanMode::Source);
         assert_eq!(c.parsed_source_macs.len(), 2);
+    }
+
+    #[test]
+    fn host_shim_is_off_by_default_and_refused_where_it_cannot_work() {
+        let ipam = r#""ipam":{"type":"host-local"}"#;
+        let c = load(
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan",{ipam}}}"#),
+            "",
+        )
+        .unwrap();
+        assert!(!c.host_shim);
+        let c = load(
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":true,{ipam}}}"#),
+            "",
+        )
+        .unwrap();
+        assert!(c.host_shim);
+        let c = load(
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":true,"mode":"bridge",{ipam}}}"#),
+            "",
+        )
+        .unwrap();
+        assert!(c.host_shim);
+        let cases = [
+            (r#""linkInContainer":true"#.to_string(), "linkInContainer"),
+            (r#""mode":"private""#.to_string(), "\"private\""),
+            (r#""mode":"vepa""#.to_string(), "\"vepa\""),
+            (r#""mode":"passthru""#.to_string(), "\"passthru\""),
+            (
+                r#""mode":"source","sourceMacs":["02:00:00:00:00:01"]"#.to_string(),
+                "\"source\"",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let conf =
+                format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":true,{extra},{ipam}}}"#);
+            let e = load(&conf, "").unwrap_err();
+            assert_eq!(e.code(), 7, "{conf}: {e}");
+            assert!(
+                e.to_string().contains("hostShim") && e.to_string().contains(needle),
+                "{conf}: {e}"
+            );
+        }
+        let e = load(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":true}"#,
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("ipam"), "{e}");
+        // Off, the modes that cannot have it are fine.
+        load(
+            &format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan","hostShim":false,"mode":"vepa",{ipam}}}"#),
+            "",
+        )
+        .unwrap();
+        let e = cni::types::decode::<MacvlanConf>(br#"{"cniVersion":"1.0.0","hostShim":"yes"}"#).unwrap_err();
+        assert_eq!(e.code(), 6);
+        assert!(e.to_string().contains("hostShim"), "{e}");
     }
 
     #[test]

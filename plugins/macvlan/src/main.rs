@@ -2,6 +2,7 @@
 
 mod config;
 mod plugin;
+mod shim;
 
 fn main() {
     cni::skel::run("macvlan", &plugin::Macvlan)

@@ -10,6 +10,7 @@ use cni::trace::step;
 use cni::{Call, CniResult, Error, Errors, Interface, Plugin, Result};
 
 use crate::config::MacvlanConf;
+use crate::shim;
 
 pub struct Macvlan;
 
@@ -27,6 +28,8 @@ struct Undo {
     /// Index of the new link, in the container's namespace.
     link: Option<u32>,
     ipam_added: bool,
+    /// `hostShim`: the host routes (and shim) of this attachment may exist.
+    shim: bool,
 }
 
 impl Plugin for Macvlan {
@@ -48,6 +51,12 @@ impl Plugin for Macvlan {
         let mut errs = Errors::new();
         // 1. The lease and the container interface (also what a killed ADD left).
         iface::del_attachment(call, conf.net.ipam_type(), &mut errs);
+        // 2. `hostShim`: the host routes of the attachment, and the shim if they were its last.
+        //    Also when the config no longer asks for it but a record says an ADD made them.
+        let (net, id, ifname) = (&conf.net.name, &call.env.container_id, &call.env.ifname);
+        if conf.host_shim || shim::has_record(net, id, ifname) {
+            errs.note(Nl::current().and_then(|host| shim::remove(&host, net, id, ifname)));
+        }
         errs.into_result()
     }
 
@@ -127,15 +136,30 @@ impl Plugin for Macvlan {
         }
         iface::check_addrs(&cont, &link, &prev, cidx)?;
         iface::check_routes(&cont, &prev)?;
+        if let (true, Some(host)) = (conf.host_shim, host.as_ref()) {
+            let ips: Vec<_> = prev
+                .ips
+                .iter()
+                .filter(|i| i.interface.is_none_or(|i| i == cidx))
+                .cloned()
+                .collect();
+            shim::check(host, &master.link, &conf.net.name, &call.env.container_id, ifname, &ips)?;
+        }
         Ok(())
     }
 
     fn gc(&self, call: &Call) -> Result<()> {
         let conf = MacvlanConf::decode(call)?;
+        let mut errs = Errors::new();
         if let Some(t) = conf.net.ipam_type() {
-            delegate::exec(t, Command::Gc, call)?;
+            errs.note(delegate::exec(t, Command::Gc, call));
         }
-        Ok(())
+        // `hostShim`: the host routes of the attachments that are gone (when this network has
+        // records of them).
+        if shim::has_records(&conf.net.name) {
+            errs.note(Nl::current().and_then(|host| shim::gc(&host, &conf.net.name, &conf.net.gc_keep())));
+        }
+        errs.into_result()
     }
 
     fn status(&self, call: &Call) -> Result<()> {
@@ -143,8 +167,12 @@ impl Plugin for Macvlan {
         // A master in the container's namespace cannot be looked at without a container.
         if !conf.link_in_container {
             let host = Nl::current()?;
-            master_link(&conf, &host, "the host's")
+            let master = master_link(&conf, &host, "the host's")
                 .map_err(|e| Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}")))?;
+            if conf.host_shim {
+                shim::usable(&host, &master)
+                    .map_err(|e| Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}")))?;
+            }
         }
         if let Some(t) = conf.net.ipam_type() {
             delegate::exec(t, Command::Status, call)?;
@@ -230,7 +258,23 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
     }
     iface::loopback_up(cont)?;
 
-    // 4. The config's DNS first, what IPAM said after it.
+    // 4. `hostShim`: the host's routes to the container through the shim on the master.
+    if conf.host_shim {
+        if let Some(host) = host.as_ref() {
+            undo.shim = true;
+            shim::add(
+                host,
+                &master.link,
+                &conf.net.name,
+                &call.env.container_id,
+                ifname,
+                &result.ips,
+            )?;
+            step("host shim");
+        }
+    }
+
+    // 5. The config's DNS first, what IPAM said after it.
     if let Some(dns) = conf.net.dns.as_ref() {
         let mut merged = dns.clone();
         merged.merge(&result.dns);
@@ -249,6 +293,10 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
 /// original error is what the runtime gets.
 fn rollback(call: &Call, conf: &MacvlanConf, cont: &Nl, undo: Undo) {
     let mut errs = Errors::new();
+    if undo.shim {
+        let (net, id) = (&conf.net.name, &call.env.container_id);
+        errs.note(Nl::current().and_then(|host| shim::remove(&host, net, id, &call.env.ifname)));
+    }
     if undo.ipam_added {
         if let Some(t) = conf.net.ipam_type() {
             errs.note(delegate::exec(t, Command::Del, call));
