@@ -2116,9 +2116,7 @@ fn no_shell_in_product_code() {
             }
             if l.contains("Command::new(") || l.contains("Proc::new(") {
                 // The two runners: firewall::exec (iptables, nft) and delegate (IPAM plugins).
-                let ok = ["Command::new(bin)", "Proc::new(bin)"]
-                    .iter()
-                    .any(|s| l.contains(s));
+                let ok = ["Command::new(bin)", "Proc::new(bin)"].iter().any(|s| l.contains(s));
                 if !ok {
                     bad.push(format!(
                         "{}:{}: unexpected command: {}",
