@@ -42,6 +42,8 @@ use crate::store::{GcReport, Owner, Store};
 /// One attempt of a request never takes longer than this, so that a request stuck on a
 /// member that just died is retried on another within the call's deadline.
 const ATTEMPT_CAP: Duration = Duration::from_millis(2000);
+/// After lost races, the allocator skips at most this many free candidates.
+const MAX_SPREAD: u64 = 64;
 /// At most this many lost races in one call.
 const MAX_ROUNDS: usize = 200;
 
@@ -717,6 +719,9 @@ impl Store for EtcdStore {
             )));
         }
         let (leases, last, boot_rec) = self.conn.snapshot_with_boot(&self.network)?;
+        // Leases that appeared since the last read: about as many callers as won meanwhile,
+        // so at least that many are contending.
+        let appeared = leases.keys().filter(|ip| !self.leases.contains_key(ip)).count() as u64;
         self.leases = leases;
         self.last = last;
         self.boot_rec = boot_rec;
@@ -725,7 +730,7 @@ impl Store for EtcdStore {
         if let Some((boot, release)) = self.boot_new.take() {
             self.reconcile_boot(&boot, release)?;
         }
-        self.spread = 1u64 << self.rounds.min(4);
+        self.spread = (1u64 << (2 * self.rounds.min(3))).max(2 * appeared).min(MAX_SPREAD);
         Ok(())
     }
 }
