@@ -690,3 +690,103 @@ fn import_list_and_release_host() {
     assert_eq!(code, 1);
     assert!(err.contains("usage:"), "{err}");
 }
+
+/// A TCP proxy to one member that, on its first connection, lets the client's second request
+/// (the write of the call: the first is the read) reach etcd but drops etcd's reply and cuts
+/// the connection: a write whose outcome the client cannot know. Later connections pass.
+struct LossyProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyProxy {
+    fn start(target: std::net::SocketAddr) -> LossyProxy {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut2 = cut.clone();
+        std::thread::spawn(move || {
+            for (n, client) in l.incoming().enumerate() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(target) else { return };
+                let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let cut = cut2.clone();
+                std::thread::spawn(move || {
+                    if n > 0 {
+                        let _ = std::io::copy(&mut s_in, &mut c_out);
+                        let _ = c_out.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    // HTTP/2 frames: 9-byte header (length 24 bits, type, flags, stream id).
+                    loop {
+                        let mut h = [0u8; 9];
+                        if s_in.read_exact(&mut h).is_err() {
+                            break;
+                        }
+                        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                        let mut body = vec![0u8; len];
+                        if s_in.read_exact(&mut body).is_err() {
+                            break;
+                        }
+                        // The reply (HEADERS or DATA) to the second request, stream 3.
+                        if stream == 3 && (h[3] == 0 || h[3] == 1) {
+                            cut.store(true, Ordering::SeqCst);
+                            let _ = c_out.shutdown(Shutdown::Both);
+                            let _ = s_in.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if c_out.write_all(&h).is_err() || c_out.write_all(&body).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        LossyProxy { port, cut }
+    }
+}
+
+/// Unknown outcome: the reply to the ADD's write is lost after etcd committed it. The call
+/// finds its own token in the lease and succeeds with that address: no second lease, no leak.
+#[test]
+fn a_lost_reply_to_a_committed_write_is_found_out() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let a = Host::new("a");
+    let ep = c.endpoint(0);
+    let target: std::net::SocketAddr = ep.trim_start_matches("http://").parse().unwrap();
+    let proxy = LossyProxy::start(target);
+    let conf = a.conf(
+        &c,
+        "lost",
+        "/t9",
+        json!({"ipam": {"ranges": [[{"subnet": "10.40.0.0/24"}]],
+                        "store": {"endpoints": [format!("http://127.0.0.1:{}", proxy.port)]}}}),
+    );
+    let out = a.cni("ADD", "l1").config(&conf).run();
+    assert!(
+        proxy.cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy never cut a reply"
+    );
+    assert!(out.stderr.contains("checking whether it committed"), "{}", out.stderr);
+    let r = out.expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.40.0.2/24");
+    let leases = lease_map(&c, "/t9", "lost");
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases["10.40.0.2"]["containerId"], "l1");
+    // The next ADD gets the next address: nothing was taken twice or left behind.
+    let r = a.cni("ADD", "l2").config(&conf).run().expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.40.0.3/24");
+}
