@@ -473,14 +473,19 @@ impl EtcdStore {
         let mut ops = Vec::new();
         for (ip, (lease, _)) in &self.new {
             let key = self.conn.lease_key(&self.network, *ip);
-            cmp.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+            // An address whose lease this call releases (an earlier boot's) is taken over in
+            // place: still the lease we read, instead of nobody's.
+            match self.gone.get(ip) {
+                Some(rev) => cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)),
+                None => cmp.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+            }
             ops.push(TxnOp::put(
                 key,
                 serde_json::to_vec(lease).expect("a lease serializes"),
                 None,
             ));
         }
-        for (ip, rev) in &self.gone {
+        for (ip, rev) in self.gone.iter().filter(|(ip, _)| !self.new.contains_key(ip)) {
             let key = self.conn.lease_key(&self.network, *ip);
             cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
             ops.push(TxnOp::delete(key, None));
