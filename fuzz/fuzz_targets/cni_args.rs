@@ -13,11 +13,19 @@ fuzz_target!(|data: &[u8]| {
     match parse_cni_args(&s) {
         Ok(pairs) => {
             for (k, v) in &pairs {
-                assert!(!k.is_empty());
-                assert!(!k.contains(';') && !v.contains(';') && !k.contains('='));
-                // The first pair with a key is what cni_arg finds.
-                let first = pairs.iter().find(|(k2, _)| k2 == k).map(|(_, v2)| v2.clone());
-                assert_eq!(cni_arg(&s, k).unwrap(), first);
+                assert!(!k.contains(';') && !v.contains(';') && !k.contains('=') && !v.contains('='));
+                if k == "IgnoreUnknown" {
+                    continue;
+                }
+                // With unknown keys allowed, the last pair with a key is what cni_arg finds
+                // (as the reference's LoadArgs, which overwrites the field).
+                let with_ignore = format!("{s};IgnoreUnknown=1");
+                let last = pairs.iter().rfind(|(k2, _)| k2 == k).map(|(_, v2)| v2.clone());
+                if !pairs.iter().any(|(k2, v2)| {
+                    k2 == "IgnoreUnknown" && !matches!(v2.to_ascii_lowercase().as_str(), "1" | "true" | "0" | "false")
+                }) {
+                    assert_eq!(cni_arg(&with_ignore, k).unwrap(), last);
+                }
             }
         }
         Err(e) => {

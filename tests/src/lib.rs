@@ -27,6 +27,8 @@
 //! touch interfaces inside a private host namespace ([`Cni::host`]) so the machine's own
 //! interfaces, addresses, routes and firewall are never touched.
 
+pub mod node;
+
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;

@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cni_tests::node::{diff, links, nat_rules, nft_ruleset, snapshot, tree, Snapshot};
 use cni_tests::{bin, bin_dir, lease_files, Cni, Netns, Output, TempDir, REFERENCE_DIR};
 use serde_json::{json, Value};
 
@@ -84,162 +85,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-/// Runs `sh -c script` inside `ns` and returns its stdout (whatever the status).
-fn ns_sh(ns: &Netns, script: &str) -> String {
-    let out = ns.exec(&["sh", "-c", script]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The links of `ns` other than `lo`, as `name kind` (kind empty for physical-like links).
-fn links(ns: &Netns) -> Vec<(String, String)> {
-    let out = ns.ip(&["-d", "-o", "link", "show"]);
-    out.lines()
-        .filter_map(|l| {
-            let name = l.split(": ").nth(1)?;
-            let name = name.split('@').next().unwrap_or(name).to_string();
-            if name == "lo" {
-                return None;
-            }
-            // `ip -d -o link` puts the kind after the link/ether line: "\    veth ...".
-            let kind = l
-                .split("\\    ")
-                .filter_map(|part| part.split_whitespace().next())
-                .find(|w| matches!(*w, "veth" | "bridge" | "macvlan" | "vlan" | "ipvlan"))
-                .unwrap_or("")
-                .to_string();
-            Some((name, kind))
-        })
-        .collect()
-}
-
-/// The NAT rules (iptables and ip6tables) of `ns`, without counters and comments of the tool.
-fn nat_rules(ns: &Netns) -> Vec<String> {
-    ns_sh(
-        ns,
-        "iptables -w -t nat -S 2>/dev/null; ip6tables -w -t nat -S 2>/dev/null",
-    )
-    .lines()
-    .filter(|l| !l.starts_with("-P "))
-    .map(str::to_string)
-    .collect()
-}
-
-/// The nftables ruleset of `ns`, empty when there is none.
-fn nft_ruleset(ns: &Netns) -> String {
-    ns_sh(ns, "nft list ruleset 2>/dev/null")
-}
-
-/// Every file and directory under `dir` (relative path, type, mode, and content of files), for
-/// before/after comparisons of a lease store.
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            let mode = m.permissions().mode() & 0o7777;
-            if m.file_type().is_symlink() {
-                let t = std::fs::read_link(&p).unwrap_or_default();
-                out.insert(rel, format!("symlink -> {}", t.display()));
-            } else if m.is_dir() {
-                out.insert(rel, format!("dir {mode:o}"));
-                walk(root, &p, out);
-            } else {
-                let c = std::fs::read(&p).unwrap_or_default();
-                out.insert(rel, format!("file {mode:o} {:?}", String::from_utf8_lossy(&c)));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-/// What the node looks like, as far as a plugin call could change it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot {
-    host: String,
-    container: String,
-    data: BTreeMap<String, String>,
-}
-
-fn snapshot(host: &Netns, ctr: &Netns, data: &Path) -> Snapshot {
-    // One `ip netns exec` per namespace; counters and generator comments are dropped.
-    let host_state = ns_sh(
-        host,
-        "ip -o link show; echo ==; ip -o addr show; echo ==; ip route show table all; \
-         echo ==; ip -6 route show table all; echo ==; \
-         iptables-save -c 2>/dev/null | grep -v '^#' | sed 's/\\[[0-9]*:[0-9]*\\]//g'; echo ==; \
-         ip6tables-save 2>/dev/null | grep -v '^#' | sed 's/\\[[0-9]*:[0-9]*\\]//g'; echo ==; \
-         nft list ruleset 2>/dev/null",
-    );
-    let container = ns_sh(
-        ctr,
-        "ip -o link show; echo ==; ip -o addr show; echo ==; ip route show table all",
-    );
-    Snapshot {
-        host: normalize_links(&host_state),
-        container: normalize_links(&container),
-        data: tree(data),
-    }
-}
-
-/// Drops what changes by itself over time in `ip` output: IPv6 link-local addresses and
-/// their routes (which the kernel adds, and whose duplicate address detection ends on its
-/// own), address lifetimes, carrier counts.
-fn normalize_links(s: &str) -> String {
-    s.lines()
-        .filter(|l| !l.contains("fe80:"))
-        .map(|l| {
-            let mut words: Vec<&str> = l.split_whitespace().collect();
-            // "carrier_changes N", "valid_lft N", "preferred_lft N" and similar counters
-            let mut i = 0;
-            while i + 1 < words.len() {
-                if matches!(
-                    words[i],
-                    "carrier_changes" | "carrier_up_count" | "carrier_down_count" | "valid_lft" | "preferred_lft"
-                ) {
-                    words[i + 1] = "_";
-                }
-                i += 1;
-            }
-            words.join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A line-by-line difference of two snapshots, for failure messages.
-fn diff(a: &Snapshot, b: &Snapshot) -> String {
-    let mut out = String::new();
-    for (what, x, y) in [("host", &a.host, &b.host), ("container", &a.container, &b.container)] {
-        let xs: BTreeSet<&str> = x.lines().collect();
-        let ys: BTreeSet<&str> = y.lines().collect();
-        for l in xs.difference(&ys) {
-            out.push_str(&format!("  {what} - {l}\n"));
-        }
-        for l in ys.difference(&xs) {
-            out.push_str(&format!("  {what} + {l}\n"));
-        }
-    }
-    for (k, v) in &a.data {
-        if b.data.get(k) != Some(v) {
-            out.push_str(&format!("  data - {k}: {v}\n"));
-        }
-    }
-    for (k, v) in &b.data {
-        if a.data.get(k) != Some(v) {
-            out.push_str(&format!("  data + {k}: {v}\n"));
-        }
-    }
-    out
 }
 
 // -------------------------------------------------------------------------------------------
@@ -389,7 +234,11 @@ fn common_cases(b: &Bed) -> Vec<Case> {
     let mut bad_utf8 = conf_text.clone().into_bytes();
     let at = conf_text.find("\"name\":\"").unwrap() + 8;
     bad_utf8.splice(at..at, [0xff, 0xfe, 0xc3]);
-    let dup = conf_text.replacen('{', "{\"cniVersion\":\"1.0.0\",", 1);
+    // As in the reference's Go decoder, a repeated key is no error: the later one wins.
+    let dup = format!(
+        "{},\"cniVersion\":\"9.9.9\"}}",
+        conf_text.trim_end().strip_suffix('}').unwrap()
+    );
     let name = b.conf["name"].as_str().unwrap().to_string();
     let checked_prev = patch(&b.conf, json!({ "prevResult": b.c0_result.clone() }));
 
@@ -430,7 +279,7 @@ fn common_cases(b: &Bed) -> Vec<Case> {
             b.raw(format!("{conf_text} x")),
             err(6, &["not valid JSON"]),
         ),
-        case("duplicate key", b.raw(dup), err(6, &["duplicate field", "cniVersion"])),
+        case("duplicate key, the later wins", b.raw(dup), err(1, &["9.9.9"])),
         // wrong types of common keys
         case(
             "cniVersion is a number",

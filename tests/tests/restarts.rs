@@ -9,6 +9,7 @@ mod macvlan_common;
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
+use cni_tests::node::{host_snapshot, Snapshot};
 use cni_tests::{bin, lease_files, Cni, Netns, Output, TempDir};
 use macvlan_common::{ip_of, Bed, NsExt};
 use serde_json::{json, Value};
@@ -20,40 +21,9 @@ fn addr0(r: &Value) -> String {
     r["ips"][0]["address"].as_str().unwrap_or_default().to_string()
 }
 
-/// What a failed call must not change: the host namespace's links, addresses and routes, and
-/// the lease store.
-fn snapshot(host: &Netns, data: &TempDir) -> (String, String, String, Vec<String>) {
-    let mut files: Vec<String> = walk(data.path());
-    files.sort();
-    // IPv6 link-local addresses and their routes come and go with DAD on their own.
-    let stable = |s: String| -> String {
-        s.lines()
-            .filter(|l| !l.contains("fe80:"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    (
-        host.ip(&["-o", "link", "show"]),
-        stable(host.ip(&["-o", "addr", "show"])),
-        stable(host.ip(&["route", "show", "table", "all"])),
-        files,
-    )
-}
-
-/// Every file under `dir` with its content (the whole lease store).
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(format!("{}={:?}", p.display(), std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    out
+/// What a failed call must not change: the host namespace and the lease store.
+fn snapshot(host: &Netns, data: &TempDir) -> Snapshot {
+    host_snapshot(host, data.path())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -68,7 +38,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let (a, b) = (Netns::new(), Netns::new());
     let ra = bed
         .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IP=10.77.0.50")
+        .args("IgnoreUnknown=1;IP=10.77.0.50")
         .run()
         .expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
@@ -83,7 +53,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let (a, b) = (Netns::new(), Netns::new());
     let ra = bed
         .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IP=10.77.0.50")
+        .args("IgnoreUnknown=1;IP=10.77.0.50")
         .run()
         .expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
@@ -103,7 +73,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let c = Netns::new();
     let msg = bed
         .call("ADD", "cc", Some(&c.path()), &conf)
-        .args("IP=10.77.0.50")
+        .args("IgnoreUnknown=1;IP=10.77.0.50")
         .run()
         .expect_error(103);
     assert!(msg.contains("held by container ca"), "{msg}");
@@ -114,7 +84,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let a = Netns::new();
     let ra = bed
         .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IP=10.77.0.60")
+        .args("IgnoreUnknown=1;IP=10.77.0.60")
         .run()
         .expect_ok();
     assert_eq!(addr0(&ra), "10.77.0.60/24");
@@ -228,7 +198,7 @@ fn leases_written_in_another_boot_are_released_by_the_first_call() {
     let a = Netns::new();
     let r = bed
         .call("ADD", "new1", Some(&a.path()), &conf)
-        .args("IP=10.77.0.50")
+        .args("IgnoreUnknown=1;IP=10.77.0.50")
         .run()
         .expect_ok();
     assert_eq!(addr0(&r), "10.77.0.50/24");

@@ -75,10 +75,17 @@ struct RawRange {
     gateway: Option<String>,
 }
 
+/// The `ipam` section; the flat range keys are the reference's embedded `*Range`.
 #[derive(Debug, Default, Deserialize)]
 struct RawIpam {
-    #[serde(flatten)]
-    flat: RawRange,
+    #[serde(default)]
+    subnet: Option<String>,
+    #[serde(rename = "rangeStart", default)]
+    range_start: Option<String>,
+    #[serde(rename = "rangeEnd", default)]
+    range_end: Option<String>,
+    #[serde(default)]
+    gateway: Option<String>,
     #[serde(default)]
     routes: Option<Vec<Route>>,
     #[serde(rename = "dataDir", default)]
@@ -349,53 +356,21 @@ fn canonicalize_set(raw: &[RawRange], origin: String, flat: bool) -> Result<Rang
     Ok(RangeSet { ranges, origin })
 }
 
-/// `CNI_ARGS` as the reference's `types.LoadArgs` into `{IgnoreUnknown, IP}` reads it:
-/// `KEY=VALUE` pairs; keys other than `IP` and `IgnoreUnknown` are an error unless
-/// `IgnoreUnknown` is true. `IP` may hold several addresses separated by commas (an
+/// `CNI_ARGS` as the reference's `types.LoadArgs` into `{IgnoreUnknown, IP}` reads it
+/// ([`cni::env::load_args`]). `IP` may hold several addresses separated by commas (an
 /// extension: the reference takes one).
 fn parse_env_ips(args: &str) -> Result<Vec<Requested>> {
     let mut out = Vec::new();
-    let mut unknown = Vec::new();
-    let mut ignore_unknown = false;
-    for pair in args.split(';').filter(|p| !p.is_empty()) {
-        let kv: Vec<&str> = pair.split('=').collect();
-        if kv.len() != 2 {
-            return Err(Error::InvalidEnv(format!(
-                "CNI_ARGS: invalid pair \"{}\": expected KEY=VALUE",
-                pair.escape_debug()
-            )));
+    for (_, v) in cni::env::load_args(args, &["IP"])? {
+        for s in v.split(',').filter(|s| !s.trim().is_empty()) {
+            let ip = parse_requested_ip(s).ok_or_else(|| {
+                Error::InvalidEnv(format!("CNI_ARGS: IP \"{}\" is not an IP address", s.escape_debug()))
+            })?;
+            out.push(Requested {
+                ip,
+                source: "CNI_ARGS IP".into(),
+            });
         }
-        match kv[0] {
-            "IP" => {
-                for s in kv[1].split(',').filter(|s| !s.trim().is_empty()) {
-                    let ip = parse_requested_ip(s).ok_or_else(|| {
-                        Error::InvalidEnv(format!("CNI_ARGS: IP \"{}\" is not an IP address", s.escape_debug()))
-                    })?;
-                    out.push(Requested {
-                        ip,
-                        source: "CNI_ARGS IP".into(),
-                    });
-                }
-            }
-            "IgnoreUnknown" => {
-                ignore_unknown = match kv[1].to_ascii_lowercase().as_str() {
-                    "1" | "true" => true,
-                    "0" | "false" => false,
-                    _ => {
-                        return Err(Error::InvalidEnv(format!(
-                            "CNI_ARGS: IgnoreUnknown \"{}\" is not a boolean",
-                            kv[1].escape_debug()
-                        )))
-                    }
-                }
-            }
-            _ => unknown.push(pair.to_string()),
-        }
-    }
-    if !unknown.is_empty() && !ignore_unknown {
-        return Err(Error::InvalidEnv(format!(
-            "CNI_ARGS: unknown args {unknown:?} (set IgnoreUnknown=1 to ignore them)"
-        )));
     }
     Ok(out)
 }
@@ -446,9 +421,14 @@ impl IpamConfig {
         for (i, set) in runtime.ip_ranges.iter().flatten().enumerate() {
             range_sets.push(canonicalize_set(set, format!("runtimeConfig.ipRanges[{i}]"), false)?);
         }
-        let flat_subnet = ipam.flat.subnet.as_deref().is_some_and(|s| !s.is_empty());
-        if flat_subnet {
-            range_sets.push(canonicalize_set(std::slice::from_ref(&ipam.flat), "ipam".into(), true)?);
+        let flat = RawRange {
+            subnet: ipam.subnet,
+            range_start: ipam.range_start,
+            range_end: ipam.range_end,
+            gateway: ipam.gateway,
+        };
+        if flat.subnet.as_deref().is_some_and(|s| !s.is_empty()) {
+            range_sets.push(canonicalize_set(std::slice::from_ref(&flat), "ipam".into(), true)?);
         }
         for (i, set) in ipam.ranges.iter().flatten().enumerate() {
             range_sets.push(canonicalize_set(set, format!("ipam.ranges[{i}]"), false)?);
@@ -625,6 +605,30 @@ mod tests {
         assert_eq!(e.code(), 4, "{e}");
         let e = IpamConfig::load(v.to_string().as_bytes(), "IP=zz").unwrap_err();
         assert_eq!(e.code(), 4, "{e}");
+    }
+
+    #[test]
+    fn keys_match_as_in_the_reference() {
+        let v = json!({"CNIVersion": "1.0.0", "Name": "n",
+            "IPAM": {"Subnet": "10.1.0.0/24", "rangestart": "10.1.0.9", "RANGEEND": "10.1.0.20", "Gateway": "10.1.0.254",
+                     "Routes": [{"DST": "0.0.0.0/0", "GW": "10.1.0.254"}], "DataDir": "/tmp/x",
+                     "Ranges": [[{"SUBNET": "fd00::/64"}]]},
+            "RuntimeConfig": {"IPs": ["10.1.0.10"]}, "Args": {"CNI": {"Ips": ["fd00::7"]}}});
+        let c = load(v).unwrap();
+        let r = &c.range_sets[0].ranges[0];
+        assert_eq!(r.to_string(), "10.1.0.9-10.1.0.20");
+        assert_eq!(r.gateway.to_string(), "10.1.0.254");
+        assert_eq!(c.range_sets[1].ranges[0].subnet.to_string(), "fd00::/64");
+        assert_eq!(c.routes[0].gw.unwrap().to_string(), "10.1.0.254");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        let ips: Vec<String> = c.requested.iter().map(|r| r.ip.to_string()).collect();
+        assert_eq!(ips, ["fd00::7", "10.1.0.10"]);
+        // A mis-cased key is checked as strictly as the exact one.
+        let m = err(net(json!({"SUBNET": "10.1.0.5/24"})));
+        assert!(m.starts_with("ipam.subnet 10.1.0.5/24 has host bits set"), "{m}");
+        let e = load(net(json!({"Ranges": 5}))).unwrap_err();
+        assert_eq!(e.code(), 6, "{e}");
+        assert!(e.to_string().contains("ipam.ranges"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! <dataDir>/<network>/.by-id/<id>:<ifname> index: the addresses of an attachment
 //! <dataDir>/<network>/.by-id/<id>:         index: the addresses of an old-format lease owner
 //! <dataDir>/<network>/.by-id/.stamp        the network directory's mtime and ctime the index matches
+//! <dataDir>/<network>/.last_reserved_undo the last_reserved_ip values the last ADD replaced
 //! <dataDir>/<network>/.boot_id             the kernel boot id of the last boot the store was used in
 //! ```
 //!
@@ -68,6 +69,9 @@ pub const STAMP_FILE: &str = ".stamp";
 pub const TMP_PREFIX: &str = ".tmp-";
 /// The kernel boot id of the last boot in which the store was used.
 pub const BOOT_FILE: &str = ".boot_id";
+/// What the last ADD that moved a round-robin pointer replaced (see [`DiskStore::undo_add`]).
+pub const UNDO_FILE: &str = ".last_reserved_undo";
+const UNDO_HEADER: &str = "# host-local: last_reserved_ip values before the last ADD (not a lease)";
 
 const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
@@ -131,6 +135,10 @@ pub struct DiskStore {
     /// A temp file holding `(content, name)`, ready to be linked as a lease.
     tmp: Option<(String, String)>,
     counter: u32,
+    /// The `last_reserved_ip.<n>` files as they were before this call first rewrote them
+    /// (`None`: there was none), and as they were when read in this call.
+    prior_last: BTreeMap<usize, Option<Vec<u8>>>,
+    seen_last: BTreeMap<usize, Option<Vec<u8>>>,
 }
 
 impl DiskStore {
@@ -191,6 +199,8 @@ impl DiskStore {
             pending: BTreeMap::new(),
             tmp: None,
             counter: 0,
+            prior_last: BTreeMap::new(),
+            seen_last: BTreeMap::new(),
         };
         store.complete = store.stamp_matches();
         store.stamp_invalid = !store.complete;
@@ -522,6 +532,13 @@ impl Store for DiskStore {
         }
         self.changed();
         let last = format!("{LAST_RESERVED_PREFIX}{range_set}");
+        if !self.prior_last.contains_key(&range_set) {
+            let before = match self.seen_last.get(&range_set) {
+                Some(b) => b.clone(),
+                None => self.dir.read_small(&last, 256).ok().flatten(),
+            };
+            self.prior_last.insert(range_set, before);
+        }
         if let Err(e) = self.dir.write_file(&last, name.as_bytes(), FILE_MODE) {
             // Fail whole: no lease without its bookkeeping.
             let _ = self.dir.unlink(&name);
@@ -592,8 +609,15 @@ impl Store for DiskStore {
     fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>> {
         let name = format!("{LAST_RESERVED_PREFIX}{range_set}");
         match self.dir.read_small(&name, 256) {
-            Ok(Some(b)) => Ok(String::from_utf8_lossy(&b).trim().parse().ok()),
-            Ok(None) => Ok(None),
+            Ok(Some(b)) => {
+                let ip = String::from_utf8_lossy(&b).trim().parse().ok();
+                self.seen_last.insert(range_set, Some(b));
+                Ok(ip)
+            }
+            Ok(None) => {
+                self.seen_last.insert(range_set, None);
+                Ok(None)
+            }
             // As the reference: a bad last-reserved file only costs the round robin.
             Err(e) => {
                 eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display());
@@ -671,6 +695,18 @@ impl Store for DiskStore {
             .map_err(|e| io_err(format!("cannot remove files in {}", self.path.display()), e))
     }
 
+    fn restore_last_reserved(&mut self) -> Result<()> {
+        DiskStore::restore_last_reserved(self)
+    }
+
+    fn record_add(&mut self, id: &str, ifname: &str) -> Result<()> {
+        DiskStore::record_add(self, id, ifname)
+    }
+
+    fn undo_add(&mut self, id: &str, ifname: &str, released: &[IpAddr]) -> Result<()> {
+        DiskStore::undo_add(self, id, ifname, released)
+    }
+
     fn commit(&mut self) -> Result<()> {
         self.drop_tmp();
         if self.index.is_none() || !self.dir_changed {
@@ -698,6 +734,121 @@ impl Drop for DiskStore {
         self.drop_tmp();
     }
 }
+
+/// The round-robin pointers of a failed ADD. A failed ADD must leave the store as it found
+/// it, `last_reserved_ip.<n>` included, or the next container gets another address than it
+/// would have. Within one call [`DiskStore::restore_last_reserved`] puts the files back. When
+/// the plugin that delegated to us fails after our ADD succeeded, it runs our DEL with
+/// [`UNDO_ENV`] set: the ADD recorded what it replaced in [`UNDO_FILE`] (see
+/// [`DiskStore::record_add`]), and [`DiskStore::undo_add`] puts back each pointer that still
+/// names the address that ADD reserved for this attachment (a pointer moved on by a later ADD
+/// is left alone). A DEL without the variable releases as the reference does and leaves the
+/// pointers where they are.
+impl DiskStore {
+    fn restore_one(&mut self, set: usize, before: &Option<Vec<u8>>) -> io::Result<()> {
+        let name = format!("{LAST_RESERVED_PREFIX}{set}");
+        match before {
+            Some(b) => self.dir.write_file(&name, b, FILE_MODE),
+            None => match self.dir.unlink(&name) {
+                Ok(()) => {
+                    self.changed();
+                    Ok(())
+                }
+                Err(e) if sys::is_not_found(&e) => Ok(()),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Puts the `last_reserved_ip.<n>` files this call rewrote back as they were.
+    pub fn restore_last_reserved(&mut self) -> Result<()> {
+        for (set, before) in std::mem::take(&mut self.prior_last) {
+            self.restore_one(set, &before).map_err(|e| {
+                io_err(
+                    format!("restoring {}/{LAST_RESERVED_PREFIX}{set}", self.path.display()),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// After a successful ADD of (`id`, `ifname`): records the pointers it moved and what they
+    /// held before, replacing the record of an earlier ADD (also when this one moved none).
+    pub fn record_add(&mut self, id: &str, ifname: &str) -> Result<()> {
+        if self.prior_last.is_empty() {
+            return match self.dir.unlink(UNDO_FILE) {
+                Ok(()) => {
+                    self.changed();
+                    Ok(())
+                }
+                Err(e) if sys::is_not_found(&e) => Ok(()),
+                Err(e) => Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
+            };
+        }
+        let mut text = format!("{UNDO_HEADER}\nattachment {id} {ifname}\n");
+        for (set, before) in &self.prior_last {
+            let before = match before {
+                Some(b) => String::from_utf8_lossy(b).trim().to_string(),
+                None => "-".into(),
+            };
+            // `before` may be anything a person wrote there: it is restored only if it is an
+            // address (or absent), as the reference reads nothing else.
+            text.push_str(&format!("{set} {before}\n"));
+        }
+        let existed = self.dir.stat_at(UNDO_FILE).ok().flatten().is_some();
+        self.dir
+            .write_file(UNDO_FILE, text.as_bytes(), FILE_MODE)
+            .map_err(|e| io_err(format!("writing {}/{UNDO_FILE}", self.path.display()), e))?;
+        if !existed {
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// DEL of a failed ADD of (`id`, `ifname`) that released `released`: puts back each pointer
+    /// the ADD's record names that still names one of `released`, and drops the record.
+    pub fn undo_add(&mut self, id: &str, ifname: &str, released: &[IpAddr]) -> Result<()> {
+        let Some(text) = self.dir.read_small(UNDO_FILE, MAX_READ).ok().flatten() else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&text);
+        let mut lines = text.lines();
+        let ours =
+            lines.next() == Some(UNDO_HEADER) && lines.next() == Some(format!("attachment {id} {ifname}").as_str());
+        if !ours {
+            return Ok(());
+        }
+        for line in lines {
+            let Some((set, before)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(set) = set.parse::<usize>() else { continue };
+            let before = match before {
+                "-" => None,
+                b if b.parse::<IpAddr>().is_ok() => Some(b.as_bytes().to_vec()),
+                _ => continue,
+            };
+            let now = self.last_reserved(set)?;
+            if now.is_some_and(|ip| released.contains(&ip)) {
+                self.restore_one(set, &before).map_err(|e| {
+                    io_err(
+                        format!("restoring {}/{LAST_RESERVED_PREFIX}{set}", self.path.display()),
+                        e,
+                    )
+                })?;
+            }
+        }
+        match self.dir.unlink(UNDO_FILE) {
+            Ok(()) => self.changed(),
+            Err(e) if sys::is_not_found(&e) => {}
+            Err(e) => return Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
+        }
+        Ok(())
+    }
+}
+
+pub use cni::delegate::UNDO_ENV;
 
 #[cfg(test)]
 mod tests {

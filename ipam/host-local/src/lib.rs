@@ -117,11 +117,15 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
                             eprintln!("host-local: restoring the lease of {ip}: {re}");
                         }
                     }
+                    if let Err(re) = store.restore_last_reserved() {
+                        eprintln!("host-local: rolling back: {re}");
+                    }
                     let _ = store.commit();
                     return Err(e.context(format!("failed to allocate for range {idx}")));
                 }
             }
         }
+        store.record_add(id, ifname)?;
         // Every range set's address in one transaction; a lost race starts over.
         if store.try_commit()? {
             break;
@@ -135,16 +139,33 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
 }
 
 /// DEL: releases what (`id`, `ifname`) holds. A store that does not exist holds nothing.
+/// Run by a plugin to undo its failed ADD ([`disk::UNDO_ENV`] set), it also puts back the
+/// round-robin pointers that ADD moved.
+///
+/// DEL takes nothing from `CNI_ARGS` (`IP=` asks for an address): keys it does not know must
+/// not keep a lease held for ever, so `env_args` is not judged (the reference refuses them).
 pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
-    let conf = IpamConfig::load(stdin, env_args)?;
+    let _ = env_args;
+    let undo = std::env::var_os(disk::UNDO_ENV).is_some_and(|v| v == "1");
+    del_with(stdin, id, ifname, undo)
+}
+
+/// [`del`], told whether it undoes a failed ADD.
+pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_add: bool) -> Result<()> {
+    let conf = IpamConfig::load(stdin, "")?;
     let Some(mut store) = open_store(&conf, false)? else {
         return Ok(());
     };
     // As the reference, once per range set: a second pass also releases old-format leases
     // of the container when the first released new-format ones.
     loop {
+        let mut released = Vec::new();
         for _ in &conf.range_sets {
-            store.release_by_id(id, ifname)?;
+            released.extend(store.release_by_id(id, ifname)?);
+        }
+        // The DEL a plugin runs to undo its failed ADD puts the round-robin pointers back, too.
+        if undo_add {
+            store.undo_add(id, ifname, &released)?;
         }
         if store.try_commit()? {
             return Ok(());
@@ -277,6 +298,96 @@ mod tests {
             json!({"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/64"}]],
                    "routes": [{"dst": "0.0.0.0/0"}]}),
         )
+    }
+
+    fn store_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+        let Ok(rd) = std::fs::read_dir(dir.join("net")) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(String, Vec<u8>)> = rd
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .filter(|(n, _)| n.parse::<IpAddr>().is_ok() || n.starts_with(disk::LAST_RESERVED_PREFIX))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn undoing_a_failed_add_puts_the_pointers_back() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        // From an empty store: the pointers did not exist.
+        let empty_before = store_files(t.path());
+        add(&c, "c1", "eth0", "").unwrap();
+        del_with(&c, "c1", "eth0", true).unwrap();
+        assert_eq!(store_files(t.path()), empty_before);
+        // With pointers and leases of others.
+        add(&c, "c2", "eth0", "").unwrap();
+        add(&c, "c3", "eth0", "").unwrap();
+        let before = store_files(t.path());
+        let r = add(&c, "c4", "eth0", "").unwrap();
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.4/24");
+        del_with(&c, "c4", "eth0", true).unwrap();
+        assert_eq!(store_files(t.path()), before);
+        let r = add(&c, "c5", "eth0", "").unwrap();
+        assert_eq!(
+            r.ips[0].address.to_string(),
+            "10.1.0.4/24",
+            "the next ADD gets what c4 got"
+        );
+        // A pointer moved on by a later ADD stays; a plain DEL leaves the pointers (reference).
+        add(&c, "c6", "eth0", "").unwrap();
+        del_with(&c, "c5", "eth0", true).unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("net/last_reserved_ip.0")).unwrap(),
+            b"10.1.0.5"
+        );
+        del(&c, "c6", "eth0", "").unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("net/last_reserved_ip.0")).unwrap(),
+            b"10.1.0.5"
+        );
+        // A second ADD of an attachment that gets its lease back moves nothing: undoing it
+        // does not undo the first ADD's pointers.
+        add(&c, "c7", "eth0", "").unwrap();
+        add(&c, "c7", "eth0", "").unwrap();
+        del_with(&c, "c7", "eth0", true).unwrap();
+        assert_eq!(
+            std::fs::read(t.path().join("net/last_reserved_ip.0")).unwrap(),
+            b"10.1.0.6"
+        );
+    }
+
+    #[test]
+    fn del_does_not_judge_cni_args() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        add(&c, "c1", "eth0", "IgnoreUnknown=1;K8S_POD_NAME=x").unwrap();
+        assert_eq!(add(&c, "c2", "eth0", "K8S_POD_NAME=x").unwrap_err().code(), 4);
+        del(&c, "c1", "eth0", "K8S_POD_NAME=x;").unwrap();
+        assert!(leases(t.path()).is_empty());
+    }
+
+    #[test]
+    fn failed_add_within_the_call_puts_the_pointers_back() {
+        let t = tempfile::tempdir().unwrap();
+        let c = conf(
+            t.path(),
+            json!({"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "10.2.0.0/30"}]]}),
+        );
+        add(&c, "c1", "eth0", "").unwrap();
+        let before = store_files(t.path());
+        // The second set (one address) is full: the first set's pointer must not move.
+        let e = add(&c, "c2", "eth0", "").unwrap_err();
+        assert_eq!(e.code(), 102, "{e}");
+        assert_eq!(store_files(t.path()), before);
     }
 
     #[test]

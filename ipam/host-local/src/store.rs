@@ -104,6 +104,25 @@ pub trait Store {
         self.commit().map(|()| true)
     }
 
+    /// Puts back the round-robin pointers this call moved (the rollback of a failed ADD).
+    /// The etcd store writes nothing before the commit, so it has nothing to put back.
+    fn restore_last_reserved(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// After a successful ADD of (`id`, `ifname`): records what it moved, for
+    /// [`Store::undo_add`] (disk). The etcd store keeps no such record: its round robin is
+    /// shared by the hosts, and moves on.
+    fn record_add(&mut self, _id: &str, _ifname: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// The DEL that undoes a failed ADD (`released`: what it released) puts the round-robin
+    /// pointers back as that ADD found them (disk).
+    fn undo_add(&mut self, _id: &str, _ifname: &str, _released: &[IpAddr]) -> Result<()> {
+        Ok(())
+    }
+
     /// How many free candidates the allocator skips in range set `range_set` before it
     /// reserves one: 0, except after a lost race, when a small random number spreads the
     /// losers over different addresses.

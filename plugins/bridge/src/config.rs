@@ -23,7 +23,8 @@ pub struct VlanTrunk {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BridgeConf {
-    #[serde(flatten)]
+    /// The common keys, decoded from the same document (see [`BridgeConf::decode`]).
+    #[serde(skip)]
     pub net: NetConf,
     #[serde(rename = "bridge", default = "default_bridge")]
     pub bridge: String,
@@ -71,6 +72,7 @@ impl BridgeConf {
     /// that went bad after the ADD can still be torn down.
     pub fn decode(call: &Call) -> Result<BridgeConf> {
         let mut c: BridgeConf = cni::types::decode(&call.stdin)?;
+        c.net = call.conf.clone();
         if c.is_default_gw {
             c.is_gw = true;
         }
@@ -130,16 +132,18 @@ impl BridgeConf {
 /// The container MAC in the reference's priority: runtimeConfig.mac, then args.cni.mac, then
 /// `CNI_ARGS` `MAC=`.
 pub fn container_mac(net: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>> {
-    fn get<'a>(v: &'a Option<Value>, path: &[&str]) -> Option<&'a Value> {
-        let mut cur = v.as_ref()?;
-        for p in path {
-            cur = cur.get(p)?;
-        }
-        Some(cur)
-    }
     let candidates = [
-        ("runtimeConfig.mac", get(&net.runtime_config, &["mac"]).cloned()),
-        ("args.cni.mac", get(&net.args, &["cni", "mac"]).cloned()),
+        (
+            "runtimeConfig.mac",
+            net.runtime_config.as_ref().and_then(|r| r.mac.clone()),
+        ),
+        (
+            "args.cni.mac",
+            net.args
+                .as_ref()
+                .and_then(|a| a.cni.as_ref())
+                .and_then(|c| c.mac.clone()),
+        ),
         ("CNI_ARGS MAC", cni_arg(cni_args, "MAC")?.map(Value::String)),
     ];
     for (what, v) in candidates {
@@ -228,20 +232,40 @@ mod tests {
 
     #[test]
     fn mac_priority() {
-        let net: NetConf = serde_json::from_value(serde_json::json!({
-            "runtimeConfig": {"mac": "0a:00:00:00:00:01"},
-            "args": {"cni": {"mac": "0a:00:00:00:00:02"}}
-        }))
+        let net: NetConf = cni::types::decode(
+            br#"{"RuntimeConfig": {"MAC": "0a:00:00:00:00:01"}, "ARGS": {"Cni": {"mac": "0a:00:00:00:00:02"}}}"#,
+        )
         .unwrap();
         assert_eq!(
             container_mac(&net, "MAC=0a:00:00:00:00:03").unwrap(),
             Some([10, 0, 0, 0, 0, 1])
         );
+        let only_args = NetConf {
+            runtime_config: None,
+            ..net
+        };
+        assert_eq!(container_mac(&only_args, "").unwrap(), Some([10, 0, 0, 0, 0, 2]));
         let net = NetConf::default();
         assert_eq!(
             container_mac(&net, "MAC=0a:00:00:00:00:03").unwrap(),
             Some([10, 0, 0, 0, 0, 3])
         );
         assert_eq!(container_mac(&net, "MAC=ff:ff:ff:ff:ff:ff").unwrap_err().code(), 7);
+        assert_eq!(container_mac(&net, "K8S_POD_NAME=x").unwrap_err().code(), 4);
+    }
+
+    #[test]
+    fn keys_match_as_in_the_reference() {
+        let c: BridgeConf = cni::types::decode(
+            br#"{"Bridge": "br9", "IsGateway": true, "MTU": 1400, "ipmasq": true, "HAIRPINMODE": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.bridge.as_str(), c.is_gw, c.mtu, c.ip_masq, c.hairpin),
+            ("br9", true, 1400, true, true)
+        );
+        let e = cni::types::decode::<BridgeConf>(br#"{"MTU": "big"}"#).unwrap_err();
+        assert_eq!(e.code(), 6);
+        assert!(e.to_string().contains("mtu"), "{e}");
     }
 }

@@ -12,33 +12,24 @@ use cni::iface;
 use cni::netlink::{Link, LinkChange, Nl};
 use cni::netns::{read_sysctl, write_sysctl, Netns};
 use cni::trace::step;
-use cni::{Call, CniResult, Error, Errors, Interface, Plugin, Result, Route};
+use cni::txn::Txn;
+use cni::{fault, Call, CniResult, Error, Errors, Interface, Plugin, Result, Route};
 
 use crate::config::BridgeConf;
 
 pub struct Bridge;
-
-/// What an ADD has made so far, to undo on failure.
-#[derive(Default)]
-struct Undo {
-    created_bridge: Option<u32>,
-    host_veth: Option<String>,
-    ipam_added: bool,
-    masq_added: bool,
-    spoofchk_added: bool,
-}
 
 impl Plugin for Bridge {
     fn add(&self, call: &Call) -> Result<CniResult> {
         let conf = BridgeConf::load(call)?;
         let netns = call.container_netns()?;
         let host = Nl::current()?;
-        let mut undo = Undo::default();
-        let r = add(call, &conf, netns, &host, &mut undo);
-        if r.is_err() {
-            rollback(call, &conf, &host, undo);
-        }
-        r
+        // Every change below registers its undo; they all run, newest first, unless the ADD
+        // gets to the end (an error returned or a panic: see `cni::txn`).
+        let mut txn = Txn::new("bridge");
+        let result = add(call, &conf, netns, &host, &mut txn)?;
+        txn.commit();
+        Ok(result)
     }
 
     fn del(&self, call: &Call) -> Result<()> {
@@ -159,7 +150,10 @@ impl Plugin for Bridge {
     }
 }
 
-fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo) -> Result<CniResult> {
+/// How long ADD waits for the new port's carrier (the reference: about 2.5 s).
+const CARRIER_WAIT: std::time::Duration = std::time::Duration::from_millis(2500);
+
+fn add<'a>(call: &'a Call, conf: &'a BridgeConf, netns: &Netns, host: &'a Nl, txn: &mut Txn<'a>) -> Result<CniResult> {
     let ifname = &call.env.ifname;
     let cont = Nl::open_in(netns)?;
     step("open netns socket");
@@ -167,7 +161,7 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
 
     // 1. The bridge, created or reused, up (a name taken by another kind of link fails here,
     //    before anything else is touched).
-    let br = ensure_bridge(host, conf, undo)?;
+    let br = ensure_bridge(host, conf, txn)?;
     step("bridge");
 
     // 2. The IPAM plugin starts now and runs while we make the veth pair: its process start
@@ -177,12 +171,16 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
         .ipam_type()
         .map(|t| delegate::start(t, Command::Add, call))
         .transpose()?;
-    let links = setup_links(call, conf, netns, host, cont, &br, undo);
+    fault::point("bridge:ipam-running");
+    let links = setup_links(call, conf, netns, host, cont, &br, txn);
     // Reap IPAM whatever happened to the links; a lease it may hold is released on failure.
     let ipam = pending.map(|p| p.wait_add());
-    undo.ipam_added = ipam.as_ref().is_some_and(|o| o.holds_lease);
+    if let (Some(t), Some(true)) = (conf.net.ipam_type(), ipam.as_ref().map(|o| o.holds_lease)) {
+        txn.undo("the IPAM lease", move || delegate::undo_add(t, call));
+    }
     let (host_veth, cont, cont_link) = links?;
     let ipam = ipam.map(|o| o.result).transpose()?;
+    fault::point("bridge:after-ipam");
 
     let mut result = CniResult {
         interfaces: vec![
@@ -213,7 +211,7 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
         result.dns = ipam.dns;
         let gateways = calc_gateways(&mut result, conf);
 
-        iface::container_sysctls(netns, ifname, &result, Some(conf.enable_dad), false)?;
+        iface::container_sysctls(netns, ifname, &result, Some(conf.enable_dad))?;
         step("container sysctls");
         iface::configure(&cont, &cont_link, &result, 2, !conf.enable_dad)?;
         step("container addresses and routes");
@@ -239,9 +237,13 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
         if conf.ip_masq {
             let addrs: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
             let backend = firewall::Backend::choose(conf.ip_masq_backend.as_deref())?;
-            undo.masq_added = true;
+            // Registered first: a setup that fails half way leaves rules too.
+            txn.undo("the masquerade rules", move || {
+                firewall::teardown_masq(&conf.net.name, &call.env.container_id, &call.env.ifname, &[])
+            });
             firewall::setup_masq(backend, &conf.net.name, &call.env.container_id, ifname, &addrs)?;
             step("masquerade");
+            fault::point("bridge:after-masq");
         }
     } else if !conf.disable_container_interface {
         cont.set_link(
@@ -252,7 +254,19 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
             },
         )?;
     }
-    iface::loopback_up(&cont)?;
+    // The port must carry traffic before the container is told it may: wait (bounded) for the
+    // host veth's carrier, as the reference does, and for the bridge's (which it gets once a
+    // port forwards; not required, as a bridge with STP may take longer).
+    if !conf.disable_container_interface {
+        let down = host.wait_oper_up(&[host_veth.index, br.index], CARRIER_WAIT)?;
+        if down.contains(&host_veth.index) {
+            return Err(Error::TryAgainLater(format!(
+                "bridge port {} has no carrier {CARRIER_WAIT:?} after it was set up",
+                host_veth.name
+            )));
+        }
+        step("carrier");
+    }
 
     // 4. MACs may change as ports come and go: report them as they are now.
     if let Some(b) = host.link(&br.name)? {
@@ -266,21 +280,22 @@ fn add(call: &Call, conf: &BridgeConf, netns: &Netns, host: &Nl, undo: &mut Undo
 }
 
 /// The veth pair and the bridge port.
-fn setup_links(
-    call: &Call,
+fn setup_links<'a>(
+    call: &'a Call,
     conf: &BridgeConf,
     netns: &Netns,
-    host: &Nl,
+    host: &'a Nl,
     cont: Nl,
     br: &Link,
-    undo: &mut Undo,
+    txn: &mut Txn<'a>,
 ) -> Result<(Link, Nl, Link)> {
     let ifname = &call.env.ifname;
 
     // The veth pair: the container end made inside the netns under a temporary name, then
     //    renamed there; the host end on the bridge.
-    let (host_veth, cont_link) = setup_veth(host, &cont, netns, call, conf.mtu(), conf.mac, undo)?;
+    let (host_veth, cont_link) = setup_veth(host, &cont, netns, call, conf.mtu(), conf.mac, txn)?;
     step("veth");
+    fault::point("bridge:after-veth");
     host.set_link(
         host_veth.index,
         &LinkChange {
@@ -297,61 +312,31 @@ fn setup_links(
     step("bridge port");
 
     if conf.mac_spoof_chk {
-        undo.spoofchk_added = true;
+        txn.undo("the MAC spoof check rules", move || {
+            cni::spoofchk::teardown_spoofchk(&call.env.container_id, &call.env.ifname)
+        });
         cni::spoofchk::setup_spoofchk(&host_veth.name, &cont_link.mac, &call.env.container_id, ifname)?;
     }
 
     Ok((host_veth, cont, cont_link))
 }
 
-/// Undoes what a failed ADD made, newest first; errors are reported on stderr only, the
-/// original error is what the runtime gets.
-fn rollback(call: &Call, conf: &BridgeConf, host: &Nl, undo: Undo) {
-    let mut errs = Errors::new();
-    if undo.masq_added {
-        errs.note(firewall::teardown_masq(
-            &conf.net.name,
-            &call.env.container_id,
-            &call.env.ifname,
-            &[],
-        ));
-    }
-    if undo.spoofchk_added {
-        errs.note(cni::spoofchk::teardown_spoofchk(
-            &call.env.container_id,
-            &call.env.ifname,
-        ));
-    }
-    if undo.ipam_added {
-        if let Some(t) = conf.net.ipam_type() {
-            errs.note(delegate::exec(t, Command::Del, call));
-        }
-    }
-    if let Some(v) = &undo.host_veth {
-        errs.note(host.del_link_by_name(v).map_err(Error::from));
-    }
-    if let Some(br) = undo.created_bridge {
-        // Only if no other container attached to it meanwhile.
-        let ports = host.links().map(|ls| ls.iter().any(|l| l.master == Some(br)));
-        if let Ok(false) = ports {
-            errs.note(host.del_link(br).map_err(Error::from));
-        }
-    }
-    if let Err(e) = errs.into_result() {
-        eprintln!("bridge: cleaning up after a failed ADD: {e}");
-    }
-}
-
-fn ensure_bridge(host: &Nl, conf: &BridgeConf, undo: &mut Undo) -> Result<Link> {
+fn ensure_bridge<'a>(host: &'a Nl, conf: &BridgeConf, txn: &mut Txn<'a>) -> Result<Link> {
     let vlan_filtering = conf.vlan != 0 || conf.vlan_trunk.is_some();
     let mut br = host.link(&conf.bridge)?;
     if br.is_none() {
         match host.add_bridge(&conf.bridge, conf.mtu(), vlan_filtering) {
             Ok(()) => {
                 br = host.link(&conf.bridge)?;
-                undo.created_bridge = br.as_ref().map(|b| b.index);
-                // We own the bridge's routes.
-                let _ = write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
+                if let Some(index) = br.as_ref().map(|b| b.index) {
+                    // Only if no other container attached to it meanwhile.
+                    txn.undo(format!("bridge {}", conf.bridge), move || {
+                        if host.links()?.iter().any(|l| l.master == Some(index)) {
+                            return Ok(());
+                        }
+                        host.del_link(index).map_err(Error::from)
+                    });
+                }
             }
             // Another ADD created it meanwhile.
             Err(e) if e.is(libc::EEXIST) => br = host.link(&conf.bridge)?,
@@ -378,6 +363,8 @@ fn ensure_bridge(host: &Nl, conf: &BridgeConf, undo: &mut Undo) -> Result<Link> 
             conf.bridge
         )));
     }
+    // We own the bridge's routes: on every ADD, also of a bridge that existed, as the reference.
+    let _ = write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
     let change = LinkChange {
         up: (!br.up).then_some(true),
         promisc: (conf.promisc && !br.promisc).then_some(true),
@@ -406,14 +393,14 @@ fn random_u32() -> u32 {
 /// Creates the pair — the host end here, the container end directly inside the netns under
 /// the attachment's temporary name — and renames the container end to `ifname` there.
 /// Returns (host end, container end).
-fn setup_veth(
-    host: &Nl,
+fn setup_veth<'a>(
+    host: &'a Nl,
     cont: &Nl,
     netns: &Netns,
     call: &Call,
     mtu: Option<u32>,
     mac: Option<[u8; 6]>,
-    undo: &mut Undo,
+    txn: &mut Txn<'a>,
 ) -> Result<(Link, Link)> {
     let ifname = &call.env.ifname;
     let tmp = iface::temp_ifname(&call.env.container_id, ifname);
@@ -433,7 +420,10 @@ fn setup_veth(
         }
     }
     let host_name = host_name.ok_or_else(|| Error::Conflict("could not find a free veth name".into()))?;
-    undo.host_veth = Some(host_name.clone());
+    let doomed = host_name.clone();
+    txn.undo(format!("veth {host_name}"), move || {
+        host.del_link_by_name(&doomed).map(drop).map_err(Error::from)
+    });
     let peer = cont
         .link(&tmp)?
         .ok_or_else(|| Error::Netlink(format!("veth end {tmp} not found in {}", netns.path())))?;

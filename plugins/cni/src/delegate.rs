@@ -30,9 +30,29 @@ pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
     )))
 }
 
+/// Set (to `1`) in the environment of the IPAM DEL that a plugin runs to undo its own failed
+/// ADD: our host-local then also puts back the round-robin pointers that ADD moved, so that the
+/// failed call leaves the store as it found it. Other IPAM plugins ignore it.
+pub const UNDO_ENV: &str = "CNI_RS_UNDO_FAILED_ADD";
+
 /// Runs `plugin_type` for `cmd` with the call's config; returns its parsed result for ADD.
 pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniResult>> {
     start(plugin_type, cmd, call)?.wait()
+}
+
+/// The IPAM DEL that undoes the IPAM ADD of this call, which failed after IPAM succeeded.
+pub fn undo_add(plugin_type: &str, call: &Call) -> Result<()> {
+    let bin = find_plugin(plugin_type, &call.env.path)?;
+    let child = spawn(&bin, Command::Del, &call.stdin, true)?;
+    Pending {
+        child: Some(child),
+        plugin_type: plugin_type.to_string(),
+        cmd: Command::Del,
+        bin,
+        stdin: Vec::new(),
+    }
+    .wait()
+    .map(|_| ())
 }
 
 /// A delegated plugin running while this one goes on with its own work. Dropped before it
@@ -52,7 +72,7 @@ pub struct Pending {
 /// plugin's process start and its work overlap with ours. [`Pending::wait`] collects it.
 pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
     let bin = find_plugin(plugin_type, &call.env.path)?;
-    let child = spawn(&bin, cmd, &call.stdin)?;
+    let child = spawn(&bin, cmd, &call.stdin, false)?;
     Ok(Pending {
         child: Some(child),
         plugin_type: plugin_type.to_string(),
@@ -66,8 +86,13 @@ pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
     })
 }
 
-fn spawn(bin: &std::path::Path, cmd: Command, stdin_bytes: &[u8]) -> Result<std::process::Child> {
-    let mut child = Proc::new(bin)
+/// Starts `bin` for `cmd`; `undo`: a DEL that undoes a failed ADD of this call ([`UNDO_ENV`]).
+fn spawn(bin: &std::path::Path, cmd: Command, stdin_bytes: &[u8], undo: bool) -> Result<std::process::Child> {
+    let mut proc = Proc::new(bin);
+    if undo {
+        proc.env(UNDO_ENV, "1");
+    }
+    let mut child = proc
         .env("CNI_COMMAND", cmd.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -179,7 +204,8 @@ impl Drop for Pending {
             return;
         }
         // It may have reserved an address before it was killed.
-        let released = spawn(&self.bin, Command::Del, &self.stdin).and_then(|c| {
+        // The ADD failed (it was dropped): its DEL undoes it, pointers included.
+        let released = spawn(&self.bin, Command::Del, &self.stdin, true).and_then(|c| {
             c.wait_with_output()
                 .map_err(|e| Error::io("waiting for IPAM DEL", e))
                 .and_then(|o| {

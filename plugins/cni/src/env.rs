@@ -158,30 +158,67 @@ impl Env {
     }
 }
 
-/// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
+/// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`, split as the reference's `types.LoadArgs`
+/// splits them: every pair (an empty one too, e.g. after a trailing `;`) has exactly one `=`.
 pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(';')
+        .map(|pair| match pair.split('=').collect::<Vec<_>>()[..] {
+            [k, v] => Ok((k.to_string(), v.to_string())),
+            _ => Err(Error::InvalidEnv(format!(
+                "CNI_ARGS: invalid pair \"{}\": expected KEY=VALUE",
+                pair.escape_debug()
+            ))),
+        })
+        .collect()
+}
+
+/// `CNI_ARGS` read as the reference's `types.LoadArgs` reads them into a plugin's args struct
+/// with the fields `known` (matched exactly, as Go's `FieldByName`) and `IgnoreUnknown`: a key
+/// the plugin does not know is an error unless `IgnoreUnknown` is `1`/`true` (runtimes send it
+/// with their own keys). Returns the known pairs in order (a later one overrides).
+pub fn load_args(s: &str, known: &[&str]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for pair in s.split(';').filter(|p| !p.is_empty()) {
-        let Some((k, v)) = pair.split_once('=') else {
-            return Err(Error::InvalidEnv(format!(
-                "invalid CNI_ARGS pair \"{}\": expected KEY=VALUE",
-                pair.escape_debug()
-            )));
-        };
-        if k.is_empty() {
-            return Err(Error::InvalidEnv(format!(
-                "invalid CNI_ARGS pair \"{}\": empty key",
-                pair.escape_debug()
-            )));
+    let mut unknown = Vec::new();
+    let mut ignore_unknown = false;
+    for (k, v) in parse_cni_args(s)? {
+        if k == "IgnoreUnknown" {
+            ignore_unknown = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    return Err(Error::InvalidEnv(format!(
+                        "CNI_ARGS: IgnoreUnknown \"{}\" is not a boolean (1, 0, true or false)",
+                        v.escape_debug()
+                    )))
+                }
+            };
+        } else if known.contains(&k.as_str()) {
+            out.push((k, v));
+        } else {
+            unknown.push(format!("{k}={v}"));
         }
-        out.push((k.to_string(), v.to_string()));
+    }
+    if !unknown.is_empty() && !ignore_unknown {
+        return Err(Error::InvalidEnv(format!(
+            "CNI_ARGS: unknown args {unknown:?}: this plugin takes {} (set IgnoreUnknown=1 to ignore others)",
+            known
+                .iter()
+                .chain(["IgnoreUnknown"].iter())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     }
     Ok(out)
 }
 
-/// The value of `key` in `CNI_ARGS`.
+/// The value of `key` in `CNI_ARGS` for a plugin whose only arg is `key` (the last pair wins,
+/// as in the reference).
 pub fn cni_arg(s: &str, key: &str) -> Result<Option<String>> {
-    Ok(parse_cni_args(s)?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v))
+    Ok(load_args(s, &[key])?.pop().map(|(_, v)| v))
 }
 
 #[cfg(test)]
@@ -239,5 +276,26 @@ mod tests {
         );
         assert_eq!(parse_cni_args("A=1;B=").unwrap().len(), 2);
         assert!(parse_cni_args("junk").is_err());
+        // As the reference's LoadArgs: an empty pair, a second '=', an unknown key.
+        for bad in [
+            "MAC=x;",
+            ";MAC=x",
+            "MAC=a=b",
+            "K8S_POD_NAME=x",
+            "IgnoreUnknown=yes;X=1",
+            "ignoreunknown=1;X=1",
+        ] {
+            let e = cni_arg(bad, "MAC").unwrap_err();
+            assert_eq!(e.code(), 4, "{bad}: {e}");
+        }
+        let e = cni_arg("K8S_POD_NAME=x", "MAC").unwrap_err().to_string();
+        assert!(e.contains("K8S_POD_NAME=x") && e.contains("IgnoreUnknown"), "{e}");
+        assert_eq!(cni_arg("", "MAC").unwrap(), None);
+        assert_eq!(
+            cni_arg("MAC=a;K8S_POD_NAME=x;IgnoreUnknown=true;MAC=b", "MAC")
+                .unwrap()
+                .as_deref(),
+            Some("b")
+        );
     }
 }

@@ -89,24 +89,15 @@ pub fn del_attachment(call: &Call, ipam_type: Option<&str>, errs: &mut Errors) {
 }
 
 /// Sysctls of the container interface, written inside `ns` on one short-lived thread:
-/// `arp_notify=1`, `ndisc_notify` (macvlan), IPv6 DAD on or off (`None` leaves it as the
-/// namespace has it), and IPv6 enabled on `lo` and the interface when the result has an IPv6
-/// address.
-pub fn container_sysctls(
-    ns: &Netns,
-    ifname: &str,
-    result: &CniResult,
-    enable_dad: Option<bool>,
-    ndisc_notify: bool,
-) -> Result<()> {
+/// `arp_notify=1`, IPv6 DAD on or off (`None` leaves it as the namespace has it), and IPv6
+/// enabled on `lo` and the interface when the result has an IPv6 address: what the reference
+/// writes, and nothing else.
+pub fn container_sysctls(ns: &Netns, ifname: &str, result: &CniResult, enable_dad: Option<bool>) -> Result<()> {
     let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
     let ifname = ifname.to_string();
     ns.run(move || -> Result<()> {
         // Best effort, as the reference: a kernel without IPv6 has none of the ipv6 keys.
         let _ = write_sysctl(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
-        if ndisc_notify {
-            let _ = write_sysctl(&format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
-        }
         if has_v6 {
             for i in ["lo", ifname.as_str()] {
                 // Read first: a write takes the kernel's RTNL lock even when nothing changes.
@@ -239,22 +230,6 @@ pub fn check_routes(nl: &Nl, prev: &CniResult) -> Result<()> {
                 r.dst,
                 r.gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
             )));
-        }
-    }
-    Ok(())
-}
-
-/// Brings `lo` up in the namespace of `nl`.
-pub fn loopback_up(nl: &Nl) -> Result<()> {
-    if let Some(lo) = nl.link("lo")? {
-        if !lo.up {
-            nl.set_link(
-                lo.index,
-                &crate::netlink::LinkChange {
-                    up: Some(true),
-                    ..Default::default()
-                },
-            )?;
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //!
 //! - [`skel`]: the entry point (environment, config, dispatch, result/error printing)
 //! - [`types`], [`version`], [`env`](mod@env), [`error`]: the spec's data
+//! - [`gojson`]: configs decoded as the reference's Go decoder decodes them (key matching)
 //! - [`delegate`]: running the IPAM plugin
 //! - [`txn`]: an ADD as a transaction whose undo runs on every way out; [`fault`]: test-only
 //!   fault points
@@ -18,6 +19,7 @@ pub mod env;
 pub mod error;
 pub mod fault;
 pub mod firewall;
+pub mod gojson;
 pub mod iface;
 pub mod netlink;
 pub mod netns;

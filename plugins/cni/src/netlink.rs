@@ -10,13 +10,14 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
     BridgeVlanInfoFlags, InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth,
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMacAddressMode, MacVlanMode,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMacAddressMode, MacVlanMode, State,
 };
 use netlink_packet_route::neighbour::NeighbourFlags;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::{Handle, LinkBridge, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::Error;
@@ -86,6 +87,8 @@ pub struct Link {
     pub mac: String,
     pub mtu: u32,
     pub up: bool,
+    /// Operationally up (IF_OPER_UP, or UNKNOWN with carrier): the link can carry traffic.
+    pub oper_up: bool,
     pub promisc: bool,
     /// Index of the bridge (controller) this link is a port of.
     pub master: Option<u32>,
@@ -248,6 +251,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, Error> {
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| Error::io("starting the netlink runtime", e))?;
     Ok(RT.get_or_init(|| rt))
@@ -331,6 +335,64 @@ impl Nl {
             Ok(msgs.iter().map(parse_link).collect())
         })
         .map_err(|e| nl_err("listing links", e))
+    }
+
+    /// Waits until every link of `indexes` is operationally up (has carrier: the kernel passes
+    /// its traffic), for at most `max`, and returns the links that are still not up. The links
+    /// must be in this process's namespace, whose link notifications are subscribed before the
+    /// links' state is read, so that no change is missed and no time is spent sleeping.
+    pub fn wait_oper_up(&self, indexes: &[u32], max: std::time::Duration) -> NlResult<Vec<u32>> {
+        let not_up = |nl: &Nl, list: &[u32]| -> NlResult<Vec<u32>> {
+            let mut out = Vec::new();
+            for &i in list {
+                if let Some(l) = nl.link_by_index(i)? {
+                    if !l.oper_up {
+                        out.push(i);
+                    }
+                }
+            }
+            Ok(out)
+        };
+        // Mostly they are up already: no subscription then.
+        let pending = not_up(self, indexes)?;
+        if pending.is_empty() {
+            return Ok(pending);
+        }
+        let sub = |e: std::io::Error| NlError {
+            op: "subscribing to link notifications".into(),
+            errno: e.raw_os_error(),
+            msg: e.to_string(),
+        };
+        use rtnetlink::sys::AsyncSocket;
+        let (mut conn, _h, mut events) = {
+            let _g = self.rt.enter();
+            rtnetlink::new_connection().map_err(sub)?
+        };
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))
+            .map_err(sub)?;
+        let task = self.rt.spawn(conn);
+        // Read again now that no change can be missed.
+        let mut pending = not_up(self, &pending)?;
+        let deadline = tokio::time::Instant::now() + max;
+        let pending = self.block(async {
+            use futures::StreamExt;
+            while !pending.is_empty() {
+                let ev = match tokio::time::timeout_at(deadline, events.next()).await {
+                    Ok(Some((ev, _))) => ev,
+                    _ => break,
+                };
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) = ev.payload {
+                    if oper_up(&m) {
+                        pending.retain(|&i| i != m.header.index);
+                    }
+                }
+            }
+            pending
+        });
+        task.abort();
+        Ok(pending)
     }
 
     async fn add_msg(&self, msg: LinkMessage) -> Result<(), rtnetlink::Error> {
@@ -624,6 +686,8 @@ impl Nl {
 
     pub fn add_route(&self, r: &NewRoute) -> NlResult<()> {
         let mut msg = route_msg(r.dst);
+        // The protocol of the reference's routes (netlink's default), not the builder's `static`.
+        msg.header.protocol = RouteProtocol::Boot;
         msg.attributes.push(RouteAttribute::Oif(r.oif));
         if let Some(gw) = r.gw {
             msg.attributes.push(RouteAttribute::Gateway(match gw {
@@ -827,10 +891,19 @@ fn parse_route(m: &RouteMessage) -> Option<RouteEntry> {
     Some(e)
 }
 
+fn oper_up(m: &LinkMessage) -> bool {
+    m.attributes.iter().any(|a| match a {
+        LinkAttribute::OperState(State::Up) => true,
+        LinkAttribute::OperState(State::Unknown) => m.header.flags.contains(LinkFlags::LowerUp),
+        _ => false,
+    })
+}
+
 fn parse_link(m: &LinkMessage) -> Link {
     let mut l = Link {
         index: m.header.index,
         up: m.header.flags.contains(LinkFlags::Up),
+        oper_up: oper_up(m),
         promisc: m.header.flags.contains(LinkFlags::Promisc),
         ..Default::default()
     };
@@ -883,6 +956,48 @@ fn parse_link(m: &LinkMessage) -> Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `f` on a thread of its own, fresh network namespace (gone with the thread).
+    fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            // SAFETY: affects only this thread, which ends with the test.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare needs root");
+            f()
+        })
+        .join()
+        .expect("test thread")
+    }
+
+    fn ip(args: &[&str]) {
+        // A child of this thread starts in its namespace.
+        let st = std::process::Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+
+    #[test]
+    fn wait_oper_up_follows_the_carrier() {
+        in_fresh_netns(|| {
+            ip(&["link", "add", "wa", "type", "veth", "peer", "name", "wb"]);
+            ip(&["link", "set", "wa", "up"]);
+            let nl = Nl::current().unwrap();
+            let a = nl.link("wa").unwrap().unwrap().index;
+            // The peer is down: no carrier, the wait ends at its bound.
+            assert_eq!(
+                nl.wait_oper_up(&[a], std::time::Duration::from_millis(100)).unwrap(),
+                [a]
+            );
+            assert!(!nl.link_by_index(a).unwrap().unwrap().oper_up);
+            // The peer comes up while we wait: the notification ends the wait.
+            let child = std::process::Command::new("ip")
+                .args(["link", "set", "wb", "up"])
+                .spawn()
+                .unwrap();
+            let left = nl.wait_oper_up(&[a], std::time::Duration::from_secs(20)).unwrap();
+            assert!(left.is_empty(), "{left:?}");
+            assert!(nl.link_by_index(a).unwrap().unwrap().oper_up);
+            let _ = child.wait_with_output();
+        });
+    }
 
     #[test]
     fn macs() {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+pub use crate::gojson::Node;
 use crate::version::Version;
 
 /// The keys every network configuration has. Plugins embed it (`#[serde(flatten)]`) in their
@@ -25,12 +26,15 @@ pub struct NetConf {
     pub ipam: Option<IpamRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Dns>,
+    /// The runtime's capability args that bridge and macvlan read (host-local reads its own).
     #[serde(rename = "runtimeConfig", default, skip_serializing_if = "Option::is_none")]
-    pub runtime_config: Option<Value>,
+    pub runtime_config: Option<MacArg>,
+    /// `args`: bridge reads `args.cni.mac`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Value>,
+    pub args: Option<Args>,
+    /// A result object (as the reference's `map[string]interface{}`: anything else is refused).
     #[serde(rename = "prevResult", default, skip_serializing_if = "Option::is_none")]
-    pub prev_result: Option<Value>,
+    pub prev_result: Option<Map<String, Value>>,
     /// GC: the attachments the runtime still uses (1.1.0).
     #[serde(
         rename = "cni.dev/valid-attachments",
@@ -43,13 +47,26 @@ pub struct NetConf {
     pub attachments: Option<Vec<Attachment>>,
 }
 
+/// A struct with a `mac` (Go: `string`; kept as a value so that the plugin can name a wrong
+/// type in its message).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct MacArg {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Value>,
+}
+
+/// `args` of a config (the conventions document's `args.cni`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Args {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<MacArg>,
+}
+
 /// The `ipam` section as the delegating plugin sees it: the type, the rest is the IPAM's own.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct IpamRef {
     #[serde(rename = "type", default)]
     pub ipam_type: String,
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
 }
 
 /// A (container, interface) pair that GC must keep.
@@ -91,8 +108,10 @@ impl NetConf {
     /// The previous result of a chain, parsed (any version from 0.3.0 on).
     pub fn prev_result(&self) -> Result<Option<CniResult>> {
         match &self.prev_result {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => CniResult::from_value(v).map(Some).map_err(|e| e.context("prevResult")),
+            None => Ok(None),
+            Some(m) => CniResult::from_value(&Value::Object(m.clone()))
+                .map(Some)
+                .map_err(|e| e.context("prevResult")),
         }
     }
 }
@@ -226,7 +245,7 @@ struct LegacyIp {
 impl CniResult {
     /// Parses a result of any version we speak.
     pub fn from_value(v: &Value) -> Result<CniResult> {
-        let w: WireResult = serde_path_to_error::deserialize(v)
+        let w: WireResult = crate::gojson::from_node(Node::from(v))
             .map_err(|e| Error::Decode(format!("invalid result at {}: {}", e.path(), e.inner())))?;
         let mut r = CniResult {
             interfaces: w.interfaces,
@@ -367,25 +386,34 @@ impl CniResult {
     }
 }
 
-/// Decode a plugin's config type from stdin bytes, naming the offending field on error.
+/// Decode a plugin's config type from stdin bytes, naming the offending field on error. Keys
+/// match fields as in the reference's Go decoder ([`crate::gojson`]): `"MTU"` sets `mtu`.
 pub fn decode<T: serde::de::DeserializeOwned>(stdin: &[u8]) -> Result<T> {
-    let mut de = serde_json::Deserializer::from_slice(stdin);
-    let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
+    // Anything after the config (a second document, garbage) makes it invalid, as in Go's
+    // json.Unmarshal.
+    let node = Node::parse(stdin).map_err(|e| Error::Decode(format!("network config is not valid JSON: {e}")))?;
+    // Go would take `null` for `{}`; a config that is not an object is a mistake.
+    if !matches!(node, Node::Object(_)) {
+        return Err(Error::Decode("network config must be a JSON object".into()));
+    }
+    decode_node(node, "")
+}
+
+/// Decodes `T` from a part of the config; `at` (e.g. `ipam`) prefixes the field in errors.
+pub fn decode_node<T: serde::de::DeserializeOwned>(node: Node, at: &str) -> Result<T> {
+    crate::gojson::from_node(node).map_err(|e| {
+        let path = match (at, e.path().to_string()) {
+            (at, p) if p == "." => at.to_string(),
+            ("", p) => p,
+            (at, p) => format!("{at}.{p}"),
+        };
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            Error::Decode(format!("network config is not valid JSON: {inner}"))
-        } else if path == "." {
+        if path.is_empty() {
             Error::Decode(format!("invalid network config: {inner}"))
         } else {
             Error::Decode(format!("invalid network config: field \"{path}\": {inner}"))
         }
-    })?;
-    // Anything after the config (a second document, garbage) makes it invalid, as in Go's
-    // json.Unmarshal.
-    de.end()
-        .map_err(|e| Error::Decode(format!("network config is not valid JSON: {e}")))?;
-    Ok(v)
+    })
 }
 
 #[cfg(test)]
@@ -470,6 +498,24 @@ mod tests {
             assert_eq!(e.code(), 6, "{e}");
             assert!(e.to_string().contains("not valid JSON"), "{e}");
         }
+    }
+
+    #[test]
+    fn prev_result_must_be_a_result_object() {
+        for bad in [r#""junk""#, "[]", "5"] {
+            let conf = format!(r#"{{"cniVersion":"1.0.0","name":"n","prevResult":{bad}}}"#);
+            let e = decode::<NetConf>(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), 6, "{bad}: {e}");
+            assert!(e.to_string().contains("prevResult"), "{e}");
+        }
+        let n: NetConf = decode(br#"{"prevResult":null}"#).unwrap();
+        assert!(n.prev_result().unwrap().is_none());
+        // Keys of the result are matched as Go matches them, too.
+        let n: NetConf = decode(br#"{"PrevResult":{"cniVersion":"1.0.0","IPs":[{"Address":"10.0.0.2/24"}]}}"#).unwrap();
+        assert_eq!(
+            n.prev_result().unwrap().unwrap().ips[0].address.to_string(),
+            "10.0.0.2/24"
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ pub const MIN_MTU: i64 = 68;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct MacvlanConf {
-    #[serde(flatten)]
+    /// The common keys, decoded from the same document (`call.conf`).
+    #[serde(skip)]
     pub net: NetConf,
     /// The parent interface; empty: the interface of the default route.
     #[serde(default)]
@@ -63,7 +64,9 @@ impl MacvlanConf {
     /// that can no longer be used (a bad MAC in `CNI_ARGS`, a mode this build lacks) can
     /// still be torn down.
     pub fn decode(call: &Call) -> Result<MacvlanConf> {
-        cni::types::decode(&call.stdin)
+        let mut c: MacvlanConf = cni::types::decode(&call.stdin)?;
+        c.net = call.conf.clone();
+        Ok(c)
     }
 
     /// Decodes and checks the config of `call` (everything but the master's existence and
@@ -166,7 +169,7 @@ fn source_macs(list: &[String], mode: MacvlanMode) -> Result<Vec<[u8; 6]>> {
 /// The container MAC in the reference's priority: `runtimeConfig.mac`, then `CNI_ARGS`
 /// `MAC=`, then the config's `mac`. (The reference macvlan does not read `args.cni.mac`.)
 pub fn container_mac(conf_mac: &str, net: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>> {
-    let runtime = match net.runtime_config.as_ref().and_then(|r| r.get("mac")) {
+    let runtime = match net.runtime_config.as_ref().and_then(|r| r.mac.as_ref()) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(Error::InvalidConfig("runtimeConfig.mac must be a string".into())),

@@ -7,7 +7,8 @@ use cni::iface;
 use cni::netlink::{Link, LinkChange, MacvlanMode, Nl};
 use cni::netns::Netns;
 use cni::trace::step;
-use cni::{Call, CniResult, Error, Errors, Interface, Plugin, Result};
+use cni::txn::Txn;
+use cni::{fault, Call, CniResult, Error, Errors, Interface, Plugin, Result};
 
 use crate::config::MacvlanConf;
 use crate::shim;
@@ -22,28 +23,18 @@ struct Master<'a> {
     place: &'static str,
 }
 
-/// What an ADD has made so far, to undo on failure.
-#[derive(Default)]
-struct Undo {
-    /// Index of the new link, in the container's namespace.
-    link: Option<u32>,
-    ipam_added: bool,
-    /// `hostShim`: the host routes (and shim) of this attachment may exist.
-    shim: bool,
-}
-
 impl Plugin for Macvlan {
     fn add(&self, call: &Call) -> Result<CniResult> {
         let conf = MacvlanConf::load(call)?;
         let netns = call.container_netns()?;
         let cont = Nl::open_in(netns)?;
         step("open netns socket");
-        let mut undo = Undo::default();
-        let r = add(call, &conf, netns, &cont, &mut undo);
-        if r.is_err() {
-            rollback(call, &conf, &cont, undo);
-        }
-        r
+        // Every change below registers its undo; they all run, newest first, unless the ADD
+        // gets to the end (an error returned or a panic: see `cni::txn`).
+        let mut txn = Txn::new("macvlan");
+        let result = add(call, &conf, netns, &cont, &mut txn)?;
+        txn.commit();
+        Ok(result)
     }
 
     fn del(&self, call: &Call) -> Result<()> {
@@ -181,7 +172,7 @@ impl Plugin for Macvlan {
     }
 }
 
-fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Undo) -> Result<CniResult> {
+fn add<'a>(call: &'a Call, conf: &'a MacvlanConf, netns: &Netns, cont: &'a Nl, txn: &mut Txn<'a>) -> Result<CniResult> {
     let ifname = &call.env.ifname;
     iface::ensure_ifname_free(cont, ifname, netns)?;
 
@@ -213,13 +204,17 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
         .ipam_type()
         .map(|t| delegate::start(t, Command::Add, call))
         .transpose()?;
-    let link = create_macvlan(conf, &master, netns, cont, call, undo);
+    fault::point("macvlan:ipam-running");
+    let link = create_macvlan(conf, &master, netns, cont, call, txn);
     step("macvlan");
     // Reap IPAM whatever happened to the link; a lease it may hold is released on failure.
     let ipam = pending.map(|p| p.wait_add());
-    undo.ipam_added = ipam.as_ref().is_some_and(|o| o.holds_lease);
+    if let (Some(t), Some(true)) = (conf.net.ipam_type(), ipam.as_ref().map(|o| o.holds_lease)) {
+        txn.undo("the IPAM lease", move || delegate::undo_add(t, call));
+    }
     let link = link?;
     let ipam = ipam.map(|o| o.result).transpose()?;
+    fault::point("macvlan:after-ipam");
 
     let mut result = CniResult {
         interfaces: vec![Interface {
@@ -241,12 +236,12 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
         result.dns = ipam.dns;
         step("ipam");
 
-        iface::container_sysctls(netns, ifname, &result, None, true)?;
+        iface::container_sysctls(netns, ifname, &result, None)?;
         step("container sysctls");
         iface::configure(cont, &link, &result, 0, false)?;
         step("container addresses and routes");
     } else {
-        iface::container_sysctls(netns, ifname, &result, None, true)?;
+        iface::container_sysctls(netns, ifname, &result, None)?;
         cont.set_link(
             link.index,
             &LinkChange {
@@ -256,12 +251,15 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
         )
         .map_err(|e| Error::from(e).context(format!("setting {ifname} up")))?;
     }
-    iface::loopback_up(cont)?;
 
     // 4. `hostShim`: the host's routes to the container through the shim on the master.
     if conf.host_shim {
         if let Some(host) = host.as_ref() {
-            undo.shim = true;
+            // Registered first: an ADD that fails half way leaves routes too.
+            txn.undo("the host shim routes", move || {
+                let (net, id) = (&conf.net.name, &call.env.container_id);
+                Nl::current().and_then(|host| shim::remove(&host, net, id, &call.env.ifname))
+            });
             shim::add(
                 host,
                 &master.link,
@@ -271,6 +269,7 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
                 &result.ips,
             )?;
             step("host shim");
+            fault::point("macvlan:after-shim");
         }
     }
 
@@ -287,33 +286,6 @@ fn add(call: &Call, conf: &MacvlanConf, netns: &Netns, cont: &Nl, undo: &mut Und
     }
     step("result");
     Ok(result)
-}
-
-/// Undoes what a failed ADD made, newest first; errors are reported on stderr only, the
-/// original error is what the runtime gets.
-fn rollback(call: &Call, conf: &MacvlanConf, cont: &Nl, undo: Undo) {
-    let mut errs = Errors::new();
-    if undo.shim {
-        let (net, id) = (&conf.net.name, &call.env.container_id);
-        errs.note(Nl::current().and_then(|host| shim::remove(&host, net, id, &call.env.ifname)));
-    }
-    if undo.ipam_added {
-        if let Some(t) = conf.net.ipam_type() {
-            errs.note(delegate::exec(t, Command::Del, call));
-        }
-    }
-    if let Some(index) = undo.link {
-        match cont.del_link(index) {
-            Ok(()) => {}
-            Err(e) if e.is(libc::ENODEV) => {}
-            Err(e) => {
-                errs.note::<()>(Err(e.into()));
-            }
-        }
-    }
-    if let Err(e) = errs.into_result() {
-        eprintln!("macvlan: cleaning up after a failed ADD: {e}");
-    }
 }
 
 /// The master link: in the container's namespace for `linkInContainer`, else in ours.
@@ -360,13 +332,13 @@ fn default_route_interface(nl: &Nl, place: &str) -> Result<String> {
 
 /// Creates the macvlan inside the container's namespace under the attachment's temporary name
 /// and renames it to `ifname` there; returns the link under its final name.
-fn create_macvlan(
+fn create_macvlan<'a>(
     conf: &MacvlanConf,
     master: &Master,
     netns: &Netns,
-    cont: &Nl,
+    cont: &'a Nl,
     call: &Call,
-    undo: &mut Undo,
+    txn: &mut Txn<'a>,
 ) -> Result<Link> {
     let ifname = &call.env.ifname;
     // The temporary name is derived from the attachment (not random): a plugin killed before
@@ -393,7 +365,11 @@ fn create_macvlan(
     let made = cont
         .link(&tmp)?
         .ok_or_else(|| Error::Netlink(format!("new macvlan {tmp} not found in {}", netns.path())))?;
-    undo.link = Some(made.index);
+    let index = made.index;
+    txn.undo(format!("macvlan {tmp}"), move || match cont.del_link(index) {
+        Err(e) if e.is(libc::ENODEV) => Ok(()),
+        r => r.map_err(Error::from),
+    });
     iface::rename_to_ifname(cont, made, ifname, netns)
 }
 

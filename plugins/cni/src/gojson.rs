@@ -1,0 +1,488 @@
+//! JSON decoded as the reference plugins' Go `encoding/json` decodes it into their structs, so
+//! that a config the reference accepts means the same here:
+//!
+//! - An object key names a struct field when it equals the field's name, else when it equals it
+//!   ignoring case (Go's folding: ASCII case, and `ſ`/`K` (Kelvin) as `s`/`k`). This holds at
+//!   every struct level: `"MTU"`, `"IsGateway"`, `"ipam": {"Subnet": …}`. Keys of maps (and of
+//!   free-form values) are taken as they are.
+//! - Keys are applied in document order onto the same field: a later scalar or array element
+//!   overwrites an earlier one, a later object is merged into the struct the earlier one filled
+//!   (`{"ipam":{"subnet":…},"IPAM":{"rangeStart":…}}` has both), arrays are merged element by
+//!   element and take the length of the last one; a `null` resets an optional value.
+//!
+//! The mechanism is one [`serde::Deserializer`] over the parsed document ([`Node`], which keeps
+//! the order and repetitions of keys): `deserialize_struct` learns the struct's field names
+//! from serde and groups the object's keys onto them, so every `#[derive(Deserialize)]` type
+//! decoded through [`from_node`] follows these rules without per-field code. (Types using
+//! `#[serde(flatten)]` are decoded as maps by serde and would not fold: none of the config
+//! types use it.)
+
+use serde::de::value::StringDeserializer;
+use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Number, Value};
+
+/// A parsed JSON document that keeps every key of an object, in order, repeated ones too.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+    Array(Vec<Node>),
+    Object(Vec<(String, Node)>),
+}
+
+impl Node {
+    /// Parses one JSON document (nothing but whitespace may follow it).
+    pub fn parse(b: &[u8]) -> serde_json::Result<Node> {
+        let mut de = serde_json::Deserializer::from_slice(b);
+        let n = Node::deserialize(&mut de)?;
+        de.end()?;
+        Ok(n)
+    }
+
+    /// The value as a `serde_json::Value` (a repeated key of an object: the last one).
+    pub fn into_value(self) -> Value {
+        match self {
+            Node::Null => Value::Null,
+            Node::Bool(b) => Value::Bool(b),
+            Node::Number(n) => Value::Number(n),
+            Node::String(s) => Value::String(s),
+            Node::Array(a) => Value::Array(a.into_iter().map(Node::into_value).collect()),
+            Node::Object(o) => {
+                let mut m = Map::new();
+                for (k, v) in o {
+                    m.insert(k, v.into_value());
+                }
+                Value::Object(m)
+            }
+        }
+    }
+}
+
+impl From<&Value> for Node {
+    fn from(v: &Value) -> Node {
+        match v {
+            Value::Null => Node::Null,
+            Value::Bool(b) => Node::Bool(*b),
+            Value::Number(n) => Node::Number(n.clone()),
+            Value::String(s) => Node::String(s.clone()),
+            Value::Array(a) => Node::Array(a.iter().map(Node::from).collect()),
+            Value::Object(o) => Node::Object(o.iter().map(|(k, v)| (k.clone(), Node::from(v))).collect()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Node, E> {
+                Ok(Node::Bool(b))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Node, E> {
+                Ok(Node::Number(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Node, E> {
+                Ok(Node::Number(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Node, E> {
+                Ok(Number::from_f64(n).map_or(Node::Null, Node::Number))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Node, E> {
+                Ok(Node::String(s.to_string()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Node, E> {
+                Ok(Node::String(s))
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+                Node::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut v = Vec::new();
+                while let Some(n) = a.next_element()? {
+                    v.push(n);
+                }
+                Ok(Node::Array(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut v = Vec::new();
+                while let Some(kv) = a.next_entry::<String, Node>()? {
+                    v.push(kv);
+                }
+                Ok(Node::Object(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Go's case folding of a key character for field matching.
+fn fold(c: char) -> char {
+    match c {
+        '\u{17F}' => 's',  // LATIN SMALL LETTER LONG S
+        '\u{212A}' => 'k', // KELVIN SIGN
+        c => c.to_ascii_lowercase(),
+    }
+}
+
+/// Whether object key `key` names the field `name` when no field is named exactly `key`.
+pub fn key_matches(key: &str, name: &str) -> bool {
+    key.chars().map(fold).eq(name.chars().map(fold))
+}
+
+/// The field of `fields` that key `key` names, as Go picks it: the exact name, else the first
+/// that equals it ignoring case.
+pub fn field_for<'a>(key: &str, fields: &[&'a str]) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|f| **f == key)
+        .or_else(|| fields.iter().find(|f| key_matches(key, f)))
+        .copied()
+}
+
+/// Decodes `T` from `node` with Go's rules; errors name the path of the offending field.
+pub fn from_node<T: serde::de::DeserializeOwned>(
+    node: Node,
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    serde_path_to_error::deserialize(Folded(vec![node]))
+}
+
+/// The values a JSON document gives to one destination, in document order (one, or more when
+/// keys that name the same field repeat). Never empty.
+struct Folded(Vec<Node>);
+
+type Error = serde_json::Error;
+
+impl Folded {
+    /// The last value, for destinations where a later value replaces an earlier one.
+    fn last(mut self) -> Node {
+        self.0.pop().unwrap_or(Node::Null)
+    }
+
+    /// The last value that is not `null` (a `null` leaves a scalar as it was).
+    fn last_set(self) -> Node {
+        self.0.into_iter().rfind(|n| *n != Node::Null).unwrap_or(Node::Null)
+    }
+
+    /// The values after the last `null` (a `null` resets a pointer, slice or map).
+    fn after_null(self) -> Vec<Node> {
+        let mut v = self.0;
+        if let Some(i) = v.iter().rposition(|n| *n == Node::Null) {
+            v.drain(..=i);
+        }
+        v
+    }
+}
+
+/// The entries of objects `nodes`, or the type error of the first value that is not one.
+fn objects(nodes: Vec<Node>, visitor_err: impl Fn(Value) -> Error) -> Result<Vec<(String, Node)>, Error> {
+    let mut out = Vec::new();
+    for n in nodes {
+        match n {
+            Node::Object(o) => out.extend(o),
+            Node::Null => {}
+            other => return Err(visitor_err(other.into_value())),
+        }
+    }
+    Ok(out)
+}
+
+fn invalid_type(v: &Value, exp: &dyn de::Expected) -> Error {
+    let unexp = match v {
+        Value::Null => de::Unexpected::Unit,
+        Value::Bool(b) => de::Unexpected::Bool(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => de::Unexpected::Unsigned(u),
+            (_, Some(i), _) => de::Unexpected::Signed(i),
+            (_, _, Some(f)) => de::Unexpected::Float(f),
+            _ => de::Unexpected::Other("number"),
+        },
+        Value::String(s) => de::Unexpected::Str(s),
+        Value::Array(_) => de::Unexpected::Seq,
+        Value::Object(_) => de::Unexpected::Map,
+    };
+    de::Error::invalid_type(unexp, exp)
+}
+
+/// An object's entries as a map for a visitor: keys as they are, each value its own.
+struct Entries {
+    it: std::vec::IntoIter<(String, Folded)>,
+    value: Option<Folded>,
+}
+
+impl<'de> MapAccess<'de> for Entries {
+    type Error = Error;
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+        match self.it.next() {
+            None => Ok(None),
+            Some((k, v)) => {
+                self.value = Some(v);
+                let kd: StringDeserializer<Error> = k.into_deserializer();
+                seed.deserialize(kd).map(Some)
+            }
+        }
+    }
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+        let v = self
+            .value
+            .take()
+            .ok_or_else(|| <Error as de::Error>::custom("value requested before key"))?;
+        seed.deserialize(v)
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.it.len())
+    }
+}
+
+struct Elements(std::vec::IntoIter<Folded>);
+
+impl<'de> SeqAccess<'de> for Elements {
+    type Error = Error;
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
+        match self.0.next() {
+            None => Ok(None),
+            Some(v) => seed.deserialize(v).map(Some),
+        }
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+fn entries(list: Vec<(String, Folded)>) -> Entries {
+    Entries {
+        it: list.into_iter(),
+        value: None,
+    }
+}
+
+macro_rules! scalar {
+    ($($m:ident)*) => {$(
+        fn $m<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+            self.last_set().into_value().$m(visitor)
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for Folded {
+    type Error = Error;
+
+    /// A free-form value (`serde_json::Value`, Go's `interface{}`): the last one, as it is.
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.last() {
+            Node::Object(o) => visitor.visit_map(entries(o.into_iter().map(|(k, v)| (k, Folded(vec![v]))).collect())),
+            Node::Array(a) => visitor.visit_seq(Elements(
+                a.into_iter().map(|v| Folded(vec![v])).collect::<Vec<_>>().into_iter(),
+            )),
+            other => other.into_value().deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let rest = self.after_null();
+        if rest.is_empty() {
+            visitor.visit_none()
+        } else {
+            visitor.visit_some(Folded(rest))
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        let all = objects(self.0, |v| invalid_type(&v, &visitor))?;
+        // Group the keys onto the fields they name, in the order fields first appear.
+        let mut groups: Vec<(String, Vec<Node>)> = Vec::new();
+        for (k, v) in all {
+            let name = field_for(&k, fields).map_or(k, str::to_string);
+            match groups.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, vs)) => vs.push(v),
+                None => groups.push((name, vec![v])),
+            }
+        }
+        // A field given only `null` keeps its zero value in Go: absent here.
+        let list = groups
+            .into_iter()
+            .filter(|(_, vs)| vs.iter().any(|n| *n != Node::Null))
+            .map(|(k, vs)| (k, Folded(vs)))
+            .collect();
+        visitor.visit_map(entries(list))
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let nodes = self.after_null();
+        if nodes.is_empty() {
+            return Value::Null.deserialize_map(visitor);
+        }
+        let all = objects(nodes, |v| invalid_type(&v, &visitor))?;
+        visitor.visit_map(entries(all.into_iter().map(|(k, v)| (k, Folded(vec![v]))).collect()))
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let nodes = self.after_null();
+        let mut arrays = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            match n {
+                Node::Array(a) => arrays.push(a),
+                other => return Err(invalid_type(&other.into_value(), &visitor)),
+            }
+        }
+        let Some(len) = arrays.last().map(Vec::len) else {
+            return Value::Null.deserialize_seq(visitor);
+        };
+        // Element i of the result is decoded from element i of every array, in order.
+        let mut cols: Vec<Vec<Node>> = (0..len).map(|_| Vec::new()).collect();
+        for a in arrays {
+            for (i, n) in a.into_iter().enumerate().take(len) {
+                cols[i].push(n);
+            }
+        }
+        visitor.visit_seq(Elements(cols.into_iter().map(Folded).collect::<Vec<_>>().into_iter()))
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.last_set().into_value().deserialize_enum(name, variants, visitor)
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, Error> {
+        self.last_set().into_value().deserialize_unit_struct(name, visitor)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_unit()
+    }
+
+    scalar! {
+        deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_i128 deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
+        deserialize_u128 deserialize_f32 deserialize_f64 deserialize_char deserialize_str
+        deserialize_string deserialize_bytes deserialize_byte_buf deserialize_unit
+        deserialize_identifier
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    struct R {
+        #[serde(default)]
+        subnet: Option<String>,
+        #[serde(rename = "rangeStart", default)]
+        range_start: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    struct I {
+        #[serde(default)]
+        subnet: Option<String>,
+        #[serde(rename = "rangeStart", default)]
+        range_start: Option<String>,
+        #[serde(rename = "type", default)]
+        ty: String,
+        #[serde(default)]
+        ranges: Option<Vec<Vec<R>>>,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    struct N {
+        #[serde(default)]
+        mtu: i64,
+        #[serde(default)]
+        ipam: Option<I>,
+        #[serde(default)]
+        m: Option<std::collections::BTreeMap<String, i64>>,
+        #[serde(rename = "prevResult", default)]
+        any: Option<Value>,
+    }
+
+    fn n(s: &str) -> N {
+        from_node(Node::parse(s.as_bytes()).unwrap()).unwrap()
+    }
+
+    fn r(subnet: Option<&str>, start: Option<&str>) -> R {
+        R {
+            subnet: subnet.map(Into::into),
+            range_start: start.map(Into::into),
+        }
+    }
+
+    /// Each case was run through Go 1.19's encoding/json with the same struct shapes.
+    #[test]
+    fn matches_go_encoding_json() {
+        assert_eq!(n(r#"{"mtu":1,"MTU":2}"#).mtu, 2);
+        assert_eq!(n(r#"{"MTU":2,"mtu":1}"#).mtu, 1);
+        assert_eq!(n(r#"{"mtu":1,"MTU":2,"mtu":3}"#).mtu, 3);
+        assert_eq!(n(r#"{"Mtu":7,"MTU":null}"#).mtu, 7);
+        let i = n(r#"{"ipam":{"subnet":"a"},"IPAM":{"rangeStart":"b"}}"#).ipam.unwrap();
+        assert_eq!((i.subnet.as_deref(), i.range_start.as_deref()), (Some("a"), Some("b")));
+        let i = n(r#"{"ipam":{"subnet":"a"},"IPAM":null,"Ipam":{"type":"t"}}"#)
+            .ipam
+            .unwrap();
+        assert_eq!((i.subnet, i.ty.as_str()), (None, "t"));
+        let i = n(r#"{"ipam":{"ranges":[[{"subnet":"x"}]]},"IPAM":{"Ranges":[[{"rangeStart":"y"}]]}}"#)
+            .ipam
+            .unwrap();
+        assert_eq!(i.ranges.unwrap(), vec![vec![r(Some("x"), Some("y"))]]);
+        let i = n(r#"{"ipam":{"Subnet":"s","SUBNET":"t","rangestart":"r","ſubnet":"u"}}"#)
+            .ipam
+            .unwrap();
+        assert_eq!((i.subnet.as_deref(), i.range_start.as_deref()), (Some("u"), Some("r")));
+        // Map keys are not folded; repeated maps are merged.
+        let m = n(r#"{"m":{"a":1},"M":{"b":2,"A":3}}"#).m.unwrap();
+        assert_eq!(
+            m.into_iter().collect::<Vec<_>>(),
+            [("A".into(), 3), ("a".into(), 1), ("b".into(), 2)]
+        );
+        // Free-form values are kept as they are.
+        let any = n(r#"{"PREVRESULT":{"Ips":[1]}}"#).any.unwrap();
+        assert_eq!(any, serde_json::json!({"Ips":[1]}));
+    }
+
+    #[test]
+    fn mis_cased_keys_are_checked_as_strictly() {
+        let e = from_node::<N>(Node::parse(br#"{"MTU":"big"}"#).unwrap()).unwrap_err();
+        assert_eq!(e.path().to_string(), "mtu");
+        let e = from_node::<N>(Node::parse(br#"{"Ipam":"x"}"#).unwrap()).unwrap_err();
+        assert_eq!(e.path().to_string(), "ipam");
+        assert!(Node::parse(b"{} x").is_err());
+    }
+}
