@@ -60,33 +60,61 @@ impl Cluster {
     /// Starts `n` members inside `ns` listening on `addr`, an address of that namespace the
     /// test gave it (127.0.0.1 in the test's own namespace).
     pub fn start_on(n: usize, ns: Option<&Netns>, addr: &str, tls: Option<Tls>) -> Cluster {
-        // In a fresh netns every port is free; here, ask the kernel.
-        let ports = if ns.is_some() {
-            (0..2 * n as u16).map(|i| 23790 + i).collect()
-        } else {
-            free_ports(2 * n)
-        };
-        let members = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client: ports[2 * i],
-                peer: ports[2 * i + 1],
-                child: None,
-            })
-            .collect();
-        let mut c = Cluster {
-            members,
-            ns: ns.map(|n| n.name().to_string()),
-            tls,
-            token: crate::unique_name("etcd-"),
-            dir: TempDir::new("etcd"),
-            addr: addr.to_string(),
-        };
-        for i in 0..n {
-            c.start_member(i);
+        // A port picked here may be taken by someone else before etcd binds it: a member that
+        // exits at once means another try with other ports.
+        for attempt in 0..3 {
+            // In a fresh netns every port is free; here, ask the kernel.
+            let ports: Vec<u16> = if ns.is_some() {
+                (0..2 * n as u16).map(|i| 23790 + 100 * attempt + i).collect()
+            } else {
+                free_ports(2 * n)
+            };
+            let members = (0..n)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client: ports[2 * i],
+                    peer: ports[2 * i + 1],
+                    child: None,
+                })
+                .collect();
+            let mut c = Cluster {
+                members,
+                ns: ns.map(|n| n.name().to_string()),
+                tls: tls.clone(),
+                token: crate::unique_name("etcd-"),
+                dir: TempDir::new("etcd"),
+                addr: addr.to_string(),
+            };
+            for i in 0..n {
+                c.start_member(i);
+            }
+            if attempt == 2 || c.try_wait_healthy(Duration::from_secs(30)) {
+                c.wait_healthy(Duration::from_secs(30));
+                return c;
+            }
         }
-        c.wait_healthy(Duration::from_secs(30));
-        c
+        unreachable!("the last attempt returns")
+    }
+
+    /// Like [`Cluster::wait_healthy`], but `false` as soon as a member has exited.
+    fn try_wait_healthy(&mut self, deadline: Duration) -> bool {
+        let end = Instant::now() + deadline;
+        loop {
+            for m in &mut self.members {
+                if let Some(ch) = &mut m.child {
+                    if ch.try_wait().ok().flatten().is_some() {
+                        return false;
+                    }
+                }
+            }
+            if self.etcdctl(&[], &["endpoint", "health"]).status.success() {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn scheme(&self) -> &str {
