@@ -219,6 +219,16 @@ impl Drop for Netns {
     }
 }
 
+/// Whether this kernel makes bridges with VLAN filtering (tried with `ip` in a namespace of
+/// its own): some kernels are built without it and refuse with EOPNOTSUPP.
+pub fn kernel_has_vlan_filtering() -> bool {
+    let ns = Netns::new();
+    ns.exec(&["ip", "link", "add", "vf0", "type", "bridge", "vlan_filtering", "1"])
+        .status
+        .success()
+        && ns.ip(&["-d", "link", "show", "vf0"]).contains("vlan_filtering 1")
+}
+
 /// A private temporary directory (e.g. a lease store's `dataDir`), removed on drop.
 #[derive(Debug)]
 pub struct TempDir {

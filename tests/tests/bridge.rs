@@ -6,7 +6,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cni_tests::{bin_dir, in_ci, lease_files, merge, sh, workspace_dir, Cni, Netns, Output, TempDir};
+use cni_tests::{
+    bin_dir, in_ci, kernel_has_vlan_filtering, lease_files, merge, sh, workspace_dir, Cni, Netns, Output, TempDir,
+};
 use serde_json::{json, Value};
 
 /// A test's world: a private host namespace, a lease store, a bridge name.
@@ -353,14 +355,6 @@ fn hairpin_isolation_promisc_and_l2_only() {
     bed.add("cc", &c, &dis);
     assert!(!c.ip(&["link", "show", "eth0"]).contains(",UP"));
     bed.del("cc", Some(&c), &dis);
-}
-
-fn kernel_has_vlan_filtering() -> bool {
-    let ns = Netns::new();
-    ns.exec(&["ip", "link", "add", "vf0", "type", "bridge", "vlan_filtering", "1"])
-        .status
-        .success()
-        && ns.ip(&["-d", "link", "show", "vf0"]).contains("vlan_filtering 1")
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use cni::netlink::{Link, LinkChange, MacvlanMode, MarkedRoute, NewRoute, Nl, NlError};
-use cni_tests::Netns;
+use cni_tests::{kernel_has_vlan_filtering, Netns};
 
 /// A private namespace, the facade's socket inside it, and the namespace opened as the
 /// facade takes it (for veth peers and moves).
@@ -262,15 +262,6 @@ fn bridges_take_ports() {
     // Deleting the bridge frees its port.
     b.nl.del_link(br.index).unwrap();
     assert_eq!(b.link("nlp0").master, None);
-}
-
-/// Whether this kernel makes bridges with VLAN filtering (asked of `ip`, in a namespace of
-/// its own).
-fn kernel_has_vlan_filtering() -> bool {
-    let ns = Netns::new();
-    ns.exec(&["ip", "link", "add", "vf0", "type", "bridge", "vlan_filtering", "1"])
-        .status
-        .success()
 }
 
 #[test]
