@@ -10,7 +10,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use cni_tests::node::{host_snapshot, Snapshot};
-use cni_tests::{bin, lease_files, Cni, Netns, Output, TempDir};
+use cni_tests::{lease_files, Cni, Netns, Output, TempDir};
 use macvlan_common::{ip_of, Bed, NsExt};
 use serde_json::{json, Value};
 
@@ -146,15 +146,7 @@ impl BridgeBed {
     }
 
     fn call(&self, command: &str, id: &str, ns: Option<&str>, conf: &Value) -> Cni {
-        let c = Cni::new(bin("bridge"))
-            .command(command)
-            .container_id(id)
-            .host(&self.host)
-            .config(conf);
-        match ns {
-            Some(p) => c.netns(p),
-            None => c.unset("CNI_NETNS"),
-        }
+        Cni::call("bridge", &self.host, command, id, ns, conf)
     }
 }
 

@@ -5,7 +5,9 @@
 mod macvlan_common;
 
 use cni_tests::node::{diff, host_snapshot, snapshot, Snapshot};
-use cni_tests::{bin, lease_files, Cni, Netns, TempDir};
+use std::time::Duration;
+
+use cni_tests::{bin, eventually, lease_files, Cni, Netns, TempDir};
 use macvlan_common::Bed;
 use serde_json::{json, Value};
 
@@ -102,6 +104,13 @@ fn a_panicking_bridge_add_leaves_nothing() {
         .container_id("w")
         .netns(ctr.path());
     del.host(&fresh.host).config(&warm).run().expect_ok();
+    // Its bridge loses its carrier some time after its last port went.
+    eventually(Duration::from_secs(20), "cniwarm0 without carrier", || {
+        fresh
+            .host
+            .ip(&["-o", "link", "show", "dev", "cniwarm0"])
+            .contains("NO-CARRIER")
+    });
     let conf = fresh.conf(json!({}));
     // The store is new too: the empty store that the first call makes stays (as the
     // reference's does), without a lease.

@@ -116,15 +116,15 @@ pub fn allocate(
         .collect();
     if let Some(ip) = requested {
         let Some(r) = set.range_for(ip) else {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "requested IP address {ip} is not in range set {set}"
             )));
         };
         if ip == r.gateway {
-            return Err(Error::InvalidConfig(format!("requested ip {ip} is subnet's gateway")));
+            return Err(Error::invalid_config(format!("requested ip {ip} is subnet's gateway")));
         }
         if r.is_reserved_address(ip) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "requested ip {ip} is the network or broadcast address of {}",
                 r.subnet
             )));
@@ -144,7 +144,7 @@ pub fn allocate(
                 },
                 None => String::new(),
             };
-            return Err(Error::Conflict(format!(
+            return Err(Error::conflict(format!(
                 "requested IP address {ip} is not available in range set {set}{holder}"
             )));
         }
@@ -193,7 +193,7 @@ pub fn allocate(
             break;
         }
     }
-    Err(Error::NoAddress(format!(
+    Err(Error::no_address(format!(
         "no IP addresses available in range set: {set}"
     )))
 }

@@ -135,7 +135,7 @@ struct RawNet {
 }
 
 fn invalid(msg: String) -> Error {
-    Error::InvalidConfig(msg)
+    Error::invalid_config(msg)
 }
 
 /// An address as a number, and back.
@@ -364,7 +364,7 @@ fn parse_env_ips(args: &str) -> Result<Vec<Requested>> {
     for (_, v) in cni::env::load_args(args, &["IP"])? {
         for s in v.split(',').filter(|s| !s.trim().is_empty()) {
             let ip = parse_requested_ip(s).ok_or_else(|| {
-                Error::InvalidEnv(format!("CNI_ARGS: IP \"{}\" is not an IP address", s.escape_debug()))
+                Error::invalid_env(format!("CNI_ARGS: IP \"{}\" is not an IP address", s.escape_debug()))
             })?;
             out.push(Requested {
                 ip,

@@ -83,7 +83,7 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
         }
     }
     if !unmatched.is_empty() {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::invalid_config(format!(
             "failed to allocate all requested IPs: {} (each must lie in a range set, one per set)",
             unmatched.join(" ")
         )));
@@ -186,7 +186,7 @@ pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()>
         None => false,
     };
     if !found {
-        return Err(Error::CheckFailed(format!(
+        return Err(Error::check_failed(format!(
             "host-local: Failed to find address added by container {id}"
         )));
     }
@@ -221,12 +221,12 @@ pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcRepo
 /// STATUS: code 50 when the store cannot be written or a range set has no free address.
 pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
-    let unavailable = |e: Error| Error::PluginNotAvailable(e.to_string());
+    let unavailable = |e: Error| Error::plugin_not_available(e.to_string());
     let mut store = open_store(&conf, true).map_err(unavailable)?.expect("created on open");
     store.check_writable().map_err(unavailable)?;
     for (idx, set) in conf.range_sets.iter().enumerate() {
         if !allocator::has_free_address(store.as_mut(), set, idx).map_err(unavailable)? {
-            return Err(Error::PluginNotAvailable(format!(
+            return Err(Error::plugin_not_available(format!(
                 "no IP addresses available in range set: {set}"
             )));
         }

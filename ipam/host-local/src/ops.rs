@@ -88,7 +88,7 @@ fn run(args: &[String], out: &mut dyn Write) -> Result<i32> {
                     ("--data-dir", Some(v)) => dir = Some(PathBuf::from(v)),
                     ("--host", Some(v)) => host = Some(v.to_string()),
                     _ => {
-                        return Err(Error::InvalidConfig(format!(
+                        return Err(Error::invalid_config(format!(
                             "import: unexpected argument {flag}\n{USAGE}"
                         )))
                     }
@@ -127,13 +127,13 @@ pub fn load_conf(path: &str) -> Result<IpamConfig> {
     } else {
         std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?
     };
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{path}: {e}")))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::decode(format!("{path}: {e}")))?;
     let net = match v.get("plugins").and_then(Value::as_array) {
         Some(plugins) => {
             let p = plugins
                 .iter()
                 .find(|p| p["ipam"]["type"] == "host-local")
-                .ok_or_else(|| Error::InvalidConfig(format!("{path}: no plugin with a host-local ipam section")))?;
+                .ok_or_else(|| Error::invalid_config(format!("{path}: no plugin with a host-local ipam section")))?;
             json!({"cniVersion": v["cniVersion"], "name": v["name"], "ipam": p["ipam"]})
         }
         None => v,
@@ -266,7 +266,7 @@ pub fn table(rows: &[Row]) -> Vec<String> {
 
 fn need_etcd<'a>(conf: &'a IpamConfig, what: &str) -> Result<&'a etcd::EtcdConfig> {
     conf.etcd.as_ref().ok_or_else(|| {
-        Error::InvalidConfig(format!(
+        Error::invalid_config(format!(
             "{what} works on an etcd store: the config of network {} has no ipam.store of type etcd",
             conf.name
         ))

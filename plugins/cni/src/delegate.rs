@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::process::{Command as Proc, Stdio};
 
 use crate::env::Command;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::skel::Call;
 use crate::types::CniResult;
 
 /// Finds plugin `name` in the `CNI_PATH` directories.
 pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::invalid_config(format!(
             "invalid plugin type \"{}\": must be a file name in CNI_PATH",
             name.escape_debug()
         )));
@@ -24,7 +24,7 @@ pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(Error::InvalidConfig(format!(
+    Err(Error::invalid_config(format!(
         "failed to find plugin \"{name}\" (ipam.type) in CNI_PATH {:?}",
         path
     )))
@@ -143,12 +143,15 @@ impl Pending {
         }
         match parse_error(&out.stdout) {
             Some(e) => Ended::Reported(e),
-            None => Ended::Unexplained(Error::Internal(format!(
-                "IPAM plugin \"{}\" failed ({}) without an error JSON: {}",
-                self.plugin_type,
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim()
-            ))),
+            None => Ended::Unexplained(
+                Error::internal(format!(
+                    "IPAM plugin \"{}\" failed ({}) without an error JSON: {}",
+                    self.plugin_type,
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).trim()
+                ))
+                .with_source(Source::Exit(out.status)),
+            ),
         }
     }
 
@@ -162,7 +165,7 @@ impl Pending {
             Ended::Succeeded(out) => IpamAdd {
                 result: self.decode(&out).and_then(|r| {
                     if r.ips.is_empty() {
-                        Err(Error::InvalidConfig(format!(
+                        Err(Error::invalid_config(format!(
                             "IPAM plugin \"{}\" returned no IP address",
                             self.plugin_type
                         )))
@@ -213,7 +216,7 @@ impl Drop for Pending {
                         Ok(())
                     } else {
                         Err(parse_error(&o.stdout)
-                            .unwrap_or_else(|| Error::Internal(format!("IPAM DEL failed ({})", o.status))))
+                            .unwrap_or_else(|| Error::internal(format!("IPAM DEL failed ({})", o.status))))
                     }
                 })
         });
@@ -236,9 +239,7 @@ fn parse_error(stdout: &[u8]) -> Option<Error> {
         #[serde(default)]
         details: String,
     }
-    serde_json::from_slice::<E>(stdout).ok().map(|e| Error::Delegated {
-        code: e.code,
-        msg: e.msg,
-        details: e.details,
-    })
+    serde_json::from_slice::<E>(stdout)
+        .ok()
+        .map(|e| Error::delegated(e.code, e.msg, e.details))
 }

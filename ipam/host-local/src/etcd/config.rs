@@ -78,7 +78,7 @@ struct RawStore {
 }
 
 fn invalid(msg: String) -> Error {
-    Error::InvalidConfig(msg)
+    Error::invalid_config(msg)
 }
 
 /// The node's host name, as `hostname` prints it.

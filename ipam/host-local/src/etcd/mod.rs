@@ -179,7 +179,7 @@ impl Conn {
         let eps = conf.endpoints.clone();
         let client = rt
             .block_on(Client::connect(eps, Some(opts)))
-            .map_err(|e| Error::InvalidConfig(format!("ipam.store: cannot set up the etcd client: {}", chain(&e))))?;
+            .map_err(|e| Error::invalid_config(format!("ipam.store: cannot set up the etcd client: {}", chain(&e))))?;
         Ok(Conn {
             rt,
             client,
@@ -193,7 +193,7 @@ impl Conn {
     }
 
     fn trouble(&self, what: &str, last: &str) -> Error {
-        Error::TryAgainLater(format!(
+        Error::try_again_later(format!(
             "etcd ({}): {what}: no success within the deadline of {:.1}s (ipam.store.timeout): {last}",
             self.conf.endpoints.join(","),
             self.conf.timeout.as_secs_f64()
@@ -250,7 +250,7 @@ impl Conn {
                 None => return Err(self.trouble(what, answered.as_deref().unwrap_or(&last))),
                 Some(Ok(v)) => return Ok(v),
                 Some(Err(e)) if e.starts_with('!') => {
-                    return Err(Error::Io(format!(
+                    return Err(Error::io_failure(format!(
                         "etcd ({}): {what}: {}",
                         self.conf.endpoints.join(","),
                         &e[1..]
@@ -277,7 +277,7 @@ impl Conn {
     {
         match self.attempt(&mut f) {
             None => Err(self.trouble(what, "deadline reached")),
-            Some(Err(e)) if e.starts_with('!') => Err(Error::Io(format!(
+            Some(Err(e)) if e.starts_with('!') => Err(Error::io_failure(format!(
                 "etcd ({}): {what}: {}",
                 self.conf.endpoints.join(","),
                 &e[1..]
@@ -381,7 +381,7 @@ impl Conn {
                 }
             }
         }
-        Err(Error::Io(format!(
+        Err(Error::io_failure(format!(
             "etcd: {key} is held by something that is not a lease"
         )))
     }
@@ -710,8 +710,8 @@ impl Store for EtcdStore {
         if self.try_commit()? {
             Ok(())
         } else {
-            Err(Error::TryAgainLater(
-                "etcd: the leases changed while this call ran; try again".into(),
+            Err(Error::try_again_later(
+                "etcd: the leases changed while this call ran; try again",
             ))
         }
     }
@@ -719,7 +719,7 @@ impl Store for EtcdStore {
     fn refresh(&mut self) -> Result<()> {
         self.rounds += 1;
         if self.rounds > MAX_ROUNDS {
-            return Err(Error::TryAgainLater(format!(
+            return Err(Error::try_again_later(format!(
                 "etcd: lost the race for an address {MAX_ROUNDS} times in one call; try again"
             )));
         }
