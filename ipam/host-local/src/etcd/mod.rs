@@ -20,12 +20,14 @@
 //! reply is lost, the call reads the keys back: our token there means the write committed.
 //!
 //! **etcd trouble.** Every request requires a leader (`hasleader`), so "no leader" comes back at
-//! once instead of hanging. Failed requests are retried (the client balances over every
-//! endpoint, so a dead member costs a retry) until the call's deadline (`ipam.store.timeout`),
-//! then the call fails with code 11 having written nothing.
+//! once instead of hanging. A call talks to one member (concurrent calls start on different
+//! ones); a failed request is retried on the next member (a dead member costs a retry) until
+//! the call's deadline (`ipam.store.timeout`), then the call fails with code 11 having written
+//! nothing.
 
 pub mod config;
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -146,7 +148,13 @@ type Snapshot = (BTreeMap<IpAddr, Held>, BTreeMap<usize, IpAddr>, Option<(String
 /// A connection to the cluster with the call's deadline.
 pub struct Conn {
     rt: tokio::runtime::Runtime,
-    client: Client,
+    opts: ConnectOptions,
+    /// One client per endpoint, made when first used: a call talks to one member at a time
+    /// (a client balanced over all of them connects to every one first, which costs more
+    /// than the request) and moves on to the next after a failure.
+    clients: RefCell<Vec<Option<Client>>>,
+    /// The endpoint in use.
+    cur: Cell<usize>,
     conf: EtcdConfig,
     deadline: Instant,
 }
@@ -176,16 +184,36 @@ impl Conn {
             }
             opts = opts.with_tls(tls);
         }
-        let eps = conf.endpoints.clone();
-        let client = rt
-            .block_on(Client::connect(eps, Some(opts)))
-            .map_err(|e| Error::invalid_config(format!("ipam.store: cannot set up the etcd client: {}", chain(&e))))?;
+        let n = conf.endpoints.len();
         Ok(Conn {
             rt,
-            client,
+            opts,
+            clients: RefCell::new(vec![None; n]),
+            // Concurrent calls start on different members.
+            cur: Cell::new(std::process::id() as usize % n.max(1)),
             conf: conf.clone(),
             deadline,
         })
+    }
+
+    /// The client of the endpoint in use (made lazily: the first request connects).
+    fn client(&self) -> Result<Client> {
+        let i = self.cur.get();
+        if let Some(c) = &self.clients.borrow()[i] {
+            return Ok(c.clone());
+        }
+        let ep = self.conf.endpoints[i].clone();
+        let c = self
+            .rt
+            .block_on(Client::connect([ep], Some(self.opts.clone())))
+            .map_err(|e| Error::invalid_config(format!("ipam.store: cannot set up the etcd client: {}", chain(&e))))?;
+        self.clients.borrow_mut()[i] = Some(c.clone());
+        Ok(c)
+    }
+
+    /// After a failure: the next member.
+    fn next_endpoint(&self) {
+        self.cur.set((self.cur.get() + 1) % self.conf.endpoints.len());
     }
 
     pub fn conf(&self) -> &EtcdConfig {
@@ -210,11 +238,18 @@ impl Conn {
         if left.is_zero() {
             return None;
         }
-        let fut = f(self.client.clone());
-        match self
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return Some(Err(format!("!{e}"))),
+        };
+        let fut = f(client);
+        let r = self
             .rt
-            .block_on(async { tokio::time::timeout(left.min(ATTEMPT_CAP), fut).await })
-        {
+            .block_on(async { tokio::time::timeout(left.min(ATTEMPT_CAP), fut).await });
+        if !matches!(r, Ok(Ok(_))) {
+            self.next_endpoint();
+        }
+        match r {
             Ok(Ok(v)) => Some(Ok(v)),
             Ok(Err(e)) if permanent(&e) => Some(Err(format!("!{}", chain(&e)))),
             // A certificate refused (either way) does not get better by retrying.
