@@ -34,7 +34,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cni::{Error, Result};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 
 pub use config::EtcdConfig;
@@ -44,6 +44,9 @@ use crate::store::{GcReport, Owner, Store};
 /// One attempt of a request never takes longer than this, so that a request stuck on a
 /// member that just died is retried on another within the call's deadline.
 const ATTEMPT_CAP: Duration = Duration::from_millis(2000);
+/// The largest reply accepted: the read of a network returns all its leases (gRPC's default
+/// of 4 MiB holds about 25,000).
+const MAX_REPLY: usize = 256 << 20;
 /// After lost races, the allocator skips at most this many free candidates.
 const MAX_SPREAD: u64 = 64;
 /// At most this many lost races in one call.
@@ -231,7 +234,7 @@ impl Conn {
     /// One request attempt, bounded by the deadline and [`ATTEMPT_CAP`].
     fn attempt<T, F, Fut>(&self, f: &mut F) -> Option<std::result::Result<T, String>>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(KvClient) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let left = self.deadline.saturating_duration_since(Instant::now());
@@ -242,7 +245,7 @@ impl Conn {
             Ok(c) => c,
             Err(e) => return Some(Err(format!("!{e}"))),
         };
-        let fut = f(client);
+        let fut = f(client.kv_client().max_decoding_message_size(MAX_REPLY));
         let r = self
             .rt
             .block_on(async { tokio::time::timeout(left.min(ATTEMPT_CAP), fut).await });
@@ -272,7 +275,7 @@ impl Conn {
     /// only have failed whole), retried until the deadline.
     pub fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(KvClient) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut last = String::from("no attempt made");
@@ -307,7 +310,7 @@ impl Conn {
     /// outcome the caller must check before trying again).
     fn once<T, F, Fut>(&self, what: &str, mut f: F) -> Result<std::result::Result<T, String>>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(KvClient) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         match self.attempt(&mut f) {
