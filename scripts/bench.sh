@@ -44,5 +44,17 @@ if [ "${BENCH_ONLY:-}" != etcd ]; then
 fi
 # The etcd store's rows (a local 3-member cluster): a section of the same BENCHMARKS.md.
 if [ -z "${BENCH_ONLY:-}" ] || [[ ",$BENCH_ONLY," == *",etcd,"* ]]; then
-  "$RELEASE_DIR/cni-bench-etcd"
+  # The options it shares with cni-bench, as its environment.
+  etcd_quick=${QUICK:-} etcd_out=${BENCH_OUT:-} etcd_ours=$BENCH_OURS etcd_cycles=${BENCH_CYCLES:-}
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --quick) etcd_quick=1 ;;
+      --out) etcd_out=$2; shift ;;
+      --ours) etcd_ours=$2; shift ;;
+      --cycles) etcd_cycles=$2; shift ;;
+    esac
+    shift
+  done
+  QUICK=$etcd_quick BENCH_OUT=$etcd_out BENCH_OURS=$etcd_ours BENCH_CYCLES=$etcd_cycles \
+    "$RELEASE_DIR/cni-bench-etcd"
 fi

@@ -360,13 +360,11 @@ fn etcd_version() -> String {
 
 fn main() {
     let quick = std::env::var("QUICK").is_ok_and(|v| v == "1");
-    let out = std::env::var("BENCH_OUT").map(PathBuf::from).unwrap_or_else(|_| {
-        if quick {
-            "target/bench-quick".into()
-        } else {
-            ".".into()
-        }
-    });
+    let out = std::env::var("BENCH_OUT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| if quick { "target/bench-quick".into() } else { ".".into() });
     match run() {
         Ok(md) => {
             print!("{md}");
