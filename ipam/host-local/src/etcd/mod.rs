@@ -505,6 +505,22 @@ impl EtcdStore {
         v
     }
 
+    /// `e`, saying that the call's write may still be committed.
+    fn unknown_outcome(&self, e: Error) -> Error {
+        if self.new.is_empty() {
+            return e;
+        }
+        let id = self
+            .new
+            .values()
+            .next()
+            .map(|(l, _)| l.container_id.as_str())
+            .unwrap_or("");
+        e.context(format!(
+            "the outcome of the write is unknown (a lease it made, if any, names container {id} and goes with its DEL or GC)"
+        ))
+    }
+
     /// The one transaction of the call. `Ok(false)`: a compare failed, nothing was written.
     fn write(&mut self) -> Result<bool> {
         let mut cmp = Vec::new();
@@ -547,17 +563,19 @@ impl EtcdStore {
         let mut n = 0;
         loop {
             let t = txn.clone();
-            match self.conn.once("writing the leases", move |mut c| {
+            let r = self.conn.once("writing the leases", move |mut c| {
                 let t = t.clone();
                 async move { c.txn(t).await }
-            })? {
+            });
+            // After a failed attempt, a give-up says that the write may still be committed.
+            match r.map_err(|e| if n == 0 { e } else { self.unknown_outcome(e) })? {
                 Ok(resp) => return Ok(resp.succeeded()),
                 Err(e) => {
                     // The reply is lost: the write may have committed. Our token in the leases
                     // says it did; without reservations the compares make a repeat harmless.
                     eprintln!("host-local: etcd write failed ({e}); checking whether it committed");
                     if !self.new.is_empty() {
-                        let (now, _) = self.conn.snapshot(&self.network)?;
+                        let (now, _) = self.conn.snapshot(&self.network).map_err(|e| self.unknown_outcome(e))?;
                         let ours = self
                             .new
                             .keys()
