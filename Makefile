@@ -11,7 +11,8 @@ RELEASE_DIR  := target/$(TRIPLE)/release
 export RELEASE_DIR
 # Debian packages the tests, demo and benchmark use.
 DEB_PKGS     := iproute2 iptables nftables iputils-ping jq containernetworking-plugins \
-                golang-go golang-github-appc-cni-dev podman runc busybox-static
+                golang-go golang-github-appc-cni-dev podman runc busybox-static \
+                etcd-server etcd-client protobuf-compiler openssl
 
 .PHONY: all build install demo deps test unit lint bench fuzz clean
 

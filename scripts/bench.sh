@@ -5,6 +5,8 @@
 #
 # Usage (as root): scripts/bench.sh [--quick] [--cycles N] [--only version,host-local,bridge,
 #                  macvlan,conc,scale,trace] [--ours DIR] [--reference DIR] [--out DIR]
+#        then cni-bench-etcd: the etcd store's rows (skipped when BENCH_ONLY lacks "etcd";
+#        BENCH_ONLY=etcd runs them alone)
 # Env: QUICK=1 (smoke run, writes to target/bench-quick/), BENCH_CYCLES (50), BENCH_WARMUP (3),
 #      BENCH_CONC (64), BENCH_CONC_ROUNDS (5), BENCH_LEASES (0,1000,10000,50000),
 #      BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES (20), BENCH_TRACE_CYCLES, BENCH_ONLY, BENCH_TMPDIR.
@@ -37,4 +39,22 @@ fi
 
 export BENCH_VIA=${BENCH_VIA:-scripts/bench.sh}
 export BENCH_OURS=${BENCH_OURS:-$RELEASE_DIR}
-exec "$RELEASE_DIR/cni-bench" "$@"
+if [ "${BENCH_ONLY:-}" != etcd ]; then
+  "$RELEASE_DIR/cni-bench" "$@"
+fi
+# The etcd store's rows (a local 3-member cluster): a section of the same BENCHMARKS.md.
+if [ -z "${BENCH_ONLY:-}" ] || [[ ",$BENCH_ONLY," == *",etcd,"* ]]; then
+  # The options it shares with cni-bench, as its environment.
+  etcd_quick=${QUICK:-} etcd_out=${BENCH_OUT:-} etcd_ours=$BENCH_OURS etcd_cycles=${BENCH_CYCLES:-}
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --quick) etcd_quick=1 ;;
+      --out) etcd_out=$2; shift ;;
+      --ours) etcd_ours=$2; shift ;;
+      --cycles) etcd_cycles=$2; shift ;;
+    esac
+    shift
+  done
+  QUICK=$etcd_quick BENCH_OUT=$etcd_out BENCH_OURS=$etcd_ours BENCH_CYCLES=$etcd_cycles \
+    "$RELEASE_DIR/cni-bench-etcd"
+fi

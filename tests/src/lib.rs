@@ -27,6 +27,7 @@
 //! touch interfaces inside a private host namespace ([`Cni::host`]) so the machine's own
 //! interfaces, addresses, routes and firewall are never touched.
 
+pub mod hardening;
 pub mod node;
 
 use std::ffi::OsString;
@@ -35,10 +36,12 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
+
+pub mod etcd;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -103,6 +106,10 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// The CNI versions our plugins speak (the spec's 0.1.0 to 1.1.0): what `VERSION` lists and
+/// what an error JSON may carry as its `cniVersion`.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// Where Debian's containernetworking-plugins installs the reference plugins.
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
@@ -189,6 +196,13 @@ impl Netns {
         a.extend_from_slice(args);
         sh(&a)
     }
+
+    /// The names of the links other than `lo`, in the kernel's order (with their kinds:
+    /// [`node::links`]).
+    #[track_caller]
+    pub fn links(&self) -> Vec<String> {
+        node::links(self).into_iter().map(|(name, _)| name).collect()
+    }
 }
 
 impl Default for Netns {
@@ -205,6 +219,16 @@ impl Drop for Netns {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Whether this kernel makes bridges with VLAN filtering (tried with `ip` in a namespace of
+/// its own): some kernels are built without it and refuse with EOPNOTSUPP.
+pub fn kernel_has_vlan_filtering() -> bool {
+    let ns = Netns::new();
+    ns.exec(&["ip", "link", "add", "vf0", "type", "bridge", "vlan_filtering", "1"])
+        .status
+        .success()
+        && ns.ip(&["-d", "link", "show", "vf0"]).contains("vlan_filtering 1")
 }
 
 /// A private temporary directory (e.g. a lease store's `dataDir`), removed on drop.
@@ -323,6 +347,7 @@ pub struct Cni {
     host: Option<String>,
     via_ip_netns_exec: bool,
     wrapper: Vec<String>,
+    own_group: bool,
 }
 
 impl Cni {
@@ -334,6 +359,7 @@ impl Cni {
             host: None,
             via_ip_netns_exec: false,
             wrapper: Vec::new(),
+            own_group: false,
         };
         let cni_path = format!("{}:{REFERENCE_DIR}", bin_dir().display());
         c = c
@@ -342,6 +368,21 @@ impl Cni {
             .env("CNI_NETNS", "/var/run/netns/none")
             .env("CNI_PATH", &cni_path);
         c
+    }
+
+    /// The call a runtime makes of our plugin `plugin` (e.g. `bridge`) inside the host
+    /// namespace `host`: `CNI_COMMAND=command`, `CNI_CONTAINERID=id`, `CNI_NETNS=netns` (left
+    /// out when `None`), `conf` on stdin.
+    pub fn call(plugin: &str, host: &Netns, command: &str, id: &str, netns: Option<&str>, conf: &Value) -> Cni {
+        let c = Cni::new(bin(plugin))
+            .command(command)
+            .container_id(id)
+            .host(host)
+            .config(conf);
+        match netns {
+            Some(p) => c.netns(p),
+            None => c.unset("CNI_NETNS"),
+        }
     }
 
     /// `CNI_COMMAND`: ADD, DEL, CHECK, GC, STATUS, VERSION.
@@ -416,6 +457,13 @@ impl Cni {
         self
     }
 
+    /// Starts the plugin in a process group of its own, so that it and everything it starts
+    /// (its IPAM plugin) can be killed together: [`Running::kill_group`].
+    pub fn process_group(mut self) -> Cni {
+        self.own_group = true;
+        self
+    }
+
     fn command_line(&self) -> (Command, Option<File>) {
         let mut argv: Vec<OsString> = Vec::new();
         if self.via_ip_netns_exec {
@@ -438,6 +486,9 @@ impl Cni {
             }
         }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if self.own_group {
+            cmd.process_group(0);
+        }
         let mut ns_file = None;
         if let (Some(h), false) = (&self.host, self.via_ip_netns_exec) {
             let f = File::open(format!("/run/netns/{h}")).unwrap_or_else(|e| panic!("opening netns {h}: {e}"));
@@ -469,7 +520,10 @@ impl Cni {
         // A plugin that exits early (e.g. VERSION) does not read stdin: ignore EPIPE.
         let _ = stdin.write_all(&self.stdin);
         drop(stdin);
-        Running { child }
+        Running {
+            child,
+            own_group: self.own_group,
+        }
     }
 
     /// Runs the plugin to completion.
@@ -492,6 +546,7 @@ pub fn cni(bin: impl Into<PathBuf>, command: &str, env: &[(&str, &str)], conf: &
 #[derive(Debug)]
 pub struct Running {
     child: Child,
+    own_group: bool,
 }
 
 impl Running {
@@ -513,8 +568,36 @@ impl Running {
         }
     }
 
+    /// The plugin's pid (with [`Cni::process_group`] also the id of its process group).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The plugin's exit status if it has ended, without waiting ([`Child::try_wait`]).
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Sends SIGKILL to the call's process group: the plugin and every process it started.
+    /// Only for a call started with [`Cni::process_group`].
+    #[track_caller]
+    pub fn kill_group(&self) {
+        assert!(
+            self.own_group,
+            "kill_group needs a call started with Cni::process_group"
+        );
+        // SAFETY: kill(2) of the process group that this call's plugin leads.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+    }
+
+    /// Waits for the call and gives its output as it is, unparsed (the stdout of a killed call
+    /// may be anything) ([`Child::wait_with_output`]).
+    pub fn wait_with_output(self) -> std::io::Result<std::process::Output> {
+        self.child.wait_with_output()
+    }
+
     pub fn wait(self) -> Output {
-        let out = self.child.wait_with_output().expect("waiting for the plugin");
+        let out = self.wait_with_output().expect("waiting for the plugin");
         let raw_stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stdout = if raw_stdout.trim().is_empty() {
             Value::Null
@@ -545,16 +628,41 @@ pub fn eventually(timeout: std::time::Duration, what: &str, mut cond: impl FnMut
     }
 }
 
-/// Merges `extra` into `base` recursively (objects key by key, anything else replaced).
+/// Merges `extra` into `base`: objects key by key, recursively; a `null` in `extra` removes
+/// the key; anything else replaces what is there (arrays whole).
 pub fn merge(base: &mut Value, extra: Value) {
     match (base, extra) {
         (Value::Object(b), Value::Object(e)) => {
             for (k, v) in e {
-                merge(b.entry(k).or_insert(Value::Null), v);
+                if v.is_null() {
+                    b.remove(&k);
+                } else if let Some(slot) = b.get_mut(&k) {
+                    merge(slot, v);
+                } else {
+                    b.insert(k, v);
+                }
             }
         }
         (b, e) => *b = e,
     }
+}
+
+/// `base` with `extra` merged in ([`merge`]).
+pub fn merged(base: &Value, extra: Value) -> Value {
+    let mut out = base.clone();
+    merge(&mut out, extra);
+    out
+}
+
+/// Fails the test listing every failure (of a table of cases run to the end), if any.
+#[track_caller]
+pub fn assert_no_failures(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} failing case(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The regular files of `dir` whose names are IP addresses (a host-local lease store), sorted,
@@ -587,6 +695,15 @@ mod tests {
         let mut a = json!({"a": {"b": 1, "c": 2}, "d": [1]});
         merge(&mut a, json!({"a": {"b": 5}, "d": [2], "e": true}));
         assert_eq!(a, json!({"a": {"b": 5, "c": 2}, "d": [2], "e": true}));
+    }
+
+    #[test]
+    fn merge_removes_a_key_set_to_null() {
+        let a = json!({"a": {"b": 1, "c": 2}, "d": 1});
+        let b = merged(&a, json!({"a": {"b": null}, "d": null, "x": null}));
+        assert_eq!(b, json!({"a": {"c": 2}}));
+        assert_eq!(a["d"], 1, "merged leaves its base alone");
+        assert_eq!(merged(&a, json!({"a": 5}))["a"], 5);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cni_tests::{bin, bin_dir, in_ci, lease_files, merge, sh, workspace_dir, Cni, Netns, Output, TempDir};
+use cni_tests::{
+    bin_dir, in_ci, kernel_has_vlan_filtering, lease_files, merge, sh, workspace_dir, Cni, Netns, Output, TempDir,
+};
 use serde_json::{json, Value};
 
 /// A test's world: a private host namespace, a lease store, a bridge name.
@@ -41,15 +43,7 @@ impl Bed {
     }
 
     fn cni(&self, command: &str, id: &str, ctr: Option<&Netns>, conf: &Value) -> Cni {
-        let c = Cni::new(bin("bridge"))
-            .command(command)
-            .container_id(id)
-            .host(&self.host)
-            .config(conf);
-        match ctr {
-            Some(ns) => c.netns(ns.path()),
-            None => c.unset("CNI_NETNS"),
-        }
+        Cni::call("bridge", &self.host, command, id, ctr.map(Netns::path).as_deref(), conf)
     }
 
     fn add(&self, id: &str, ctr: &Netns, conf: &Value) -> Value {
@@ -68,7 +62,7 @@ impl Bed {
 
     /// Names of the links of the host namespace, without `lo`.
     fn host_links(&self) -> Vec<String> {
-        links(&self.host)
+        self.host.links()
     }
 
     /// `iptables -t nat -S` (v4) in the host namespace.
@@ -80,15 +74,6 @@ impl Bed {
     fn leases(&self, net: &str) -> Vec<(String, String)> {
         lease_files(&self.data.join(net))
     }
-}
-
-fn links(ns: &Netns) -> Vec<String> {
-    ns.ip(&["-o", "link", "show"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .filter(|n| n != "lo")
-        .collect()
 }
 
 /// The global addresses of `dev` in `ns`, as `a.b.c.d/len` / `x::y/len`.
@@ -120,7 +105,7 @@ fn host_veth(result: &Value) -> String {
 }
 
 fn assert_no_container_iface(ctr: &Netns) {
-    assert!(links(ctr).is_empty(), "links left in the container: {:?}", links(ctr));
+    assert!(ctr.links().is_empty(), "links left in the container: {:?}", ctr.links());
 }
 
 /// A conf-example's first plugin as a single-plugin config (as a runtime builds it).
@@ -370,14 +355,6 @@ fn hairpin_isolation_promisc_and_l2_only() {
     bed.add("cc", &c, &dis);
     assert!(!c.ip(&["link", "show", "eth0"]).contains(",UP"));
     bed.del("cc", Some(&c), &dis);
-}
-
-fn kernel_has_vlan_filtering() -> bool {
-    let ns = Netns::new();
-    ns.exec(&["ip", "link", "add", "vf0", "type", "bridge", "vlan_filtering", "1"])
-        .status
-        .success()
-        && ns.ip(&["-d", "link", "show", "vf0"]).contains("vlan_filtering 1")
 }
 
 #[test]
@@ -748,7 +725,7 @@ fn del_removes_what_an_add_killed_before_the_rename_left() {
     bed.host.ip(&["link", "set", "vethdead0", "master", &bed.bridge]);
     // A new ADD of the same attachment replaces it ...
     bed.add("ca", &a, &conf);
-    assert_eq!(links(&a), vec!["eth0".to_string()]);
+    assert_eq!(a.links(), vec!["eth0".to_string()]);
     bed.del("ca", Some(&a), &conf);
     // ... and a DEL removes it.
     bed.host.ip(&[

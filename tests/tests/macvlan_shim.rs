@@ -59,7 +59,7 @@ impl ShimBed {
             .conf(json!({"name": self.net, "hostShim": true, "ipam": {"ranges": [
                 [{"subnet": "10.77.0.0/24", "rangeStart": "10.77.0.100", "gateway": "10.77.0.1"}]
             ]}}));
-        macvlan_common::merge(&mut c, extra);
+        cni_tests::merge(&mut c, extra);
         c
     }
 
@@ -69,7 +69,7 @@ impl ShimBed {
             [{"subnet": "10.77.0.0/24", "rangeStart": "10.77.0.100", "gateway": "10.77.0.1"}],
             [{"subnet": "fd77::/64", "rangeStart": "fd77::100", "gateway": "fd77::1"}]
         ]}}));
-        macvlan_common::merge(&mut c, extra);
+        cni_tests::merge(&mut c, extra);
         c
     }
 

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use cni_tests::node::{host_snapshot, Snapshot};
-use cni_tests::{bin, lease_files, Cni, Netns, Output, TempDir};
+use cni_tests::{lease_files, Cni, Netns, Output, TempDir};
 use macvlan_common::{ip_of, Bed, NsExt};
 use serde_json::{json, Value};
 
@@ -146,15 +146,7 @@ impl BridgeBed {
     }
 
     fn call(&self, command: &str, id: &str, ns: Option<&str>, conf: &Value) -> Cni {
-        let c = Cni::new(bin("bridge"))
-            .command(command)
-            .container_id(id)
-            .host(&self.host)
-            .config(conf);
-        match ns {
-            Some(p) => c.netns(p),
-            None => c.unset("CNI_NETNS"),
-        }
+        Cni::call("bridge", &self.host, command, id, ns, conf)
     }
 }
 
@@ -182,18 +174,32 @@ fn a_restarted_bridge_container_keeps_its_address() {
 // ---------------------------------------------------------------------------------------------
 // 2. Leases do not outlive a reboot.
 
+/// Plants the bed's store as another writer left it: `files` (name, content), written as the
+/// reference writes them. Returns the store's directory.
+fn plant_store(bed: &Bed, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let store = bed.data.join(&bed.net);
+    std::fs::create_dir_all(&store).unwrap();
+    for (name, content) in files {
+        std::fs::write(store.join(name), content).unwrap();
+    }
+    store
+}
+
 #[test]
 fn leases_written_in_another_boot_are_released_by_the_first_call() {
     let bed = Bed::new("boot");
     let conf = bed.conf(json!({}));
     // A store as a crash or reboot leaves it: leases of containers that are gone with the
     // boot, recorded in "another boot".
-    let store = bed.data.join(&bed.net);
-    std::fs::create_dir_all(&store).unwrap();
-    std::fs::write(store.join("10.77.0.50"), "gone1\r\neth0").unwrap();
-    std::fs::write(store.join("10.77.0.51"), "gone2\r\neth0").unwrap();
-    std::fs::write(store.join("last_reserved_ip.0"), "10.77.0.51").unwrap();
-    std::fs::write(store.join(".boot_id"), "0b0b0b0b-0000-4000-8000-000000000000\n").unwrap();
+    let store = plant_store(
+        &bed,
+        &[
+            ("10.77.0.50", "gone1\r\neth0"),
+            ("10.77.0.51", "gone2\r\neth0"),
+            ("last_reserved_ip.0", "10.77.0.51"),
+            (".boot_id", "0b0b0b0b-0000-4000-8000-000000000000\n"),
+        ],
+    );
     // The container that had .50 comes back under a new id after the reboot and asks for it.
     let a = Netns::new();
     let r = bed
@@ -219,9 +225,7 @@ fn a_store_of_the_reference_is_adopted_and_the_opt_out_keeps_leases() {
     let bed = Bed::new("adopt");
     // No boot record (the reference's store): nothing is released on a guess.
     let conf = bed.conf(json!({}));
-    let store = bed.data.join(&bed.net);
-    std::fs::create_dir_all(&store).unwrap();
-    std::fs::write(store.join("10.77.0.50"), "ref1\r\neth0").unwrap();
+    let store = plant_store(&bed, &[("10.77.0.50", "ref1\r\neth0")]);
     let a = Netns::new();
     bed.add("c1", &a, &conf).expect_ok();
     assert_eq!(bed.leases(), ["10.77.0.2", "10.77.0.50"]);

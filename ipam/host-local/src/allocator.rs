@@ -116,15 +116,15 @@ pub fn allocate(
         .collect();
     if let Some(ip) = requested {
         let Some(r) = set.range_for(ip) else {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "requested IP address {ip} is not in range set {set}"
             )));
         };
         if ip == r.gateway {
-            return Err(Error::InvalidConfig(format!("requested ip {ip} is subnet's gateway")));
+            return Err(Error::invalid_config(format!("requested ip {ip} is subnet's gateway")));
         }
         if r.is_reserved_address(ip) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "requested ip {ip} is the network or broadcast address of {}",
                 r.subnet
             )));
@@ -144,7 +144,7 @@ pub fn allocate(
                 },
                 None => String::new(),
             };
-            return Err(Error::Conflict(format!(
+            return Err(Error::conflict(format!(
                 "requested IP address {ip} is not available in range set {set}{holder}"
             )));
         }
@@ -171,16 +171,29 @@ pub fn allocate(
         });
     }
     let last = store.last_reserved(idx)?;
-    for (ip, r) in Candidates::new(set, last) {
-        if store.reserve(id, ifname, ip, idx)? {
-            return Ok(Allocation {
-                ip: ip_config(ip, r),
-                new: true,
-                replaced: Vec::new(),
-            });
+    // After a lost race (etcd), skip a few free candidates so that the losers spread out; a
+    // second pass without skipping makes sure a free address is always found.
+    let spread = store.spread(idx);
+    for skip in [spread, 0] {
+        let mut skip = skip;
+        for (ip, r) in Candidates::new(set, last) {
+            if skip > 0 && !store.is_reserved(ip)? {
+                skip -= 1;
+                continue;
+            }
+            if store.reserve(id, ifname, ip, idx)? {
+                return Ok(Allocation {
+                    ip: ip_config(ip, r),
+                    new: true,
+                    replaced: Vec::new(),
+                });
+            }
+        }
+        if spread == 0 {
+            break;
         }
     }
-    Err(Error::NoAddress(format!(
+    Err(Error::no_address(format!(
         "no IP addresses available in range set: {set}"
     )))
 }

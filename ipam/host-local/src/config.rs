@@ -56,6 +56,8 @@ pub struct IpamConfig {
     pub resolv_conf: Option<PathBuf>,
     /// From `CNI_ARGS` `IP=`, then `args.cni.ips`, then `runtimeConfig.ips`.
     pub requested: Vec<Requested>,
+    /// `ipam.store`: the etcd store; `None`: the on-disk store in `data_dir`.
+    pub etcd: Option<crate::etcd::EtcdConfig>,
     /// `releaseOnReboot` (ours; default true): on the first call after a reboot, release the
     /// leases written in an earlier boot.
     pub release_on_reboot: bool,
@@ -92,6 +94,8 @@ struct RawIpam {
     resolv_conf: Option<String>,
     #[serde(default)]
     ranges: Option<Vec<Vec<RawRange>>>,
+    #[serde(default)]
+    store: Option<serde_json::Value>,
     #[serde(rename = "releaseOnReboot", default)]
     release_on_reboot: Option<bool>,
 }
@@ -131,7 +135,7 @@ struct RawNet {
 }
 
 fn invalid(msg: String) -> Error {
-    Error::InvalidConfig(msg)
+    Error::invalid_config(msg)
 }
 
 /// An address as a number, and back.
@@ -360,7 +364,7 @@ fn parse_env_ips(args: &str) -> Result<Vec<Requested>> {
     for (_, v) in cni::env::load_args(args, &["IP"])? {
         for s in v.split(',').filter(|s| !s.trim().is_empty()) {
             let ip = parse_requested_ip(s).ok_or_else(|| {
-                Error::InvalidEnv(format!("CNI_ARGS: IP \"{}\" is not an IP address", s.escape_debug()))
+                Error::invalid_env(format!("CNI_ARGS: IP \"{}\" is not an IP address", s.escape_debug()))
             })?;
             out.push(Requested {
                 ip,
@@ -462,6 +466,10 @@ impl IpamConfig {
             None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
             Some(d) => PathBuf::from(d),
         };
+        let etcd = match &ipam.store {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => crate::etcd::EtcdConfig::from_json(v)?,
+        };
         Ok(IpamConfig {
             name: n.name,
             cni_version: n.cni_version,
@@ -470,6 +478,7 @@ impl IpamConfig {
             data_dir,
             resolv_conf: ipam.resolv_conf.filter(|s| !s.is_empty()).map(PathBuf::from),
             requested,
+            etcd,
             release_on_reboot: ipam.release_on_reboot.unwrap_or(true),
         })
     }

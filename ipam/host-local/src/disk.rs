@@ -146,7 +146,7 @@ impl DiskStore {
     /// takes its lock. Without `create`, `Ok(None)` when the store does not exist.
     pub fn open(data_dir: &Path, network: &str, create: bool) -> Result<Option<DiskStore>> {
         if !valid_container_id(network) || network.len() > 200 {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "invalid network name \"{}\": must start with a letter or digit, hold only letters, digits, '_', '.' and '-', and be at most 200 bytes",
                 network.escape_debug()
             )));
@@ -172,7 +172,7 @@ impl DiskStore {
             Ok(d) => d,
             Err(e) if !create && sys::is_not_found(&e) => return Ok(None),
             Err(e) if sys::is_symlink_refusal(&e) => {
-                return Err(Error::Io(format!(
+                return Err(Error::io_failure(format!(
                     "refusing lease store {}: it is a symlink or not a directory",
                     path.display()
                 )))
@@ -693,6 +693,18 @@ impl Store for DiskStore {
         self.dir
             .unlink(&name)
             .map_err(|e| io_err(format!("cannot remove files in {}", self.path.display()), e))
+    }
+
+    fn restore_last_reserved(&mut self) -> Result<()> {
+        DiskStore::restore_last_reserved(self)
+    }
+
+    fn record_add(&mut self, id: &str, ifname: &str) -> Result<()> {
+        DiskStore::record_add(self, id, ifname)
+    }
+
+    fn undo_add(&mut self, id: &str, ifname: &str, released: &[IpAddr]) -> Result<()> {
+        DiskStore::undo_add(self, id, ifname, released)
     }
 
     fn commit(&mut self) -> Result<()> {

@@ -4,7 +4,9 @@
 //! - [`config`]: the `ipam` section, validated with the reference's rules
 //! - [`allocator`]: round-robin allocation from a range set
 //! - [`store`]: the lease store trait; [`disk`]: the on-disk store (atomic leases, an index
-//!   that keeps ADD and DEL independent of the number of leases, symlink-proof)
+//!   that keeps ADD and DEL independent of the number of leases, symlink-proof); [`etcd`]: the
+//!   etcd store (`ipam.store`), one address space for every host of a network
+//! - [`ops`]: the operator commands (`host-local leases|release-host|import`)
 //! - [`dns`]: the `resolvConf` file
 //! - [`HostLocal`]: the verbs
 
@@ -12,6 +14,8 @@ pub mod allocator;
 pub mod config;
 pub mod disk;
 pub mod dns;
+pub mod etcd;
+pub mod ops;
 pub mod store;
 mod sys;
 
@@ -37,11 +41,17 @@ pub fn boot_id() -> Result<String> {
         .map_err(|e| Error::io(format!("reading {BOOT_ID_PATH}"), e))
 }
 
-/// Opens the store of the config (see [`DiskStore::open`]) and does its boot bookkeeping:
-/// leases from an earlier boot are released first (see [`Store::reconcile_boot`]).
-fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<DiskStore>> {
-    let Some(mut store) = DiskStore::open(&conf.data_dir, &conf.name, create)? else {
-        return Ok(None);
+/// Opens the network's store, on disk (see [`DiskStore::open`]) unless `ipam.store` selects
+/// etcd (the etcd client is only started then), and does its boot bookkeeping: leases from an
+/// earlier boot are released first (see [`Store::reconcile_boot`]). Without `create`,
+/// `Ok(None)` when an on-disk store does not exist.
+fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<Box<dyn Store>>> {
+    let mut store: Box<dyn Store> = match &conf.etcd {
+        Some(e) => Box::new(etcd::EtcdStore::open(e, &conf.name)?),
+        None => match DiskStore::open(&conf.data_dir, &conf.name, create)? {
+            Some(s) => Box::new(s),
+            None => return Ok(None),
+        },
     };
     store.reconcile_boot(&boot_id()?, conf.release_on_reboot)?;
     cni::trace::step("boot record");
@@ -74,47 +84,55 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
         }
     }
     if !unmatched.is_empty() {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::invalid_config(format!(
             "failed to allocate all requested IPs: {} (each must lie in a range set, one per set)",
             unmatched.join(" ")
         )));
     }
 
     let mut store = open_store(&conf, true)?.expect("created on open");
-    // New leases of this call, and held ones a static request replaced: what a failure undoes.
-    let mut reserved: Vec<IpAddr> = Vec::new();
-    let mut replaced: Vec<(usize, IpAddr)> = Vec::new();
     let mut result = CniResult::default();
-    for (idx, set) in conf.range_sets.iter().enumerate() {
-        match allocator::allocate(&mut store, set, idx, id, ifname, per_set[idx]) {
-            Ok(a) => {
-                if a.new {
-                    reserved.push(a.ip.address.addr());
-                }
-                replaced.extend(a.replaced.iter().map(|ip| (idx, *ip)));
-                result.ips.push(a.ip);
-            }
-            Err(e) => {
-                for ip in &reserved {
-                    if let Err(re) = store.release(id, ifname, *ip) {
-                        eprintln!("host-local: rolling back {ip}: {re}");
+    loop {
+        // New leases of this call, and held ones a static request replaced: what a failure
+        // undoes.
+        let mut reserved: Vec<IpAddr> = Vec::new();
+        let mut replaced: Vec<(usize, IpAddr)> = Vec::new();
+        result.ips.clear();
+        for (idx, set) in conf.range_sets.iter().enumerate() {
+            match allocator::allocate(store.as_mut(), set, idx, id, ifname, per_set[idx]) {
+                Ok(a) => {
+                    if a.new {
+                        reserved.push(a.ip.address.addr());
                     }
+                    replaced.extend(a.replaced.iter().map(|ip| (idx, *ip)));
+                    result.ips.push(a.ip);
                 }
-                for (set, ip) in &replaced {
-                    if let Err(re) = store.reserve(id, ifname, *ip, *set) {
-                        eprintln!("host-local: restoring the lease of {ip}: {re}");
+                Err(e) => {
+                    for ip in &reserved {
+                        if let Err(re) = store.release(id, ifname, *ip) {
+                            eprintln!("host-local: rolling back {ip}: {re}");
+                        }
                     }
+                    for (set, ip) in &replaced {
+                        if let Err(re) = store.reserve(id, ifname, *ip, *set) {
+                            eprintln!("host-local: restoring the lease of {ip}: {re}");
+                        }
+                    }
+                    if let Err(re) = store.restore_last_reserved() {
+                        eprintln!("host-local: rolling back: {re}");
+                    }
+                    let _ = store.commit();
+                    return Err(e.context(format!("failed to allocate for range {idx}")));
                 }
-                if let Err(re) = store.restore_last_reserved() {
-                    eprintln!("host-local: rolling back: {re}");
-                }
-                let _ = store.commit();
-                return Err(e.context(format!("failed to allocate for range {idx}")));
             }
         }
+        store.record_add(id, ifname)?;
+        // Every range set's address in one transaction; a lost race starts over.
+        if store.try_commit()? {
+            break;
+        }
+        store.refresh()?;
     }
-    store.record_add(id, ifname)?;
-    store.commit()?;
     cni::trace::step("allocate");
     result.routes = conf.routes;
     result.dns = dns;
@@ -141,15 +159,20 @@ pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_add: bool) -> Result<
     };
     // As the reference, once per range set: a second pass also releases old-format leases
     // of the container when the first released new-format ones.
-    let mut released = Vec::new();
-    for _ in &conf.range_sets {
-        released.extend(store.release_by_id(id, ifname)?);
+    loop {
+        let mut released = Vec::new();
+        for _ in &conf.range_sets {
+            released.extend(store.release_by_id(id, ifname)?);
+        }
+        // The DEL a plugin runs to undo its failed ADD puts the round-robin pointers back, too.
+        if undo_add {
+            store.undo_add(id, ifname, &released)?;
+        }
+        if store.try_commit()? {
+            return Ok(());
+        }
+        store.refresh()?;
     }
-    // The DEL a plugin runs to undo its failed ADD puts the round-robin pointers back, too.
-    if undo_add {
-        store.undo_add(id, ifname, &released)?;
-    }
-    store.commit()
 }
 
 /// CHECK: (`id`, `ifname`) must still hold a lease.
@@ -164,7 +187,7 @@ pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()>
         None => false,
     };
     if !found {
-        return Err(Error::CheckFailed(format!(
+        return Err(Error::check_failed(format!(
             "host-local: Failed to find address added by container {id}"
         )));
     }
@@ -187,20 +210,24 @@ pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcRepo
         Some(ifn) => pairs.contains(&(o.container_id.as_str(), ifn.as_str())),
         None => ids.contains(o.container_id.as_str()),
     };
-    let report = store.gc(&keep_fn)?;
-    store.commit()?;
-    Ok(report)
+    loop {
+        let report = store.gc(&keep_fn)?;
+        if store.try_commit()? {
+            return Ok(report);
+        }
+        store.refresh()?;
+    }
 }
 
 /// STATUS: code 50 when the store cannot be written or a range set has no free address.
 pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
-    let unavailable = |e: Error| Error::PluginNotAvailable(e.to_string());
+    let unavailable = |e: Error| Error::plugin_not_available(e.to_string());
     let mut store = open_store(&conf, true).map_err(unavailable)?.expect("created on open");
     store.check_writable().map_err(unavailable)?;
     for (idx, set) in conf.range_sets.iter().enumerate() {
-        if !allocator::has_free_address(&mut store, set, idx).map_err(unavailable)? {
-            return Err(Error::PluginNotAvailable(format!(
+        if !allocator::has_free_address(store.as_mut(), set, idx).map_err(unavailable)? {
+            return Err(Error::plugin_not_available(format!(
                 "no IP addresses available in range set: {set}"
             )));
         }

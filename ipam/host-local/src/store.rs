@@ -1,5 +1,5 @@
-//! What the allocator needs from a lease store. The on-disk store ([`crate::disk`]) is the
-//! one host-local uses; another backend (etcd, …) implements the same trait.
+//! What the allocator needs from a lease store: the on-disk store ([`crate::disk`]) and the
+//! etcd store ([`crate::etcd`]) implement it.
 
 use std::net::IpAddr;
 
@@ -95,4 +95,43 @@ pub trait Store {
     /// Finishes the transaction (bookkeeping such as the lease index); the lock is released
     /// when the store is dropped.
     fn commit(&mut self) -> Result<()>;
+
+    /// Finishes the transaction of a store that stages its changes and writes them at the end
+    /// (etcd): `Ok(false)` when another caller changed a lease this call relied on first;
+    /// nothing was written, and the caller starts over after [`Store::refresh`]. A store that
+    /// holds a lock (disk) never loses a race: this is [`Store::commit`].
+    fn try_commit(&mut self) -> Result<bool> {
+        self.commit().map(|()| true)
+    }
+
+    /// Puts back the round-robin pointers this call moved (the rollback of a failed ADD).
+    /// The etcd store writes nothing before the commit, so it has nothing to put back.
+    fn restore_last_reserved(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// After a successful ADD of (`id`, `ifname`): records what it moved, for
+    /// [`Store::undo_add`] (disk). The etcd store keeps no such record: its round robin is
+    /// shared by the hosts, and moves on.
+    fn record_add(&mut self, _id: &str, _ifname: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// The DEL that undoes a failed ADD (`released`: what it released) puts the round-robin
+    /// pointers back as that ADD found them (disk).
+    fn undo_add(&mut self, _id: &str, _ifname: &str, _released: &[IpAddr]) -> Result<()> {
+        Ok(())
+    }
+
+    /// How many free candidates the allocator skips in range set `range_set` before it
+    /// reserves one: 0, except after a lost race, when a small random number spreads the
+    /// losers over different addresses.
+    fn spread(&mut self, _range_set: usize) -> usize {
+        0
+    }
+
+    /// Drops what this call staged and reads the store again, after a lost race.
+    fn refresh(&mut self) -> Result<()> {
+        Ok(())
+    }
 }

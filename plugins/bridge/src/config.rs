@@ -84,37 +84,37 @@ impl BridgeConf {
         let mut c = BridgeConf::decode(call)?;
         c.net.require_type()?;
         if let Err(why) = check_ifname(&c.bridge) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "invalid bridge name \"{}\" (key \"bridge\"): {why}",
                 c.bridge.escape_debug()
             )));
         }
         if c.mtu != 0 && !(68..=65535).contains(&c.mtu) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "invalid mtu {}: must be 0 (the default) or between 68 and 65535",
                 c.mtu
             )));
         }
         if !(0..=4094).contains(&c.vlan) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "invalid VLAN ID {} (key \"vlan\"): must be between 0 and 4094",
                 c.vlan
             )));
         }
         c.vlans = collect_trunk(c.vlan_trunk.as_deref())?;
         if c.hairpin && c.promisc {
-            return Err(Error::InvalidConfig(
-                "cannot set hairpinMode and promiscMode at the same time".into(),
+            return Err(Error::invalid_config(
+                "cannot set hairpinMode and promiscMode at the same time",
             ));
         }
         if c.net.ipam_type().is_some() && c.disable_container_interface {
-            return Err(Error::InvalidConfig(
-                "cannot use IPAM (key \"ipam\") when disableContainerInterface is set".into(),
+            return Err(Error::invalid_config(
+                "cannot use IPAM (key \"ipam\") when disableContainerInterface is set",
             ));
         }
         if let Some(b) = &c.ip_masq_backend {
             if b != "iptables" && b != "nftables" {
-                return Err(Error::InvalidConfig(format!(
+                return Err(Error::invalid_config(format!(
                     "invalid ipMasqBackend \"{}\": must be \"iptables\" or \"nftables\"",
                     b.escape_debug()
                 )));
@@ -150,12 +150,12 @@ pub fn container_mac(net: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>> {
         let Some(v) = v else { continue };
         let s = v
             .as_str()
-            .ok_or_else(|| Error::InvalidConfig(format!("{what} must be a string")))?;
+            .ok_or_else(|| Error::invalid_config(format!("{what} must be a string")))?;
         if s.is_empty() {
             continue;
         }
         return parse_mac(s).map(Some).ok_or_else(|| {
-            Error::InvalidConfig(format!(
+            Error::invalid_config(format!(
                 "invalid MAC address \"{}\" in {what}: expected a unicast address like 0a:58:0a:f4:00:02",
                 s.escape_debug()
             ))
@@ -165,7 +165,7 @@ pub fn container_mac(net: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>> {
 }
 
 fn collect_trunk(trunk: Option<&[VlanTrunk]>) -> Result<Vec<u16>> {
-    let bad = |m: &str| Error::InvalidConfig(format!("invalid vlanTrunk: {m}"));
+    let bad = |m: &str| Error::invalid_config(format!("invalid vlanTrunk: {m}"));
     let mut out = std::collections::BTreeSet::new();
     for t in trunk.unwrap_or_default() {
         match (t.min_id, t.max_id) {

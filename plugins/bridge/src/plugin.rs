@@ -70,19 +70,19 @@ impl Plugin for Bridge {
         let prev = conf
             .net
             .prev_result()?
-            .ok_or_else(|| Error::InvalidConfig("CHECK: required prevResult missing".into()))?;
+            .ok_or_else(|| Error::invalid_config("CHECK: required prevResult missing"))?;
         let host = Nl::current()?;
         let ifname = &call.env.ifname;
 
         // The bridge.
         let br = host
             .link(&conf.bridge)?
-            .ok_or_else(|| Error::CheckFailed(format!("bridge {} does not exist", conf.bridge)))?;
+            .ok_or_else(|| Error::check_failed(format!("bridge {} does not exist", conf.bridge)))?;
         if br.kind.as_deref() != Some("bridge") {
-            return Err(Error::CheckFailed(format!("{} is not a bridge", conf.bridge)));
+            return Err(Error::check_failed(format!("{} is not a bridge", conf.bridge)));
         }
         if br.promisc != conf.promisc {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "bridge {} promiscuous mode is {}, config says {}",
                 conf.bridge, br.promisc, conf.promisc
             )));
@@ -94,18 +94,18 @@ impl Plugin for Bridge {
             .iter()
             .enumerate()
             .find(|(_, i)| &i.name == ifname && i.sandbox.is_some())
-            .ok_or_else(|| Error::CheckFailed(format!("previous result has no interface {ifname} in a sandbox")))?;
+            .ok_or_else(|| Error::check_failed(format!("previous result has no interface {ifname} in a sandbox")))?;
         let cont = Nl::open_in(netns)?;
         let link = cont
             .link(ifname)?
-            .ok_or_else(|| Error::CheckFailed(format!("interface {ifname} not found in {}", netns.path())))?;
+            .ok_or_else(|| Error::check_failed(format!("interface {ifname} not found in {}", netns.path())))?;
         if link.kind.as_deref() != Some("veth") {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "container interface {ifname} is not a veth"
             )));
         }
         if !cif.mac.is_empty() && !cif.mac.eq_ignore_ascii_case(&link.mac) {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "interface {ifname} MAC {} does not match the previous result's {}",
                 link.mac, cif.mac
             )));
@@ -120,7 +120,7 @@ impl Plugin for Bridge {
             .filter_map(|i| host.link(&i.name).ok().flatten())
             .any(|h| h.index == peer && h.master == Some(br.index));
         if !on_bridge {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "the host end of {ifname} is not a port of bridge {}",
                 conf.bridge
             )));
@@ -272,7 +272,7 @@ fn add<'a>(
     if !conf.disable_container_interface {
         let down = host.wait_oper_up(&[host_veth.index, br.index], CARRIER_WAIT)?;
         if down.contains(&host_veth.index) {
-            return Err(Error::TryAgainLater(format!(
+            return Err(Error::try_again_later(format!(
                 "bridge port {} has no carrier {CARRIER_WAIT:?} after it was set up",
                 host_veth.name
             )));
@@ -353,7 +353,7 @@ fn ensure_bridge<'a>(host: &'a Nl, conf: &BridgeConf, txn: &mut Txn<'a>) -> Resu
             // Another ADD created it meanwhile.
             Err(e) if e.is(libc::EEXIST) => br = host.link(&conf.bridge)?,
             Err(e) if vlan_filtering && e.is(libc::EOPNOTSUPP) => {
-                return Err(Error::NotSupported(format!(
+                return Err(Error::not_supported(format!(
                     "cannot create bridge {} with VLAN filtering, which \"vlan\"/\"vlanTrunk\" need: {e} (the kernel may lack CONFIG_BRIDGE_VLAN_FILTERING)",
                     conf.bridge
                 )))
@@ -361,16 +361,16 @@ fn ensure_bridge<'a>(host: &'a Nl, conf: &BridgeConf, txn: &mut Txn<'a>) -> Resu
             Err(e) => return Err(Error::from(e).context(format!("failed to create bridge {}", conf.bridge))),
         }
     }
-    let br = br.ok_or_else(|| Error::Netlink(format!("bridge {} vanished while being set up", conf.bridge)))?;
+    let br = br.ok_or_else(|| Error::netlink(format!("bridge {} vanished while being set up", conf.bridge)))?;
     if br.kind.as_deref() != Some("bridge") {
-        return Err(Error::Conflict(format!(
+        return Err(Error::conflict(format!(
             "\"{}\" already exists but is not a bridge (it is a {} link)",
             conf.bridge,
             br.kind.as_deref().unwrap_or("physical")
         )));
     }
     if vlan_filtering && br.vlan_filtering != Some(true) {
-        return Err(Error::NotSupported(format!(
+        return Err(Error::not_supported(format!(
             "bridge {} has no VLAN filtering (the kernel may lack CONFIG_BRIDGE_VLAN_FILTERING), so \"vlan\"/\"vlanTrunk\" cannot be applied",
             conf.bridge
         )));
@@ -431,18 +431,18 @@ fn setup_veth<'a>(
             Err(e) => return Err(e.into()),
         }
     }
-    let host_name = host_name.ok_or_else(|| Error::Conflict("could not find a free veth name".into()))?;
+    let host_name = host_name.ok_or_else(|| Error::conflict("could not find a free veth name"))?;
     let doomed = host_name.clone();
     txn.undo(format!("veth {host_name}"), move || {
         host.del_link_by_name(&doomed).map(drop).map_err(Error::from)
     });
     let peer = cont
         .link(&tmp)?
-        .ok_or_else(|| Error::Netlink(format!("veth end {tmp} not found in {}", netns.path())))?;
+        .ok_or_else(|| Error::netlink(format!("veth end {tmp} not found in {}", netns.path())))?;
     let cont_link = iface::rename_to_ifname(cont, peer, ifname, netns)?;
     let host_veth = host
         .link(&host_name)?
-        .ok_or_else(|| Error::Netlink(format!("host veth {host_name} vanished")))?;
+        .ok_or_else(|| Error::netlink(format!("host veth {host_name} vanished")))?;
     Ok((host_veth, cont_link))
 }
 
@@ -477,7 +477,7 @@ fn ensure_vlan_gateway(host: &Nl, br: &Link, conf: &BridgeConf) -> Result<Link> 
     host.add_veth(&port_name, &name, &here, Some(br.mtu), None)?;
     let port = host
         .link(&port_name)?
-        .ok_or_else(|| Error::Netlink(format!("{port_name} vanished")))?;
+        .ok_or_else(|| Error::netlink(format!("{port_name} vanished")))?;
     host.set_link(
         port.index,
         &LinkChange {
@@ -496,7 +496,7 @@ fn ensure_vlan_gateway(host: &Nl, br: &Link, conf: &BridgeConf) -> Result<Link> 
     )?;
     let l = host
         .link(&name)?
-        .ok_or_else(|| Error::Netlink(format!("{name} vanished")))?;
+        .ok_or_else(|| Error::netlink(format!("{name} vanished")))?;
     host.set_link(
         l.index,
         &LinkChange {
@@ -563,7 +563,7 @@ fn ensure_addr(host: &Nl, link: &Link, gw: IpNet, force: bool) -> Result<()> {
         if force {
             host.del_addr(link.index, *a)?;
         } else {
-            return Err(Error::Conflict(format!(
+            return Err(Error::conflict(format!(
                 "\"{}\" already has an IP address different from {gw} ({a}); set forceAddress to replace it",
                 link.name
             )));

@@ -8,14 +8,14 @@ use std::process::{Command as Proc, Stdio};
 use std::sync::Mutex;
 
 use crate::env::Command;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::skel::{Call, Plugin};
 use crate::types::CniResult;
 
 /// Finds plugin `name` in the `CNI_PATH` directories.
 pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::invalid_config(format!(
             "invalid plugin type \"{}\": must be a file name in CNI_PATH",
             name.escape_debug()
         )));
@@ -26,7 +26,7 @@ pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(Error::InvalidConfig(format!(
+    Err(Error::invalid_config(format!(
         "failed to find plugin \"{name}\" (ipam.type) in CNI_PATH {:?}",
         path
     )))
@@ -186,26 +186,23 @@ fn spawn(bin: &std::path::Path, cmd: Command, stdin_bytes: &[u8], undo: bool) ->
     Ok(child)
 }
 
-/// How a finished delegated plugin exited: `Ok(stdout)` for status 0, else what it was and
-/// printed.
-fn collect(run: Running, bin: &Path) -> std::result::Result<(std::result::Result<(), String>, Vec<u8>), Error> {
+/// How a finished delegated plugin exited, and its stdout. In-process, the exit status is
+/// the one its process would have had.
+fn collect(run: Running, bin: &Path) -> Result<(std::process::ExitStatus, Vec<u8>)> {
     match run {
         Running::Child(child) => {
             let out = child
                 .wait_with_output()
                 .map_err(|e| Error::io(format!("waiting for IPAM plugin {}", bin.display()), e))?;
-            let status = if out.status.success() {
-                Ok(())
-            } else {
-                Err(out.status.to_string())
-            };
-            Ok((status, out.stdout))
+            Ok((out.status, out.stdout))
         }
         Running::Thread(t) => match t.join() {
-            Ok((0, out)) => Ok((Ok(()), out)),
-            Ok((code, out)) => Ok((Err(format!("exit status: {code}")), out)),
+            Ok((code, out)) => {
+                use std::os::unix::process::ExitStatusExt;
+                Ok((std::process::ExitStatus::from_raw((code & 0xff) << 8), out))
+            }
             // `run_in_process` catches panics; a thread cannot end otherwise.
-            Err(_) => Err(Error::Internal(format!(
+            Err(_) => Err(Error::internal(format!(
                 "IPAM plugin {} (in-process) ended without a result",
                 bin.display()
             ))),
@@ -243,16 +240,19 @@ impl Pending {
             Err(e) => return Ended::Unexplained(e),
         };
         crate::trace::step(&format!("ipam {}", self.cmd.as_str()));
-        let Err(status) = status else {
+        if status.success() {
             return Ended::Succeeded(stdout);
-        };
+        }
         match parse_error(&stdout) {
             Some(e) => Ended::Reported(e),
-            None => Ended::Unexplained(Error::Internal(format!(
-                "IPAM plugin \"{}\" failed ({status}) without an error JSON: {}",
-                self.plugin_type,
-                String::from_utf8_lossy(&stdout).trim()
-            ))),
+            None => Ended::Unexplained(
+                Error::internal(format!(
+                    "IPAM plugin \"{}\" failed ({status}) without an error JSON: {}",
+                    self.plugin_type,
+                    String::from_utf8_lossy(&stdout).trim()
+                ))
+                .with_source(Source::Exit(status)),
+            ),
         }
     }
 
@@ -266,7 +266,7 @@ impl Pending {
             Ended::Succeeded(out) => IpamAdd {
                 result: self.decode(&out).and_then(|r| {
                     if r.ips.is_empty() {
-                        Err(Error::InvalidConfig(format!(
+                        Err(Error::invalid_config(format!(
                             "IPAM plugin \"{}\" returned no IP address",
                             self.plugin_type
                         )))
@@ -322,10 +322,13 @@ impl Drop for Pending {
             launch(&self.plugin_type, &self.bin, Command::Del, &self.stdin, true).and_then(|r| {
                 collect(r, &self.bin)
                     .map_err(|e| e.context("waiting for IPAM DEL"))
-                    .and_then(|(status, stdout)| match status {
-                        Ok(()) => Ok(()),
-                        Err(status) => Err(parse_error(&stdout)
-                            .unwrap_or_else(|| Error::Internal(format!("IPAM DEL failed ({status})")))),
+                    .and_then(|(status, stdout)| {
+                        if status.success() {
+                            Ok(())
+                        } else {
+                            Err(parse_error(&stdout)
+                                .unwrap_or_else(|| Error::internal(format!("IPAM DEL failed ({status})"))))
+                        }
                     })
             });
         if let Err(e) = released {
@@ -347,9 +350,7 @@ fn parse_error(stdout: &[u8]) -> Option<Error> {
         #[serde(default)]
         details: String,
     }
-    serde_json::from_slice::<E>(stdout).ok().map(|e| Error::Delegated {
-        code: e.code,
-        msg: e.msg,
-        details: e.details,
-    })
+    serde_json::from_slice::<E>(stdout)
+        .ok()
+        .map(|e| Error::delegated(e.code, e.msg, e.details))
 }

@@ -24,7 +24,7 @@ impl Command {
             "GC" => Command::Gc,
             "STATUS" => Command::Status,
             other => {
-                return Err(Error::InvalidEnv(format!(
+                return Err(Error::invalid_env(format!(
                     "unknown CNI_COMMAND \"{}\": expected ADD, DEL, CHECK, VERSION, GC or STATUS",
                     other.escape_debug()
                 )))
@@ -120,7 +120,7 @@ impl Env {
         let ifname = fetch("CNI_IFNAME");
         let path = fetch("CNI_PATH");
         if !missing.is_empty() {
-            return Err(Error::InvalidEnv(format!(
+            return Err(Error::invalid_env(format!(
                 "required environment variables missing for {}: {}",
                 command.as_str(),
                 missing.join(", ")
@@ -128,7 +128,7 @@ impl Env {
         }
         let container_id = container_id.unwrap_or_default();
         if !container_id.is_empty() && !valid_container_id(&container_id) {
-            return Err(Error::InvalidEnv(format!(
+            return Err(Error::invalid_env(format!(
                 "invalid CNI_CONTAINERID \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
                 container_id.escape_debug()
             )));
@@ -136,7 +136,7 @@ impl Env {
         let ifname = ifname.unwrap_or_default();
         if !ifname.is_empty() {
             if let Err(why) = check_ifname(&ifname) {
-                return Err(Error::InvalidEnv(format!(
+                return Err(Error::invalid_env(format!(
                     "invalid CNI_IFNAME \"{}\": {why}",
                     ifname.escape_debug()
                 )));
@@ -144,7 +144,7 @@ impl Env {
         }
         if let Some(ns) = &netns {
             if ns.contains('\0') {
-                return Err(Error::InvalidEnv("invalid CNI_NETNS: contains NUL".into()));
+                return Err(Error::invalid_env("invalid CNI_NETNS: contains NUL"));
             }
         }
         let path = path
@@ -171,7 +171,7 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
     s.split(';')
         .map(|pair| match pair.split('=').collect::<Vec<_>>()[..] {
             [k, v] => Ok((k.to_string(), v.to_string())),
-            _ => Err(Error::InvalidEnv(format!(
+            _ => Err(Error::invalid_env(format!(
                 "CNI_ARGS: invalid pair \"{}\": expected KEY=VALUE",
                 pair.escape_debug()
             ))),
@@ -193,7 +193,7 @@ pub fn load_args(s: &str, known: &[&str]) -> Result<Vec<(String, String)>> {
                 "1" | "true" => true,
                 "0" | "false" => false,
                 _ => {
-                    return Err(Error::InvalidEnv(format!(
+                    return Err(Error::invalid_env(format!(
                         "CNI_ARGS: IgnoreUnknown \"{}\" is not a boolean (1, 0, true or false)",
                         v.escape_debug()
                     )))
@@ -206,7 +206,7 @@ pub fn load_args(s: &str, known: &[&str]) -> Result<Vec<(String, String)>> {
         }
     }
     if !unknown.is_empty() && !ignore_unknown {
-        return Err(Error::InvalidEnv(format!(
+        return Err(Error::invalid_env(format!(
             "CNI_ARGS: unknown args {unknown:?}: this plugin takes {} (set IgnoreUnknown=1 to ignore others)",
             known
                 .iter()

@@ -36,7 +36,7 @@ pub fn rename_to_ifname(nl: &Nl, link: Link, ifname: &str, netns: &Netns) -> Res
     };
     nl.set_link(link.index, &change).map_err(|e| {
         if e.is(libc::EEXIST) {
-            Error::Conflict(format!(
+            Error::conflict(format!(
                 "container interface \"{ifname}\" already exists in {}",
                 netns.path()
             ))
@@ -55,7 +55,7 @@ pub fn rename_to_ifname(nl: &Nl, link: Link, ifname: &str, netns: &Netns) -> Res
 /// back) never undoes that container's lease when it fails.
 pub fn ensure_ifname_free(nl: &Nl, ifname: &str, netns: &Netns) -> Result<()> {
     if nl.link(ifname)?.is_some() {
-        return Err(Error::Conflict(format!(
+        return Err(Error::conflict(format!(
             "container interface \"{ifname}\" already exists in {}",
             netns.path()
         )));
@@ -197,7 +197,7 @@ fn settle(nl: &Nl, index: u32, max: Duration) -> Result<()> {
             return Ok(());
         }
         if start.elapsed() > max {
-            return Err(Error::TryAgainLater(format!(
+            return Err(Error::try_again_later(format!(
                 "IPv6 addresses of link {index} still tentative (DAD) after {max:?}"
             )));
         }
@@ -210,7 +210,7 @@ pub fn check_addrs(nl: &Nl, link: &Link, prev: &CniResult, if_index: usize) -> R
     let have = nl.addrs(link.index)?;
     for ipc in prev.ips.iter().filter(|i| i.interface.is_none_or(|i| i == if_index)) {
         if !have.contains(&ipc.address) {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "address {} of the previous result is not on {}",
                 ipc.address, link.name
             )));
@@ -225,7 +225,7 @@ pub fn check_routes(nl: &Nl, prev: &CniResult) -> Result<()> {
     for r in &prev.routes {
         let found = have.iter().any(|h| h.dst == r.dst && (r.gw.is_none() || h.gw == r.gw));
         if !found {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "route to {} via {} of the previous result is missing",
                 r.dst,
                 r.gw.map(|g| g.to_string()).unwrap_or_else(|| "-".into())

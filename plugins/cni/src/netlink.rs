@@ -20,7 +20,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::{Handle, LinkBridge, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use crate::error::Error;
+use crate::error::{code, Error, Source};
 use crate::netns::Netns;
 
 /// A failed netlink request: what was asked, and the kernel's errno if it gave one.
@@ -45,10 +45,15 @@ impl std::fmt::Display for NlError {
 
 impl From<NlError> for Error {
     fn from(e: NlError) -> Error {
+        let code = match e.errno {
+            Some(libc::EEXIST) | Some(libc::EBUSY) => code::CONFLICT,
+            Some(libc::EOPNOTSUPP) => code::NOT_SUPPORTED,
+            _ => code::NETLINK,
+        };
+        let err = Error::new(code, e.to_string());
         match e.errno {
-            Some(libc::EEXIST) | Some(libc::EBUSY) => Error::Conflict(e.to_string()),
-            Some(libc::EOPNOTSUPP) => Error::NotSupported(e.to_string()),
-            _ => Error::Netlink(e.to_string()),
+            Some(n) => err.with_source(Source::Errno(n)),
+            None => err,
         }
     }
 }
@@ -265,7 +270,7 @@ impl NlOpening {
         let thread = self.thread.take().expect("finished once");
         let (conn, h, _) = thread
             .join()
-            .map_err(|_| Error::Internal("thread in network namespace panicked".into()))??
+            .map_err(|_| Error::internal("thread in network namespace panicked"))??
             .map_err(|e| Error::io(format!("opening a netlink socket in {}", self.path), e))?;
         self.rt.spawn(conn);
         Ok(Nl { rt: self.rt, h })

@@ -46,7 +46,7 @@ fn ns_kind(t: libc::c_int) -> &'static str {
 }
 
 fn cstring(path: &str) -> Result<std::ffi::CString> {
-    std::ffi::CString::new(path).map_err(|_| Error::InvalidEnv("invalid CNI_NETNS: contains NUL".into()))
+    std::ffi::CString::new(path).map_err(|_| Error::invalid_env("invalid CNI_NETNS: contains NUL"))
 }
 
 /// Whether `CNI_NETNS_OVERRIDE` allows the plugin's own namespace as the container's (`1` or
@@ -64,7 +64,7 @@ impl Netns {
     /// network namespace is code 4.
     pub fn open(path: &str) -> Result<Netns> {
         let not_netns = |what: &str| {
-            Error::InvalidEnv(format!(
+            Error::invalid_env(format!(
                 "CNI_NETNS \"{}\" is {what}, not a network namespace",
                 path.escape_debug()
             ))
@@ -75,12 +75,12 @@ impl Netns {
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             return Err(match e.raw_os_error() {
-                Some(libc::ENOENT) => Error::UnknownContainer(format!(
+                Some(libc::ENOENT) => Error::unknown_container(format!(
                     "network namespace CNI_NETNS \"{}\" does not exist",
                     path.escape_debug()
                 )),
                 Some(libc::ENOTDIR) => not_netns("a path through a non-directory"),
-                _ => Error::InvalidEnv(format!("cannot open CNI_NETNS \"{}\": {e}", path.escape_debug())),
+                _ => Error::invalid_env(format!("cannot open CNI_NETNS \"{}\": {e}", path.escape_debug())),
             });
         }
         // SAFETY: fd is a new descriptor we own.
@@ -138,7 +138,7 @@ impl Netns {
     pub fn open_container(path: &str) -> Result<Netns> {
         let ns = Netns::open(path)?;
         if !netns_override() && ns.id()? == Netns::current()?.id()? {
-            return Err(Error::InvalidNetns(format!(
+            return Err(Error::invalid_netns(format!(
                 "plugin's netns and netns from CNI_NETNS should not be the same: \"{}\" is the \
                  plugin's own network namespace, and container interfaces are never made or \
                  removed there (set CNI_NETNS_OVERRIDE=1 to allow it)",
@@ -211,7 +211,7 @@ impl Netns {
                 Ok(f())
             })
             .join()
-            .map_err(|_| Error::Internal("thread in network namespace panicked".into()))?
+            .map_err(|_| Error::internal("thread in network namespace panicked"))?
         })
     }
 }
@@ -220,7 +220,7 @@ impl Netns {
 /// calling thread's namespace.
 pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
     if key.split('/').any(|p| p.is_empty() || p == "..") {
-        return Err(Error::Internal(format!("invalid sysctl key {key}")));
+        return Err(Error::internal(format!("invalid sysctl key {key}")));
     }
     let path = format!("/proc/sys/{key}");
     std::fs::write(&path, value).map_err(|e| Error::io(format!("writing {value} to {path}"), e))

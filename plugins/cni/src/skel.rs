@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use crate::env::{Command, Env};
-use crate::error::{Error, Result};
+use crate::error::{code, Error, Result};
 use crate::netns::Netns;
 use crate::trace;
 use crate::types::{CniResult, NetConf};
@@ -42,7 +42,7 @@ impl Call {
         self.env
             .netns
             .as_deref()
-            .ok_or_else(|| Error::InvalidEnv("CNI_NETNS is required".into()))
+            .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))
     }
 
     /// The container's network namespace, which ADD and CHECK always have.
@@ -50,7 +50,7 @@ impl Call {
         self.netns()?;
         self.container_ns
             .as_deref()
-            .ok_or_else(|| Error::Internal("CNI_NETNS was not opened before the plugin ran".into()))
+            .ok_or_else(|| Error::internal("CNI_NETNS was not opened before the plugin ran"))
     }
 
     /// Opens and checks `CNI_NETNS` for ADD, CHECK and DEL ([`Netns::open_container`]):
@@ -66,7 +66,7 @@ impl Call {
         }
         match Netns::open_container(path) {
             Ok(ns) => self.container_ns = Some(Arc::new(ns)),
-            Err(Error::UnknownContainer(_)) if self.env.command == Command::Del => {}
+            Err(e) if e.is(code::UNKNOWN_CONTAINER) && self.env.command == Command::Del => {}
             Err(e) => return Err(e),
         }
         Ok(())
@@ -121,7 +121,7 @@ pub fn run_in_process(
     let mut read = || {
         let buf = stdin.take().unwrap_or_default();
         if buf.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(Error::Decode(format!(
+            return Err(Error::decode(format!(
                 "network config on stdin is larger than {MAX_CONFIG_BYTES} bytes"
             )));
         }
@@ -150,7 +150,7 @@ fn invoke(
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::Internal(format!("internal error in {name}: {msg}")))
+            Err(Error::internal(format!("internal error in {name}: {msg}")))
         }
     };
     match outcome {
@@ -177,7 +177,7 @@ fn read_stdin() -> Result<Vec<u8>> {
         .read_to_end(&mut buf)
         .map_err(|e| Error::io("reading the network config from stdin", e))?;
     if buf.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(Error::Decode(format!(
+        return Err(Error::decode(format!(
             "network config on stdin is larger than {MAX_CONFIG_BYTES} bytes"
         )));
     }
@@ -228,7 +228,7 @@ fn dispatch(
 /// Decodes the common keys of the config and checks the verb against its version.
 pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> Result<Call> {
     if stdin.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Error::Decode("no network config on stdin".into()));
+        return Err(Error::decode("no network config on stdin"));
     }
     let conf: NetConf = crate::types::decode(&stdin)?;
     let version = Version::of_config(&conf.cni_version)?;
@@ -241,7 +241,7 @@ pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> 
     };
     if let Some(need) = need {
         if !version.at_least(need) {
-            return Err(Error::IncompatibleVersion(format!(
+            return Err(Error::incompatible_version(format!(
                 "config version \"{}\" does not allow {}: it needs cniVersion {need} or later",
                 conf.cni_version,
                 env.command.as_str()
@@ -249,7 +249,7 @@ pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> 
         }
     }
     if !conf.name.is_empty() && !crate::env::valid_container_id(&conf.name) {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::invalid_config(format!(
             "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
             conf.name.escape_debug()
         )));

@@ -58,7 +58,7 @@ impl<'a> Txn<'a> {
         while let Some((what, f)) = self.steps.pop() {
             let r = match catch_unwind(AssertUnwindSafe(f)) {
                 Ok(r) => r,
-                Err(_) => Err(Error::Internal("panicked".into())),
+                Err(_) => Err(Error::internal("panicked")),
             };
             errs.note(r.map_err(|e| e.context(format!("undoing {what}"))));
         }
@@ -90,7 +90,7 @@ mod tests {
             });
             t.undo("b", || {
                 log.borrow_mut().push("b");
-                Err(Error::Io("b failed".into()))
+                Err(Error::io_failure("b failed"))
             });
             t.undo("c", || {
                 log.borrow_mut().push("c");

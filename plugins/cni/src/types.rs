@@ -82,8 +82,8 @@ impl NetConf {
     /// The spec requires `type`: a config without it names no plugin (code 7).
     pub fn require_type(&self) -> Result<()> {
         if self.plugin_type.is_empty() {
-            return Err(Error::InvalidConfig(
-                "network config has no \"type\": the key is required and names the plugin".into(),
+            return Err(Error::invalid_config(
+                "network config has no \"type\": the key is required and names the plugin",
             ));
         }
         Ok(())
@@ -246,7 +246,7 @@ impl CniResult {
     /// Parses a result of any version we speak.
     pub fn from_value(v: &Value) -> Result<CniResult> {
         let w: WireResult = crate::gojson::from_node(Node::from(v))
-            .map_err(|e| Error::Decode(format!("invalid result at {}: {}", e.path(), e.inner())))?;
+            .map_err(|e| Error::decode(format!("invalid result at {}: {}", e.path(), e.inner())))?;
         let mut r = CniResult {
             interfaces: w.interfaces,
             ips: w.ips,
@@ -264,7 +264,7 @@ impl CniResult {
         for ip in &r.ips {
             if let Some(i) = ip.interface {
                 if i >= r.interfaces.len() {
-                    return Err(Error::Decode(format!(
+                    return Err(Error::decode(format!(
                         "invalid result: ips entry {} names interface index {i}, but there are {} interfaces",
                         ip.address,
                         r.interfaces.len()
@@ -276,7 +276,7 @@ impl CniResult {
     }
 
     pub fn from_slice(b: &[u8]) -> Result<CniResult> {
-        let v: Value = serde_json::from_slice(b).map_err(|e| Error::Decode(format!("invalid result JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(b).map_err(|e| Error::decode(format!("invalid result JSON: {e}")))?;
         CniResult::from_value(&v)
     }
 
@@ -391,10 +391,10 @@ impl CniResult {
 pub fn decode<T: serde::de::DeserializeOwned>(stdin: &[u8]) -> Result<T> {
     // Anything after the config (a second document, garbage) makes it invalid, as in Go's
     // json.Unmarshal.
-    let node = Node::parse(stdin).map_err(|e| Error::Decode(format!("network config is not valid JSON: {e}")))?;
+    let node = Node::parse(stdin).map_err(|e| Error::decode(format!("network config is not valid JSON: {e}")))?;
     // Go would take `null` for `{}`; a config that is not an object is a mistake.
     if !matches!(node, Node::Object(_)) {
-        return Err(Error::Decode("network config must be a JSON object".into()));
+        return Err(Error::decode("network config must be a JSON object"));
     }
     decode_node(node, "")
 }
@@ -409,9 +409,9 @@ pub fn decode_node<T: serde::de::DeserializeOwned>(node: Node, at: &str) -> Resu
         };
         let inner = e.into_inner();
         if path.is_empty() {
-            Error::Decode(format!("invalid network config: {inner}"))
+            Error::decode(format!("invalid network config: {inner}"))
         } else {
-            Error::Decode(format!("invalid network config: field \"{path}\": {inner}"))
+            Error::decode(format!("invalid network config: field \"{path}\": {inner}"))
         }
     })
 }

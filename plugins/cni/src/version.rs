@@ -26,7 +26,7 @@ impl Version {
     pub fn of_config(s: &str) -> Result<Version> {
         let s = if s.is_empty() { "0.1.0" } else { s };
         if !SUPPORTED.contains(&s) {
-            return Err(Error::IncompatibleVersion(format!(
+            return Err(Error::incompatible_version(format!(
                 "incompatible CNI versions: config is \"{s}\", plugin supports {SUPPORTED:?}"
             )));
         }

@@ -76,20 +76,20 @@ impl MacvlanConf {
         c.net.require_type()?;
         if !c.master.is_empty() {
             if let Err(why) = check_ifname(&c.master) {
-                return Err(Error::InvalidConfig(format!(
+                return Err(Error::invalid_config(format!(
                     "invalid master \"{}\" (key \"master\"): {why}",
                     c.master.escape_debug()
                 )));
             }
         }
         c.parsed_mode = MacvlanMode::parse(&c.mode).ok_or_else(|| {
-            Error::InvalidConfig(format!(
+            Error::invalid_config(format!(
                 "unknown macvlan mode \"{}\" (key \"mode\"): must be bridge, private, vepa, passthru or source",
                 c.mode.escape_debug()
             ))
         })?;
         if c.mtu != 0 && c.mtu < MIN_MTU {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "invalid mtu {} (key \"mtu\"): must be 0 (the master's) or between {MIN_MTU} and the master's MTU",
                 c.mtu
             )));
@@ -116,22 +116,21 @@ impl MacvlanConf {
 /// `bridge` mode, with the master on the host, and with addresses to route to.
 fn check_host_shim(c: &MacvlanConf) -> Result<()> {
     if c.link_in_container {
-        return Err(Error::InvalidConfig(
+        return Err(Error::invalid_config(
             "key \"hostShim\" cannot be used with \"linkInContainer\": true: the shim lives on the host, \
-             next to a master the host owns"
-                .into(),
+             next to a master the host owns",
         ));
     }
     if c.parsed_mode != MacvlanMode::Bridge {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::invalid_config(format!(
             "key \"hostShim\" needs mode \"bridge\", not \"{}\" (key \"mode\"): only bridge-mode macvlans \
              of one master reach each other, so the host's shim could not reach the container",
             c.parsed_mode.as_str()
         )));
     }
     if c.net.ipam_type().is_none() {
-        return Err(Error::InvalidConfig(
-            "key \"hostShim\" needs an \"ipam\" section: the host routes go to the container's addresses".into(),
+        return Err(Error::invalid_config(
+            "key \"hostShim\" needs an \"ipam\" section: the host routes go to the container's addresses",
         ));
     }
     Ok(())
@@ -141,7 +140,7 @@ fn check_host_shim(c: &MacvlanConf) -> Result<()> {
 fn source_macs(list: &[String], mode: MacvlanMode) -> Result<Vec<[u8; 6]>> {
     if mode != MacvlanMode::Source {
         if !list.is_empty() {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "key \"sourceMacs\" is only valid with mode \"source\", not \"{}\"",
                 mode.as_str()
             )));
@@ -149,15 +148,15 @@ fn source_macs(list: &[String], mode: MacvlanMode) -> Result<Vec<[u8; 6]>> {
         return Ok(Vec::new());
     }
     if list.is_empty() {
-        return Err(Error::InvalidConfig(
-            "mode \"source\" needs the allowed source MAC addresses in key \"sourceMacs\"".into(),
+        return Err(Error::invalid_config(
+            "mode \"source\" needs the allowed source MAC addresses in key \"sourceMacs\"",
         ));
     }
     list.iter()
         .enumerate()
         .map(|(i, s)| {
             parse_mac(s).ok_or_else(|| {
-                Error::InvalidConfig(format!(
+                Error::invalid_config(format!(
                     "invalid MAC address \"{}\" in sourceMacs[{i}]: expected a unicast address like 0a:58:0a:f4:00:02",
                     s.escape_debug()
                 ))
@@ -172,7 +171,7 @@ pub fn container_mac(conf_mac: &str, net: &NetConf, cni_args: &str) -> Result<Op
     let runtime = match net.runtime_config.as_ref().and_then(|r| r.mac.as_ref()) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(Error::InvalidConfig("runtimeConfig.mac must be a string".into())),
+        Some(_) => return Err(Error::invalid_config("runtimeConfig.mac must be a string")),
     };
     let candidates = [
         ("runtimeConfig.mac", runtime),
@@ -184,7 +183,7 @@ pub fn container_mac(conf_mac: &str, net: &NetConf, cni_args: &str) -> Result<Op
             continue;
         };
         return parse_mac(&s).map(Some).ok_or_else(|| {
-            Error::InvalidConfig(format!(
+            Error::invalid_config(format!(
                 "invalid MAC address \"{}\" in {what}: expected a unicast address like 0a:58:0a:f4:00:02",
                 s.escape_debug()
             ))

@@ -63,7 +63,7 @@ impl Plugin for Macvlan {
         let prev = conf
             .net
             .prev_result()?
-            .ok_or_else(|| Error::InvalidConfig("CHECK: required prevResult missing".into()))?;
+            .ok_or_else(|| Error::invalid_config("CHECK: required prevResult missing"))?;
         let ifname = &call.env.ifname;
 
         // The container interface of the previous result: this name, in this namespace.
@@ -73,7 +73,7 @@ impl Plugin for Macvlan {
             .enumerate()
             .find(|(_, i)| &i.name == ifname && i.sandbox.as_deref() == Some(netns.path()))
             .ok_or_else(|| {
-                Error::CheckFailed(format!(
+                Error::check_failed(format!(
                     "previous result has no interface {ifname} in sandbox {}",
                     netns.path()
                 ))
@@ -89,17 +89,17 @@ impl Plugin for Macvlan {
         let master = find_master(&conf, host.as_ref(), &cont)?;
 
         // The link: a macvlan of the configured mode on that master, with the result's MAC.
-        let link = cont
-            .link(ifname)?
-            .ok_or_else(|| Error::CheckFailed(format!("container interface {ifname} not found in {}", netns.path())))?;
+        let link = cont.link(ifname)?.ok_or_else(|| {
+            Error::check_failed(format!("container interface {ifname} not found in {}", netns.path()))
+        })?;
         if link.kind.as_deref() != Some("macvlan") {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "container interface {ifname} is not a macvlan (it is a {} link)",
                 link.kind.as_deref().unwrap_or("physical")
             )));
         }
         if link.macvlan_mode != Some(conf.parsed_mode) {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "container macvlan {ifname} mode {} does not match the configured {}",
                 link.macvlan_mode.map(|m| m.as_str()).unwrap_or("unknown"),
                 conf.parsed_mode.as_str()
@@ -109,20 +109,20 @@ impl Plugin for Macvlan {
         // namespace comes with a link-netnsid.
         let master_elsewhere = link.link_netnsid.is_some();
         if link.parent != Some(master.link.index) || master_elsewhere == conf.link_in_container {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "container macvlan {ifname} is not on master {} of {} namespace",
                 master.link.name, master.place
             )));
         }
         if !cif.mac.is_empty() && !cif.mac.eq_ignore_ascii_case(&link.mac) {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "interface {ifname} MAC {} does not match the previous result's {}",
                 link.mac, cif.mac
             )));
         }
         if let Some(mtu) = conf.mtu() {
             if link.mtu != mtu {
-                return Err(Error::CheckFailed(format!(
+                return Err(Error::check_failed(format!(
                     "interface {ifname} MTU {} does not match the configured {mtu}",
                     link.mtu
                 )));
@@ -162,10 +162,10 @@ impl Plugin for Macvlan {
         if !conf.link_in_container {
             let host = Nl::current()?;
             let master = master_link(&conf, &host, "the host's")
-                .map_err(|e| Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}")))?;
+                .map_err(|e| Error::plugin_not_available(format!("macvlan cannot serve ADDs: {e}")))?;
             if conf.host_shim {
                 shim::usable(&host, &master)
-                    .map_err(|e| Error::PluginNotAvailable(format!("macvlan cannot serve ADDs: {e}")))?;
+                    .map_err(|e| Error::plugin_not_available(format!("macvlan cannot serve ADDs: {e}")))?;
             }
         }
         if let Some(t) = conf.net.ipam_type() {
@@ -189,7 +189,7 @@ fn add<'a>(call: &'a Call, conf: &'a MacvlanConf, netns: &Netns, cont: &'a Nl, t
     let master = find_master(conf, host.as_ref(), cont)?;
     if let Some(mtu) = conf.mtu() {
         if mtu > master.link.mtu {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::invalid_config(format!(
                 "invalid mtu {mtu} (key \"mtu\"): must be 0 (the master's) or between {} and the MTU of master {} ({})",
                 crate::config::MIN_MTU,
                 master.link.name,
@@ -309,7 +309,7 @@ fn master_link(conf: &MacvlanConf, nl: &Nl, place: &str) -> Result<Link> {
         conf.master.clone()
     };
     nl.link(&name)?.ok_or_else(|| {
-        Error::InvalidConfig(format!(
+        Error::invalid_config(format!(
             "master interface \"{name}\" (key \"master\") not found in {place} network namespace"
         ))
     })
@@ -328,7 +328,7 @@ fn default_route_interface(nl: &Nl, place: &str) -> Result<String> {
             return Ok(l.name);
         }
     }
-    Err(Error::InvalidConfig(format!(
+    Err(Error::invalid_config(format!(
         "no master interface: key \"master\" is not set and {place} network namespace has no default route to take it from"
     )))
 }
@@ -367,7 +367,7 @@ fn create_macvlan<'a>(
         .map_err(|e| create_error(conf, &master.link, e))?;
     let made = cont
         .link(&tmp)?
-        .ok_or_else(|| Error::Netlink(format!("new macvlan {tmp} not found in {}", netns.path())))?;
+        .ok_or_else(|| Error::netlink(format!("new macvlan {tmp} not found in {}", netns.path())))?;
     let index = made.index;
     txn.undo(format!("macvlan {tmp}"), move || match cont.del_link(index) {
         Err(e) if e.is(libc::ENODEV) => Ok(()),
@@ -384,12 +384,12 @@ fn create_error(conf: &MacvlanConf, master: &Link, e: cni::netlink::NlError) -> 
     }
     let m = &master.name;
     if conf.parsed_mode == MacvlanMode::Passthru {
-        Error::Conflict(format!(
+        Error::conflict(format!(
             "failed to create macvlan: master {m} already has a passthru macvlan (or other \
              macvlans): a passthru macvlan must be the only one on its master ({e})"
         ))
     } else {
-        Error::Conflict(format!(
+        Error::conflict(format!(
             "failed to create macvlan: master {m} refused a new macvlan; it most likely already \
              has a passthru macvlan, which must be the only one on its master ({e})"
         ))

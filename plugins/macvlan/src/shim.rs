@@ -312,15 +312,15 @@ pub fn check(
     let name = shim_name(&master.name);
     let shim = host
         .link(&name)?
-        .ok_or_else(|| Error::CheckFailed(format!("hostShim: shim {name} of master {} not found", master.name)))?;
+        .ok_or_else(|| Error::check_failed(format!("hostShim: shim {name} of master {} not found", master.name)))?;
     if !is_shim_of(&shim, master) {
-        return Err(Error::CheckFailed(format!(
+        return Err(Error::check_failed(format!(
             "hostShim: {name} is not a bridge-mode macvlan on master {}",
             master.name
         )));
     }
     if !shim.up {
-        return Err(Error::CheckFailed(format!("hostShim: shim {name} is down")));
+        return Err(Error::check_failed(format!("hostShim: shim {name} is down")));
     }
     let m = metric(network, container_id, ifname);
     let routes = host.routes()?;
@@ -330,7 +330,7 @@ pub fn check(
             .iter()
             .any(|r| r.dst == dst && r.oif == Some(shim.index) && r.protocol == PROTO && r.priority == Some(m));
         if !found {
-            return Err(Error::CheckFailed(format!(
+            return Err(Error::check_failed(format!(
                 "hostShim: host route to {dst} dev {name} proto {PROTO} metric {m} is missing"
             )));
         }
@@ -347,7 +347,7 @@ pub fn usable(host: &Nl, master: &Link) -> Result<()> {
 }
 
 fn taken(name: &str, master: &Link) -> Error {
-    Error::Conflict(format!(
+    Error::conflict(format!(
         "hostShim: the host already has a link {name} that is not a bridge-mode macvlan on master {} \
          (the name is the one the shim of {} takes); remove or rename it",
         master.name, master.name
@@ -368,7 +368,7 @@ fn ensure_shim(host: &Nl, master: &Link, name: &str) -> Result<Link> {
             host.add_macvlan(name, master.index, MacvlanMode::Bridge, None, None, None, None, &[])
                 .map_err(|e| Error::from(e).context(format!("hostShim: creating shim {name} on {}", master.name)))?;
             host.link(name)?
-                .ok_or_else(|| Error::Netlink(format!("hostShim: new shim {name} not found")))?
+                .ok_or_else(|| Error::netlink(format!("hostShim: new shim {name} not found")))?
         }
     };
     if shim.alias.as_deref() != Some(ALIAS) {

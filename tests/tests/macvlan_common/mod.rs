@@ -7,7 +7,7 @@
 
 #![allow(dead_code)]
 
-use cni_tests::{bin, lease_files, Cni, Netns, Output, TempDir};
+use cni_tests::{lease_files, Cni, Netns, Output, TempDir};
 use serde_json::{json, Value};
 
 /// What the tests ask of a namespace, beyond `cni_tests::Netns`.
@@ -17,8 +17,6 @@ pub trait NsExt {
     /// One ping to `addr`, retried a few times (ARP and link-up take a moment).
     fn ping(&self, addr: &str) -> bool;
     fn has_link(&self, name: &str) -> bool;
-    /// Names of the links other than `lo`.
-    fn links(&self) -> Vec<String>;
     /// The IPv4 addresses (with prefix) of `dev`.
     fn addrs4(&self, dev: &str) -> Vec<String>;
     /// `ip -d link show dev` output.
@@ -37,15 +35,6 @@ impl NsExt for Netns {
 
     fn has_link(&self, name: &str) -> bool {
         self.exec_ok(&["ip", "link", "show", "dev", name])
-    }
-
-    fn links(&self) -> Vec<String> {
-        self.ip(&["-o", "link", "show"])
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| n != "lo")
-            .collect()
     }
 
     fn addrs4(&self, dev: &str) -> Vec<String> {
@@ -115,21 +104,13 @@ impl Bed {
                 "ranges": [[{ "subnet": "10.77.0.0/24", "gateway": "10.77.0.1" }]]
             }
         });
-        merge(&mut c, extra);
+        cni_tests::merge(&mut c, extra);
         c
     }
 
     /// The plugin call, run in the host namespace; `ns` None leaves `CNI_NETNS` out.
     pub fn call(&self, command: &str, id: &str, ns: Option<&str>, conf: &Value) -> Cni {
-        let c = Cni::new(bin("macvlan"))
-            .command(command)
-            .container_id(id)
-            .host(&self.host)
-            .config(conf);
-        match ns {
-            Some(p) => c.netns(p),
-            None => c.unset("CNI_NETNS"),
-        }
+        Cni::call("macvlan", &self.host, command, id, ns, conf)
     }
 
     pub fn run(&self, command: &str, id: &str, ns: Option<&Netns>, conf: &Value) -> Output {
@@ -168,24 +149,6 @@ impl Bed {
 /// Debian's reference host-local predates it).
 pub fn our_host_local() -> bool {
     cni_tests::bin_dir().join("host-local").is_file()
-}
-
-/// Merges `extra` into `base` key by key (objects recursively); null removes a key.
-pub fn merge(base: &mut Value, extra: Value) {
-    match (base, extra) {
-        (Value::Object(b), Value::Object(e)) => {
-            for (k, v) in e {
-                if v.is_null() {
-                    b.remove(&k);
-                } else if let Some(slot) = b.get_mut(&k) {
-                    merge(slot, v);
-                } else {
-                    b.insert(k, v);
-                }
-            }
-        }
-        (b, e) => *b = e,
-    }
 }
 
 /// The address without its prefix.

@@ -47,7 +47,7 @@ impl Output {
         } else {
             self.stderr.clone()
         };
-        Error::Firewall(format!("{}: {msg}", self.cmd))
+        Error::firewall(format!("{}: {msg}", self.cmd))
     }
 
     /// Its stdout if it succeeded, else its [`error`](Output::error).
@@ -74,14 +74,14 @@ pub(super) fn run(bin: &Path, args: &[&str], stdin: Option<&str>) -> Result<Outp
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Firewall(format!("running {}: {e}", bin.display())))?;
+        .map_err(|e| Error::firewall(format!("running {}: {e}", bin.display())))?;
     if let (Some(s), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // A write error shows as the command's own failure below.
         let _ = pipe.write_all(s.as_bytes());
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| Error::Firewall(format!("waiting for {}: {e}", bin.display())))?;
+        .map_err(|e| Error::firewall(format!("waiting for {}: {e}", bin.display())))?;
     Ok(Output {
         ok: out.status.success(),
         code: out.status.code(),

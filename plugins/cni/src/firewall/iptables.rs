@@ -187,7 +187,7 @@ pub(super) fn ipt_setup_all(tools: &Tools, network: &str, container_id: &str, ad
             continue;
         }
         let bin = tools.iptables(fam).ok_or_else(|| {
-            Error::Firewall(format!(
+            Error::firewall(format!(
                 "ipMasq with the iptables backend needs the {} binary",
                 fam.iptables()
             ))

@@ -53,7 +53,7 @@ impl Backend {
         match configured {
             Some("iptables") => Ok(Backend::Iptables),
             Some("nftables") => Ok(Backend::Nftables),
-            Some(other) => Err(Error::InvalidConfig(format!(
+            Some(other) => Err(Error::invalid_config(format!(
                 "invalid ipMasqBackend \"{}\": must be \"iptables\" or \"nftables\"",
                 other.escape_debug()
             ))),
@@ -75,7 +75,7 @@ pub fn setup_masq(backend: Backend, network: &str, container_id: &str, ifname: &
             let nft = tools
                 .nft
                 .as_deref()
-                .ok_or_else(|| Error::Firewall("ipMasq with the nftables backend needs the nft binary".into()))?;
+                .ok_or_else(|| Error::firewall("ipMasq with the nftables backend needs the nft binary"))?;
             nft_setup(nft, network, ifname, container_id, addrs)
         }
     }

@@ -88,7 +88,7 @@ pub fn nft_comment(network: &str, ifname: &str, container_id: &str) -> String {
 pub(super) fn spoofchk_id(container_id: &str, ifname: &str) -> Result<String> {
     let id = format!("{container_id}-{ifname}");
     if !valid_name(&id) {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::invalid_config(format!(
             "macspoofchk: container id and interface name must hold only letters, digits, '_', '.' and '-' (got \"{}\")",
             id.escape_debug()
         )));
@@ -119,7 +119,7 @@ pub(super) fn check_network(network: &str) -> Result<()> {
     if valid_name(network) {
         Ok(())
     } else {
-        Err(Error::InvalidConfig(format!(
+        Err(Error::invalid_config(format!(
             "ipMasq: network name \"{}\" must match [A-Za-z0-9][A-Za-z0-9_.-]*",
             network.escape_debug()
         )))
@@ -129,13 +129,13 @@ pub(super) fn check_network(network: &str) -> Result<()> {
 pub(super) fn validate(network: &str, container_id: &str, ifname: &str) -> Result<()> {
     check_network(network)?;
     if !valid_name(container_id) {
-        return Err(Error::InvalidEnv(format!(
+        return Err(Error::invalid_env(format!(
             "ipMasq: container id \"{}\" must match [A-Za-z0-9][A-Za-z0-9_.-]*",
             container_id.escape_debug()
         )));
     }
     if !valid_ifname(ifname) {
-        return Err(Error::InvalidEnv(format!(
+        return Err(Error::invalid_env(format!(
             "ipMasq: invalid interface name \"{}\"",
             ifname.escape_debug()
         )));

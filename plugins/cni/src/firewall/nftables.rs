@@ -34,7 +34,7 @@ const NFT_CHAIN_COMMENT: &str = "Masquerade traffic from certain IPs to any (non
 // Reading `nft -j` listings.
 
 fn bad_json(what: &str) -> Error {
-    Error::Firewall(format!("unexpected nft JSON output: {what}"))
+    Error::firewall(format!("unexpected nft JSON output: {what}"))
 }
 
 /// The objects (`{"table": …}`, `{"chain": …}`, `{"rule": …}`) of `nft -j` output.

@@ -41,11 +41,11 @@ pub fn setup_spoofchk(host_veth: &str, mac: &str, container_id: &str, ifname: &s
     let id = spoofchk_id(container_id, ifname)?;
     let mac = crate::netlink::parse_mac(mac)
         .map(|m| crate::netlink::format_mac(&m))
-        .ok_or_else(|| Error::InvalidConfig(format!("macspoofchk: invalid MAC {mac}")))?;
+        .ok_or_else(|| Error::invalid_config(format!("macspoofchk: invalid MAC {mac}")))?;
     if !host_veth.bytes().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(Error::Internal(format!("unexpected host veth name {host_veth}")));
+        return Err(Error::internal(format!("unexpected host veth name {host_veth}")));
     }
-    let nft = find_bin("nft").ok_or_else(|| Error::Firewall("macspoofchk needs the nft binary (nftables)".into()))?;
+    let nft = find_bin("nft").ok_or_else(|| Error::firewall("macspoofchk needs the nft binary (nftables)"))?;
     apply(&nft, &setup_script(host_veth, &mac, &id))
 }
 

@@ -1,0 +1,797 @@
+//! The etcd lease store (`ipam.store.type` `"etcd"`): every host that allocates from one
+//! network draws from one address space.
+//!
+//! ```text
+//! <prefix>/<network>/ips/<ip>      a lease: {"containerId","ifname","host","token","time"}
+//! <prefix>/<network>/last/<n>      the address last reserved in range set n (shared round robin)
+//! <prefix>/<network>/boot/<host>   the boot id of the host's last call (reboot handling)
+//! ```
+//!
+//! **One transaction per call, no lock.** A call reads the network's leases once (one
+//! linearizable read), decides in memory as the on-disk store does, and writes everything it
+//! decided at [`Store::try_commit`] in one transaction: each new lease under the compare
+//! `create_revision == 0` (nobody holds it), each release under `mod_revision == <seen>` (it is
+//! still the lease we saw). A dual-stack ADD is one transaction. When a compare fails another
+//! call won a race: nothing was written, the call reads again and moves on to the next free
+//! candidate, starting a random step further on so that losers spread out instead of
+//! colliding again.
+//!
+//! **Unknown outcomes.** Every call writes a random token into its leases. When a write's
+//! reply is lost, the call reads the keys back: our token there means the write committed.
+//!
+//! **etcd trouble.** Every request requires a leader (`hasleader`), so "no leader" comes back at
+//! once instead of hanging. A call talks to one member (concurrent calls start on different
+//! ones); a failed request is retried on the next member (a dead member costs a retry) until
+//! the call's deadline (`ipam.store.timeout`), then the call fails with code 11 having written
+//! nothing.
+
+pub mod config;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cni::{Error, Result};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
+use serde::{Deserialize, Serialize};
+
+pub use config::EtcdConfig;
+
+use crate::store::{GcReport, Owner, Store};
+
+/// One attempt of a request never takes longer than this, so that a request stuck on a
+/// member that just died is retried on another within the call's deadline.
+const ATTEMPT_CAP: Duration = Duration::from_millis(2000);
+/// The largest reply accepted: the read of a network returns all its leases (gRPC's default
+/// of 4 MiB holds about 25,000).
+const MAX_REPLY: usize = 256 << 20;
+/// After lost races, the allocator skips at most this many free candidates.
+const MAX_SPREAD: u64 = 64;
+/// At most this many lost races in one call.
+const MAX_ROUNDS: usize = 200;
+
+/// A lease as stored in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    #[serde(rename = "containerId")]
+    pub container_id: String,
+    /// `None` for leases imported from the reference's old format (container id only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    pub host: String,
+    /// The call that wrote it.
+    #[serde(default)]
+    pub token: String,
+    /// Unix time (seconds) it was written.
+    #[serde(default)]
+    pub time: u64,
+}
+
+impl Lease {
+    pub fn owner(&self) -> Owner {
+        Owner {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+}
+
+/// A lease read from etcd.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub lease: Lease,
+    pub mod_revision: i64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 128 random bits as hex.
+fn random_token() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mix = t ^ ((std::process::id() as u128) << 64);
+    for (i, x) in mix.to_le_bytes().iter().enumerate() {
+        b[i] ^= x;
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn small_random(bound: u64) -> u64 {
+    if bound == 0 {
+        return 0;
+    }
+    let t = random_token();
+    u64::from_str_radix(&t[..16], 16).unwrap_or(0) % bound
+}
+
+/// An error with its whole chain of causes (tonic's "transport error" alone says nothing).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Errors that retrying cannot fix (gRPC codes: invalid argument, permission denied, out of
+/// range, unimplemented, unauthenticated).
+fn permanent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::InvalidArgs(_)
+        | etcd_client::Error::InvalidUri(_)
+        | etcd_client::Error::EndpointError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 3 | 7 | 11 | 12 | 16),
+        _ => false,
+    }
+}
+
+/// Leases, last reserved addresses, this host's boot record.
+type Snapshot = (BTreeMap<IpAddr, Held>, BTreeMap<usize, IpAddr>, Option<(String, i64)>);
+
+/// A connection to the cluster with the call's deadline.
+pub struct Conn {
+    rt: tokio::runtime::Runtime,
+    opts: ConnectOptions,
+    /// One client per endpoint, made when first used: a call talks to one member at a time
+    /// (a client balanced over all of them connects to every one first, which costs more
+    /// than the request) and moves on to the next after a failure.
+    clients: RefCell<Vec<Option<Client>>>,
+    /// The endpoint in use.
+    cur: Cell<usize>,
+    conf: EtcdConfig,
+    deadline: Instant,
+}
+
+impl Conn {
+    /// Connects (lazily: the first request makes the connections).
+    pub fn open(conf: &EtcdConfig) -> Result<Conn> {
+        let deadline = Instant::now() + conf.timeout;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the etcd client runtime", e))?;
+        let mut opts = ConnectOptions::new()
+            .with_require_leader(true)
+            .with_connect_timeout(ATTEMPT_CAP.min(conf.timeout))
+            .with_keep_alive(Duration::from_secs(2), ATTEMPT_CAP.min(conf.timeout));
+        if let Some(t) = &conf.tls {
+            let read = |what: &str, p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| Error::io(format!("reading ipam.store.tls.{what} {}", p.display()), e))
+            };
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &t.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read("ca", ca)?));
+            }
+            if let (Some(c), Some(k)) = (&t.cert, &t.key) {
+                tls = tls.identity(etcd_client::Identity::from_pem(read("cert", c)?, read("key", k)?));
+            }
+            opts = opts.with_tls(tls);
+        }
+        let n = conf.endpoints.len();
+        Ok(Conn {
+            rt,
+            opts,
+            clients: RefCell::new(vec![None; n]),
+            // Concurrent calls start on different members.
+            cur: Cell::new(std::process::id() as usize % n.max(1)),
+            conf: conf.clone(),
+            deadline,
+        })
+    }
+
+    /// The client of the endpoint in use (made lazily: the first request connects).
+    fn client(&self) -> Result<Client> {
+        let i = self.cur.get();
+        if let Some(c) = &self.clients.borrow()[i] {
+            return Ok(c.clone());
+        }
+        let ep = self.conf.endpoints[i].clone();
+        let c = self
+            .rt
+            .block_on(Client::connect([ep], Some(self.opts.clone())))
+            .map_err(|e| Error::invalid_config(format!("ipam.store: cannot set up the etcd client: {}", chain(&e))))?;
+        self.clients.borrow_mut()[i] = Some(c.clone());
+        Ok(c)
+    }
+
+    /// After a failure: the next member.
+    fn next_endpoint(&self) {
+        self.cur.set((self.cur.get() + 1) % self.conf.endpoints.len());
+    }
+
+    pub fn conf(&self) -> &EtcdConfig {
+        &self.conf
+    }
+
+    fn trouble(&self, what: &str, last: &str) -> Error {
+        Error::try_again_later(format!(
+            "etcd ({}): {what}: no success within the deadline of {:.1}s (ipam.store.timeout): {last}",
+            self.conf.endpoints.join(","),
+            self.conf.timeout.as_secs_f64()
+        ))
+    }
+
+    /// One request attempt, bounded by the deadline and [`ATTEMPT_CAP`].
+    fn attempt<T, F, Fut>(&self, f: &mut F) -> Option<std::result::Result<T, String>>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return Some(Err(format!("!{e}"))),
+        };
+        let fut = f(client.kv_client().max_decoding_message_size(MAX_REPLY));
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(left.min(ATTEMPT_CAP), fut).await });
+        if !matches!(r, Ok(Ok(_))) {
+            self.next_endpoint();
+        }
+        match r {
+            Ok(Ok(v)) => Some(Ok(v)),
+            Ok(Err(e)) if permanent(&e) => Some(Err(format!("!{}", chain(&e)))),
+            // A certificate refused (either way) does not get better by retrying.
+            Ok(Err(e)) if chain(&e).to_lowercase().contains("certificate") => Some(Err(format!(
+                "!TLS handshake failed, check ipam.store.tls (ca, cert, key) against the members' certificates: {}",
+                chain(&e)
+            ))),
+            Ok(Err(e)) => Some(Err(chain(&e))),
+            Err(_) => Some(Err("request timed out".into())),
+        }
+    }
+
+    fn pause(&self, n: u32) {
+        let d = Duration::from_millis((20u64 << n.min(4)).min(300));
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(d.min(left));
+    }
+
+    /// A request that is safe to repeat (a read, a compare-guarded write whose first try can
+    /// only have failed whole), retried until the deadline.
+    pub fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut last = String::from("no attempt made");
+        // What a member that answered said ("no leader") tells more than a dead member's
+        // "connection refused".
+        let mut answered: Option<String> = None;
+        let mut n = 0;
+        loop {
+            match self.attempt(&mut f) {
+                None => return Err(self.trouble(what, answered.as_deref().unwrap_or(&last))),
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(e)) if e.starts_with('!') => {
+                    return Err(Error::io_failure(format!(
+                        "etcd ({}): {what}: {}",
+                        self.conf.endpoints.join(","),
+                        &e[1..]
+                    )))
+                }
+                Some(Err(e)) => {
+                    if !e.contains("connect error") {
+                        answered = Some(e.clone());
+                    }
+                    last = e;
+                }
+            }
+            self.pause(n);
+            n += 1;
+        }
+    }
+
+    /// Like [`Conn::retry`], but gives up at the first failure (for the one write whose
+    /// outcome the caller must check before trying again).
+    fn once<T, F, Fut>(&self, what: &str, mut f: F) -> Result<std::result::Result<T, String>>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        match self.attempt(&mut f) {
+            None => Err(self.trouble(what, "deadline reached")),
+            Some(Err(e)) if e.starts_with('!') => Err(Error::io_failure(format!(
+                "etcd ({}): {what}: {}",
+                self.conf.endpoints.join(","),
+                &e[1..]
+            ))),
+            Some(r) => Ok(r),
+        }
+    }
+
+    fn net_prefix(&self, network: &str) -> String {
+        format!("{}/{network}/", self.conf.prefix)
+    }
+
+    pub fn lease_key(&self, network: &str, ip: IpAddr) -> String {
+        format!("{}ips/{ip}", self.net_prefix(network))
+    }
+
+    fn last_key(&self, network: &str, idx: usize) -> String {
+        format!("{}last/{idx}", self.net_prefix(network))
+    }
+
+    fn boot_key(&self, network: &str) -> String {
+        format!("{}boot/{}", self.net_prefix(network), self.conf.host)
+    }
+
+    /// Every lease of `network`, and the last reserved address of each range set.
+    pub fn snapshot(&self, network: &str) -> Result<(BTreeMap<IpAddr, Held>, BTreeMap<usize, IpAddr>)> {
+        self.snapshot_with_boot(network).map(|(l, r, _)| (l, r))
+    }
+
+    /// [`Conn::snapshot`] and this host's boot record: (boot id, mod revision).
+    fn snapshot_with_boot(&self, network: &str) -> Result<Snapshot> {
+        let ips = format!("{}ips/", self.net_prefix(network));
+        let last = format!("{}last/", self.net_prefix(network));
+        let boot = self.boot_key(network);
+        let resp = self.retry("reading the leases", |mut c| {
+            let txn = Txn::new().and_then([
+                TxnOp::get(ips.clone(), Some(GetOptions::new().with_prefix())),
+                TxnOp::get(last.clone(), Some(GetOptions::new().with_prefix())),
+                TxnOp::get(boot.clone(), None),
+            ]);
+            async move { c.txn(txn).await }
+        })?;
+        let mut leases = BTreeMap::new();
+        let mut lasts = BTreeMap::new();
+        let mut boot_rec = None;
+        for (i, op) in resp.op_responses().into_iter().enumerate() {
+            let TxnOpResponse::Get(g) = op else { continue };
+            for kv in g.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                if i == 0 {
+                    let Some(ip) = key.strip_prefix(&ips).and_then(|s| s.parse::<IpAddr>().ok()) else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<Lease>(kv.value()) {
+                        Ok(lease) => {
+                            leases.insert(
+                                ip,
+                                Held {
+                                    lease,
+                                    mod_revision: kv.mod_revision(),
+                                },
+                            );
+                        }
+                        Err(e) => eprintln!("host-local: ignoring etcd key {key}: not a lease: {e}"),
+                    }
+                } else if i == 2 {
+                    boot_rec = Some((
+                        String::from_utf8_lossy(kv.value()).trim().to_string(),
+                        kv.mod_revision(),
+                    ));
+                } else if let Some(idx) = key.strip_prefix(&last).and_then(|s| s.parse::<usize>().ok()) {
+                    if let Ok(ip) = String::from_utf8_lossy(kv.value()).trim().parse() {
+                        lasts.insert(idx, ip);
+                    }
+                }
+            }
+        }
+        Ok((leases, lasts, boot_rec))
+    }
+
+    /// Creates `lease` at `ip` unless the address is held; `Ok(Some(holder))` when it is.
+    pub fn create_lease(&self, network: &str, ip: IpAddr, lease: &Lease) -> Result<Option<Lease>> {
+        let key = self.lease_key(network, ip);
+        let val = serde_json::to_vec(lease).expect("a lease serializes");
+        let resp = self.retry("creating a lease", |mut c| {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), val.clone(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            async move { c.txn(txn).await }
+        })?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op {
+                if let Some(kv) = g.kvs().first() {
+                    if let Ok(l) = serde_json::from_slice::<Lease>(kv.value()) {
+                        return Ok(Some(l));
+                    }
+                }
+            }
+        }
+        Err(Error::io_failure(format!(
+            "etcd: {key} is held by something that is not a lease"
+        )))
+    }
+
+    /// Deletes the lease at `ip` if it is still the one of `mod_revision`.
+    pub fn delete_lease(&self, network: &str, ip: IpAddr, mod_revision: i64) -> Result<bool> {
+        let key = self.lease_key(network, ip);
+        let resp = self.retry("releasing a lease", |mut c| {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
+                .and_then([TxnOp::delete(key.clone(), None)]);
+            async move { c.txn(txn).await }
+        })?;
+        Ok(resp.succeeded())
+    }
+}
+
+/// The etcd store of one network for one call.
+pub struct EtcdStore {
+    conn: Conn,
+    network: String,
+    token: String,
+    leases: BTreeMap<IpAddr, Held>,
+    last: BTreeMap<usize, IpAddr>,
+    /// Reservations of this call: address → (lease, range set).
+    new: BTreeMap<IpAddr, (Lease, usize)>,
+    /// Releases of this call: address → the revision we saw.
+    gone: BTreeMap<IpAddr, i64>,
+    /// After a lost race: how many free candidates the next round may skip (at most).
+    spread: u64,
+    rounds: usize,
+    /// This host's boot record as read: (boot id, mod revision).
+    boot_rec: Option<(String, i64)>,
+    /// The boot record to write in this call's transaction (a new boot), with what
+    /// [`Store::reconcile_boot`] was asked, to redo it after a lost race.
+    boot_new: Option<(String, bool)>,
+}
+
+impl EtcdStore {
+    pub fn open(conf: &EtcdConfig, network: &str) -> Result<EtcdStore> {
+        let conn = Conn::open(conf)?;
+        cni::trace::step("etcd connect");
+        let (leases, last, boot_rec) = conn.snapshot_with_boot(network)?;
+        cni::trace::step("etcd read");
+        Ok(EtcdStore {
+            conn,
+            network: network.to_string(),
+            token: random_token(),
+            leases,
+            last,
+            new: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            spread: 0,
+            rounds: 0,
+            boot_rec,
+            boot_new: None,
+        })
+    }
+
+    fn host(&self) -> &str {
+        &self.conn.conf.host
+    }
+
+    fn held(&self, ip: IpAddr) -> bool {
+        self.new.contains_key(&ip) || (self.leases.contains_key(&ip) && !self.gone.contains_key(&ip))
+    }
+
+    fn matching(&self, id: &str, ifname: Option<&str>) -> Vec<IpAddr> {
+        let id = id.trim();
+        let mut v: Vec<IpAddr> = self
+            .leases
+            .iter()
+            .filter(|(ip, _)| !self.gone.contains_key(ip))
+            .filter(|(_, h)| h.lease.container_id == id && h.lease.ifname.as_deref() == ifname)
+            .map(|(ip, _)| *ip)
+            .collect();
+        v.extend(
+            self.new
+                .iter()
+                .filter(|(_, (l, _))| l.container_id == id && l.ifname.as_deref() == ifname)
+                .map(|(ip, _)| *ip),
+        );
+        v
+    }
+
+    /// `e`, saying that the call's write may still be committed.
+    fn unknown_outcome(&self, e: Error) -> Error {
+        if self.new.is_empty() {
+            return e;
+        }
+        let id = self
+            .new
+            .values()
+            .next()
+            .map(|(l, _)| l.container_id.as_str())
+            .unwrap_or("");
+        e.context(format!(
+            "the outcome of the write is unknown (a lease it made, if any, names container {id} and goes with its DEL or GC)"
+        ))
+    }
+
+    /// The one transaction of the call. `Ok(false)`: a compare failed, nothing was written.
+    fn write(&mut self) -> Result<bool> {
+        let mut cmp = Vec::new();
+        let mut ops = Vec::new();
+        for (ip, (lease, _)) in &self.new {
+            let key = self.conn.lease_key(&self.network, *ip);
+            // An address whose lease this call releases (an earlier boot's) is taken over in
+            // place: still the lease we read, instead of nobody's.
+            match self.gone.get(ip) {
+                Some(rev) => cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)),
+                None => cmp.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+            }
+            ops.push(TxnOp::put(
+                key,
+                serde_json::to_vec(lease).expect("a lease serializes"),
+                None,
+            ));
+        }
+        for (ip, rev) in self.gone.iter().filter(|(ip, _)| !self.new.contains_key(ip)) {
+            let key = self.conn.lease_key(&self.network, *ip);
+            cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
+            ops.push(TxnOp::delete(key, None));
+        }
+        let mut lasts: BTreeMap<usize, IpAddr> = BTreeMap::new();
+        for (ip, (_, idx)) in &self.new {
+            lasts.insert(*idx, *ip);
+        }
+        for (idx, ip) in lasts {
+            ops.push(TxnOp::put(self.conn.last_key(&self.network, idx), ip.to_string(), None));
+        }
+        if let Some((boot, _)) = &self.boot_new {
+            let key = self.conn.boot_key(&self.network);
+            match &self.boot_rec {
+                Some((_, rev)) => cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)),
+                None => cmp.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+            }
+            ops.push(TxnOp::put(key, boot.clone(), None));
+        }
+        let txn = Txn::new().when(cmp).and_then(ops);
+        let mut n = 0;
+        loop {
+            let t = txn.clone();
+            let r = self.conn.once("writing the leases", move |mut c| {
+                let t = t.clone();
+                async move { c.txn(t).await }
+            });
+            // After a failed attempt, a give-up says that the write may still be committed.
+            match r.map_err(|e| if n == 0 { e } else { self.unknown_outcome(e) })? {
+                Ok(resp) => return Ok(resp.succeeded()),
+                Err(e) => {
+                    // The reply is lost: the write may have committed. Our token in the leases
+                    // says it did; without reservations the compares make a repeat harmless.
+                    eprintln!("host-local: etcd write failed ({e}); checking whether it committed");
+                    if !self.new.is_empty() {
+                        let (now, _) = self.conn.snapshot(&self.network).map_err(|e| self.unknown_outcome(e))?;
+                        let ours = self
+                            .new
+                            .keys()
+                            .any(|ip| now.get(ip).is_some_and(|h| h.lease.token == self.token));
+                        if ours {
+                            return Ok(true);
+                        }
+                    }
+                }
+            }
+            self.conn.pause(n);
+            n += 1;
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn reserve(&mut self, id: &str, ifname: &str, ip: IpAddr, range_set: usize) -> Result<bool> {
+        if self.held(ip) {
+            return Ok(false);
+        }
+        // Taking back a lease this call released (the undo of a replaced static lease).
+        if let Some(h) = self.leases.get(&ip) {
+            if self.gone.contains_key(&ip)
+                && h.lease.container_id == id.trim()
+                && h.lease.ifname.as_deref() == Some(ifname)
+            {
+                self.gone.remove(&ip);
+                return Ok(true);
+            }
+        }
+        let lease = Lease {
+            container_id: id.trim().to_string(),
+            ifname: Some(ifname.to_string()),
+            host: self.host().to_string(),
+            token: self.token.clone(),
+            time: now_secs(),
+        };
+        self.new.insert(ip, (lease, range_set));
+        Ok(true)
+    }
+
+    fn release(&mut self, id: &str, ifname: &str, ip: IpAddr) -> Result<bool> {
+        if let Some((l, _)) = self.new.get(&ip) {
+            if l.container_id == id.trim() && l.ifname.as_deref() == Some(ifname) {
+                self.new.remove(&ip);
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        match self.leases.get(&ip) {
+            Some(h) if h.lease.container_id == id.trim() && h.lease.ifname.as_deref() == Some(ifname) => {
+                self.gone.insert(ip, h.mod_revision);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn is_reserved(&mut self, ip: IpAddr) -> Result<bool> {
+        Ok(self.held(ip))
+    }
+
+    fn owner(&mut self, ip: IpAddr) -> Result<Option<Owner>> {
+        if let Some((l, _)) = self.new.get(&ip) {
+            return Ok(Some(l.owner()));
+        }
+        if self.gone.contains_key(&ip) {
+            return Ok(None);
+        }
+        Ok(self.leases.get(&ip).map(|h| h.lease.owner()))
+    }
+
+    fn reconcile_boot(&mut self, boot_id: &str, release: bool) -> Result<Vec<IpAddr>> {
+        let recorded = self.boot_rec.as_ref().map(|(b, _)| b.as_str());
+        if recorded == Some(boot_id) {
+            self.boot_new = None;
+            return Ok(Vec::new());
+        }
+        let mut released = Vec::new();
+        if release && recorded.is_some() {
+            // Only this host's leases: the other hosts did not reboot.
+            let host = self.host().to_string();
+            for (ip, h) in &self.leases {
+                if h.lease.host == host && !self.gone.contains_key(ip) {
+                    released.push(*ip);
+                }
+            }
+            for ip in &released {
+                let rev = self.leases[ip].mod_revision;
+                self.gone.insert(*ip, rev);
+            }
+            if !released.is_empty() {
+                eprintln!(
+                    "host-local: host {host} rebooted since its last call on network {}; releasing its {} lease(s)",
+                    self.network,
+                    released.len()
+                );
+            }
+        }
+        self.boot_new = Some((boot_id.to_string(), release));
+        Ok(released)
+    }
+
+    fn last_reserved(&mut self, range_set: usize) -> Result<Option<IpAddr>> {
+        let last = self
+            .new
+            .iter()
+            .filter(|(_, (_, i))| *i == range_set)
+            .map(|(ip, _)| *ip)
+            .next_back()
+            .or_else(|| self.last.get(&range_set).copied());
+        Ok(last)
+    }
+
+    fn spread(&mut self, _range_set: usize) -> usize {
+        if self.spread == 0 {
+            return 0;
+        }
+        small_random(self.spread) as usize
+    }
+
+    fn get_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let mut ips = self.matching(id, Some(ifname));
+        for ip in self.matching(id, None) {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        Ok(ips)
+    }
+
+    fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let mut ips = self.matching(id, Some(ifname));
+        if ips.is_empty() {
+            ips = self.matching(id, None);
+        }
+        for ip in &ips {
+            if self.new.remove(ip).is_none() {
+                if let Some(h) = self.leases.get(ip) {
+                    self.gone.insert(*ip, h.mod_revision);
+                }
+            }
+        }
+        Ok(ips)
+    }
+
+    fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let host = self.host().to_string();
+        for (ip, h) in &self.leases {
+            if h.lease.host != host || self.gone.contains_key(ip) {
+                continue;
+            }
+            if keep(&h.lease.owner()) {
+                report.kept += 1;
+            } else {
+                report.released.push(*ip);
+            }
+        }
+        for ip in &report.released {
+            let rev = self.leases[ip].mod_revision;
+            self.gone.insert(*ip, rev);
+        }
+        Ok(report)
+    }
+
+    fn check_writable(&mut self) -> Result<()> {
+        // The linearizable read at open needed a leader and a quorum: writes can go through.
+        Ok(())
+    }
+
+    fn try_commit(&mut self) -> Result<bool> {
+        if self.new.is_empty() && self.gone.is_empty() && self.boot_new.is_none() {
+            return Ok(true);
+        }
+        let ok = self.write()?;
+        cni::trace::step("etcd write");
+        if ok {
+            self.new.clear();
+            self.gone.clear();
+            self.boot_new = None;
+        }
+        Ok(ok)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.try_commit()? {
+            Ok(())
+        } else {
+            Err(Error::try_again_later(
+                "etcd: the leases changed while this call ran; try again",
+            ))
+        }
+    }
+
+    fn refresh(&mut self) -> Result<()> {
+        self.rounds += 1;
+        if self.rounds > MAX_ROUNDS {
+            return Err(Error::try_again_later(format!(
+                "etcd: lost the race for an address {MAX_ROUNDS} times in one call; try again"
+            )));
+        }
+        let (leases, last, boot_rec) = self.conn.snapshot_with_boot(&self.network)?;
+        // Leases that appeared since the last read: about as many callers as won meanwhile,
+        // so at least that many are contending.
+        let appeared = leases.keys().filter(|ip| !self.leases.contains_key(ip)).count() as u64;
+        self.leases = leases;
+        self.last = last;
+        self.boot_rec = boot_rec;
+        self.new.clear();
+        self.gone.clear();
+        if let Some((boot, release)) = self.boot_new.take() {
+            self.reconcile_boot(&boot, release)?;
+        }
+        self.spread = (1u64 << (2 * self.rounds.min(3))).max(2 * appeared).min(MAX_SPREAD);
+        Ok(())
+    }
+}
