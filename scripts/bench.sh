@@ -34,7 +34,8 @@ done
 if [ -z "${MAKELEVEL:-}" ] || [ -z "${RELEASE_DIR:-}" ]; then
   triple=$(rustc -vV | sed -n 's/^host: //p')
   RELEASE_DIR=target/$triple/release
-  RUSTFLAGS="-C target-feature=+crt-static" "$CARGO" build --release --workspace --bins --target "$triple"
+  RUSTFLAGS="${RELEASE_RUSTFLAGS:--C target-feature=+crt-static -C relocation-model=static}" \
+    "$CARGO" build --release --workspace --bins --target "$triple"
 fi
 
 export BENCH_VIA=${BENCH_VIA:-scripts/bench.sh}

@@ -318,19 +318,18 @@ impl Drop for Pending {
         }
         // It may have reserved an address before it was killed.
         // The ADD failed (it was dropped): its DEL undoes it, pointers included.
-        let released =
-            launch(&self.plugin_type, &self.bin, Command::Del, &self.stdin, true).and_then(|r| {
-                collect(r, &self.bin)
-                    .map_err(|e| e.context("waiting for IPAM DEL"))
-                    .and_then(|(status, stdout)| {
-                        if status.success() {
-                            Ok(())
-                        } else {
-                            Err(parse_error(&stdout)
-                                .unwrap_or_else(|| Error::internal(format!("IPAM DEL failed ({status})"))))
-                        }
-                    })
-            });
+        let released = launch(&self.plugin_type, &self.bin, Command::Del, &self.stdin, true).and_then(|r| {
+            collect(r, &self.bin)
+                .map_err(|e| e.context("waiting for IPAM DEL"))
+                .and_then(|(status, stdout)| {
+                    if status.success() {
+                        Ok(())
+                    } else {
+                        Err(parse_error(&stdout)
+                            .unwrap_or_else(|| Error::internal(format!("IPAM DEL failed ({status})"))))
+                    }
+                })
+        });
         if let Err(e) = released {
             eprintln!(
                 "releasing what IPAM plugin \"{}\" may have reserved: {e}",
