@@ -35,6 +35,25 @@ fn ratio(r: f64) -> String {
 }
 
 /// "3.10 ms" or the reason there is no number.
+/// One row of a floor table: the floor `f`, ours (sample 0) and the reference (sample 1), each
+/// with its median over the floor's as `quotient` prints it.
+fn floor_row(out: &mut String, title: &str, row: &Row, f: &Samples, quotient: fn(f64) -> String) {
+    let q = |s: &Samples| match (s.median(), f.median()) {
+        (Some(x), Some(y)) => quotient(x / y),
+        _ => "–".into(),
+    };
+    let _ = writeln!(
+        out,
+        "| {title} | {} | {} | {} | {} | {} | {} |",
+        cell(f, Samples::median),
+        cell(f, Samples::p90),
+        cell(&row.samples[0], Samples::median),
+        q(&row.samples[0]),
+        cell(&row.samples[1], Samples::median),
+        q(&row.samples[1]),
+    );
+}
+
 fn cell(s: &Samples, f: fn(&Samples) -> Option<f64>) -> String {
     if let Some(why) = &s.skipped {
         return format!("n/a ({why})");
@@ -379,22 +398,8 @@ pub fn write(r: &Results) -> Res<()> {
              |---|--:|--:|--:|--:|--:|--:|\n",
         );
         for row in &versions {
-            let f = &row.samples[2];
-            let q = |s: &Samples| match (s.median(), f.median()) {
-                (Some(x), Some(y)) => format!("{:.2}×", x / y),
-                _ => "–".into(),
-            };
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                row.title.replace(" (process start)", ""),
-                cell(f, Samples::median),
-                cell(f, Samples::p90),
-                cell(&row.samples[0], Samples::median),
-                q(&row.samples[0]),
-                cell(&row.samples[1], Samples::median),
-                q(&row.samples[1]),
-            );
+            let title = row.title.replace(" (process start)", "");
+            floor_row(&mut out, &title, row, &row.samples[2], |q| format!("{q:.2}×"));
         }
         out.push('\n');
     }
@@ -418,21 +423,8 @@ pub fn write(r: &Results) -> Res<()> {
                  |---|--:|--:|--:|--:|--:|--:|\n",
             );
             for (row, f) in [(a, fa), (d, fd)] {
-                let q = |s: &Samples| match (s.median(), f.median()) {
-                    (Some(x), Some(y)) => ratio(x / y),
-                    _ => "–".into(),
-                };
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} | {} | {} |",
-                    row.title.replace("bridge + host-local, IPv4", "bridge IPv4"),
-                    cell(f, Samples::median),
-                    cell(f, Samples::p90),
-                    cell(&row.samples[0], Samples::median),
-                    q(&row.samples[0]),
-                    cell(&row.samples[1], Samples::median),
-                    q(&row.samples[1]),
-                );
+                let title = row.title.replace("bridge + host-local, IPv4", "bridge IPv4");
+                floor_row(&mut out, &title, row, f, ratio);
             }
             out.push('\n');
         }

@@ -29,6 +29,13 @@ fn snapshot(host: &Netns, data: &TempDir) -> Snapshot {
 // ---------------------------------------------------------------------------------------------
 // 1. A container that restarts keeps its address.
 
+/// A macvlan ADD of `id` into `ns` asking for the static address `ip`, as runtimes send it.
+fn add_static(bed: &Bed, id: &str, ns: &Netns, ip: &str) -> Output {
+    bed.call("ADD", id, Some(&ns.path()), &bed.conf(json!({})))
+        .args(&format!("IgnoreUnknown=1;IP={ip}"))
+        .run()
+}
+
 #[test]
 fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     let bed = Bed::new("rst");
@@ -36,11 +43,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     bed.lan_peer(&lan, "10.77.0.254/24");
     let conf = bed.conf(json!({}));
     let (a, b) = (Netns::new(), Netns::new());
-    let ra = bed
-        .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IgnoreUnknown=1;IP=10.77.0.50")
-        .run()
-        .expect_ok();
+    let ra = add_static(&bed, "ca", &a, "10.77.0.50").expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
     assert_eq!(addr0(&ra), "10.77.0.50/24");
     let dynamic = addr0(&rb);
@@ -51,11 +54,7 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
     drop(a);
     drop(b);
     let (a, b) = (Netns::new(), Netns::new());
-    let ra = bed
-        .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IgnoreUnknown=1;IP=10.77.0.50")
-        .run()
-        .expect_ok();
+    let ra = add_static(&bed, "ca", &a, "10.77.0.50").expect_ok();
     let rb = bed.add("cb", &b, &conf).expect_ok();
     assert_eq!(addr0(&ra), "10.77.0.50/24", "the static address comes back");
     assert_eq!(addr0(&rb), dynamic, "the dynamic address comes back");
@@ -71,22 +70,14 @@ fn a_restarted_macvlan_container_keeps_its_static_and_dynamic_addresses() {
 
     // The static address of ca is refused to another container, naming ca.
     let c = Netns::new();
-    let msg = bed
-        .call("ADD", "cc", Some(&c.path()), &conf)
-        .args("IgnoreUnknown=1;IP=10.77.0.50")
-        .run()
-        .expect_error(103);
+    let msg = add_static(&bed, "cc", &c, "10.77.0.50").expect_error(103);
     assert!(msg.contains("held by container ca"), "{msg}");
     assert!(c.links().is_empty(), "nothing made in cc's netns: {:?}", c.links());
 
     // ca restarts asking for another static address: its old lease is replaced.
     drop(a);
     let a = Netns::new();
-    let ra = bed
-        .call("ADD", "ca", Some(&a.path()), &conf)
-        .args("IgnoreUnknown=1;IP=10.77.0.60")
-        .run()
-        .expect_ok();
+    let ra = add_static(&bed, "ca", &a, "10.77.0.60").expect_ok();
     assert_eq!(addr0(&ra), "10.77.0.60/24");
     let mut leases = bed.leases();
     leases.sort();
@@ -202,11 +193,7 @@ fn leases_written_in_another_boot_are_released_by_the_first_call() {
     );
     // The container that had .50 comes back under a new id after the reboot and asks for it.
     let a = Netns::new();
-    let r = bed
-        .call("ADD", "new1", Some(&a.path()), &conf)
-        .args("IgnoreUnknown=1;IP=10.77.0.50")
-        .run()
-        .expect_ok();
+    let r = add_static(&bed, "new1", &a, "10.77.0.50").expect_ok();
     assert_eq!(addr0(&r), "10.77.0.50/24");
     assert_eq!(bed.leases(), ["10.77.0.50"]);
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
