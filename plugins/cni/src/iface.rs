@@ -36,10 +36,7 @@ pub fn rename_to_ifname(nl: &Nl, link: Link, ifname: &str, netns: &Netns) -> Res
     };
     nl.set_link(link.index, &change).map_err(|e| {
         if e.is(libc::EEXIST) {
-            Error::conflict(format!(
-                "container interface \"{ifname}\" already exists in {}",
-                netns.path()
-            ))
+            ifname_taken(ifname, netns)
         } else {
             Error::from(e).context(format!("renaming {} to {ifname}", link.name))
         }
@@ -55,12 +52,17 @@ pub fn rename_to_ifname(nl: &Nl, link: Link, ifname: &str, netns: &Netns) -> Res
 /// back) never undoes that container's lease when it fails.
 pub fn ensure_ifname_free(nl: &Nl, ifname: &str, netns: &Netns) -> Result<()> {
     if nl.link(ifname)?.is_some() {
-        return Err(Error::conflict(format!(
-            "container interface \"{ifname}\" already exists in {}",
-            netns.path()
-        )));
+        return Err(ifname_taken(ifname, netns));
     }
     Ok(())
+}
+
+/// Code 103: `ifname` is taken in the container's namespace.
+fn ifname_taken(ifname: &str, netns: &Netns) -> Error {
+    Error::conflict(format!(
+        "container interface \"{ifname}\" already exists in {}",
+        netns.path()
+    ))
 }
 
 /// Deletes the container interface `ifname` of an attachment and the temporary link a killed
