@@ -27,9 +27,13 @@ build:
 	RUSTFLAGS="$(RELEASE_RUSTFLAGS)" $(CARGO) build --release --workspace --bins --target $(TRIPLE)
 
 # One multicall binary under the three names (hard links): bridge and macvlan then run
-# host-local in their own process (see plugins/multicall). Each name is replaced atomically.
+# host-local in their own process (see plugins/multicall). Beside it host-local-etcd, the
+# host-local with the etcd client (ipam.store) and the operator commands, installed first so
+# that a new host-local finds it. Each name is replaced atomically.
 install: build
 	install -d $(CNI_BIN_DIR)
+	install -m 0755 $(RELEASE_DIR)/host-local-etcd $(CNI_BIN_DIR)/.host-local-etcd.new
+	mv -f $(CNI_BIN_DIR)/.host-local-etcd.new $(CNI_BIN_DIR)/host-local-etcd
 	install -m 0755 $(RELEASE_DIR)/bridge $(CNI_BIN_DIR)/.bridge.new
 	for b in $(filter-out bridge,$(BINS)); do ln -f $(CNI_BIN_DIR)/.bridge.new $(CNI_BIN_DIR)/.$$b.new; done
 	for b in $(BINS); do mv -f $(CNI_BIN_DIR)/.$$b.new $(CNI_BIN_DIR)/$$b; done

@@ -180,6 +180,22 @@ fn timed(bin: &Path, ns: &File, cmd: &str, id: &str, netns: &str, conf: &Value) 
     Ok((t.elapsed(), v))
 }
 
+/// Installs the plugins of `ours` in `to` as `make install` does: `bridge` (the multicall
+/// program) under the three names, hard links, and `host-local-etcd` beside it when built.
+fn install(ours: &Path, to: &Path) -> Res<()> {
+    std::fs::create_dir_all(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+    let first = to.join("bridge");
+    std::fs::copy(ours.join("bridge"), &first).map_err(|e| format!("copying {}/bridge: {e}", ours.display()))?;
+    for n in ["macvlan", "host-local"] {
+        std::fs::hard_link(&first, to.join(n)).map_err(|e| format!("linking {n}: {e}"))?;
+    }
+    let helper = ours.join("host-local-etcd");
+    if helper.is_file() {
+        std::fs::copy(&helper, to.join("host-local-etcd")).map_err(|e| format!("copying {}: {e}", helper.display()))?;
+    }
+    Ok(())
+}
+
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -193,6 +209,8 @@ struct Row {
     title: String,
     disk: Duration,
     etcd: Duration,
+    /// With `ipam.type` `host-local-etcd`.
+    direct: Option<Duration>,
 }
 
 fn run() -> Res<String> {
@@ -216,34 +234,44 @@ fn run() -> Res<String> {
         let ctr = Ns::new(format!("cnibc{}", std::process::id()))?;
         let cluster = start_cluster(&host, &dir)?;
         let nsf = File::open(host.path()).map_err(|e| e.to_string())?;
-        let hl = ours.join("host-local");
-        let br = ours.join("bridge");
+        // As `make install` installs them: one file under the three names, the etcd client in
+        // host-local-etcd beside it.
+        let bins = dir.join("bin");
+        install(&ours, &bins)?;
+        let hl = bins.join("host-local");
+        let br = bins.join("bridge");
+        let helper = bins.join("host-local-etcd");
+        let direct = helper.is_file();
         let data = dir.join("leases");
         let store = |h: &str| json!({"type": "etcd", "endpoints": cluster.endpoints, "prefix": "/bench", "host": h});
-        let ipam = |etcd: bool, subnet: &str| {
-            let mut i = json!({"type": "host-local", "subnet": subnet, "dataDir": data});
-            if etcd {
+        // Mode 0: on disk; 1: on etcd, `ipam.type` host-local (handed over to the helper);
+        // 2: on etcd, `ipam.type` host-local-etcd (the helper run directly).
+        let ipam = |mode: usize, subnet: &str| {
+            let mut i = json!({"type": if mode == 2 {"host-local-etcd"} else {"host-local"}, "subnet": subnet, "dataDir": data});
+            if mode > 0 {
                 i["store"] = store("node-a");
             }
             i
         };
-        let hl_conf = |etcd: bool| json!({"cniVersion": "1.1.0", "name": "hl", "type": "host-local", "ipam": ipam(etcd, "10.50.0.0/16")});
-        let br_conf = |etcd: bool| {
-            json!({"cniVersion": "1.1.0", "name": if etcd {"bre"} else {"brd"}, "type": "bridge",
-                   "bridge": if etcd {"cnibe1"} else {"cnibd1"}, "isGateway": true,
-                   "ipam": ipam(etcd, if etcd {"10.61.0.0/16"} else {"10.60.0.0/16"})})
+        let hl_conf = |mode: usize| json!({"cniVersion": "1.1.0", "name": "hl", "type": "host-local", "ipam": ipam(mode, "10.50.0.0/16")});
+        let br_conf = |mode: usize| {
+            json!({"cniVersion": "1.1.0", "name": format!("br{mode}"), "type": "bridge",
+                   "bridge": format!("cnibe{mode}"), "isGateway": true,
+                   "ipam": ipam(mode, &format!("10.6{mode}.0.0/16"))})
         };
+        let modes = if direct { 3 } else { 2 };
         let mut rows = Vec::new();
-        let (mut add, mut del) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
-        let (mut badd, mut bdel) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+        let (mut add, mut del) = (vec![Vec::new(); modes], vec![Vec::new(); modes]);
+        let (mut badd, mut bdel) = (vec![Vec::new(); modes], vec![Vec::new(); modes]);
         let warm = 2;
         for i in 0..cycles + warm {
-            for (k, etcd) in [false, true].into_iter().enumerate() {
+            for k in 0..modes {
                 let id = format!("b{i}");
-                let (a, _) = timed(&hl, &nsf, "ADD", &id, "/x", &hl_conf(etcd))?;
-                let (d, _) = timed(&hl, &nsf, "DEL", &id, "/x", &hl_conf(etcd))?;
-                let (ba, _) = timed(&br, &nsf, "ADD", &id, &ctr.path(), &br_conf(etcd))?;
-                let (bd, _) = timed(&br, &nsf, "DEL", &id, &ctr.path(), &br_conf(etcd))?;
+                let hl = if k == 2 { &helper } else { &hl };
+                let (a, _) = timed(hl, &nsf, "ADD", &id, "/x", &hl_conf(k))?;
+                let (d, _) = timed(hl, &nsf, "DEL", &id, "/x", &hl_conf(k))?;
+                let (ba, _) = timed(&br, &nsf, "ADD", &id, &ctr.path(), &br_conf(k))?;
+                let (bd, _) = timed(&br, &nsf, "DEL", &id, &ctr.path(), &br_conf(k))?;
                 if i >= warm {
                     add[k].push(a);
                     del[k].push(d);
@@ -258,12 +286,11 @@ fn run() -> Res<String> {
             ("bridge + host-local ADD", &mut badd),
             ("bridge + host-local DEL", &mut bdel),
         ] {
-            let disk = median(&mut v[0]);
-            let etcd = median(&mut v[1]);
             rows.push(Row {
                 title: title.into(),
-                disk,
-                etcd,
+                disk: median(&mut v[0]),
+                etcd: median(&mut v[1]),
+                direct: v.get_mut(2).map(|v| median(v)),
             });
         }
 
@@ -312,14 +339,18 @@ fn run() -> Res<String> {
         drop(cluster);
 
         let mut md = format!(
-            "{SECTION}\n\nWritten by `cni-bench-etcd` (run by `make bench` after `cni-bench`). A local 3-member etcd {} cluster in a private network namespace (127.0.0.1, data in `{}`), the plugins in the same namespace; each row alternates the on-disk store and the etcd store, median of {cycles} calls after {warm} warm-up calls. Static release binaries from `{}`.\n\n| operation | on disk | on etcd | etcd / disk |\n|---|---|---|---|\n",
+            "{SECTION}\n\nWritten by `cni-bench-etcd` (run by `make bench` after `cni-bench`). A local 3-member etcd {} cluster in a private network namespace (127.0.0.1, data in `{}`), the plugins in the same namespace, installed as `make install` installs them (the multicall program under the three names, `host-local-etcd` beside it); each row alternates the stores, median of {cycles} calls after {warm} warm-up calls. Static release binaries from `{}`. The etcd client is in `host-local-etcd` only: with `ipam.type` `host-local`, host-local (or bridge, for its in-process IPAM) hands the call over to it, which costs its process start; with `ipam.type` `host-local-etcd`, it is run directly.\n\n| operation | on disk | on etcd | etcd / disk | on etcd, `type: host-local-etcd` | that / disk |\n|---|---|---|---|---|---|\n",
             etcd_version(),
             tmp.display(),
             ours.display()
         );
         for r in &rows {
+            let (d, dr) = match r.direct {
+                Some(d) => (ms(d), format!("{:.2}×", d.as_secs_f64() / r.disk.as_secs_f64())),
+                None => ("—".into(), "—".into()),
+            };
             md.push_str(&format!(
-                "| {} | {} | {} | {:.2}× |\n",
+                "| {} | {} | {} | {:.2}× | {d} | {dr} |\n",
                 r.title,
                 ms(r.disk),
                 ms(r.etcd),

@@ -808,3 +808,105 @@ fn a_lost_reply_to_a_committed_write_is_found_out() {
     let r = a.cni("ADD", "l2").config(&conf).run().expect_ok();
     assert_eq!(r["ips"][0]["address"], "10.40.0.3/24");
 }
+
+/// The etcd client lives in `host-local-etcd`, off the disk path: the multicall program that
+/// every bridge, macvlan and host-local call starts does not contain it. Installed as
+/// `make install` installs it (one file under the three names, the helper beside it), a
+/// bridge ADD on the etcd store runs the helper as its IPAM child, where it would otherwise
+/// have run host-local in-process, and host-local alone hands over to it; without the helper,
+/// the call fails with code 7 naming it, and leaves no link behind.
+#[test]
+fn the_etcd_client_is_a_separate_program() {
+    if skip() {
+        return;
+    }
+    let has = |p: &std::path::Path, needle: &[u8]| std::fs::read(p).unwrap().windows(needle.len()).any(|w| w == needle);
+    // A gRPC service name of etcd's client: in the helper, not in the plugins.
+    let grpc = b"etcdserverpb.KV";
+    assert!(has(&bin("host-local-etcd"), grpc));
+    for p in ["bridge", "macvlan", "host-local"] {
+        assert!(!has(&bin(p), grpc), "{p} links the etcd client");
+    }
+
+    let bins = TempDir::new("etcd-bins");
+    std::fs::copy(bin("bridge"), bins.join("bridge")).unwrap();
+    for n in ["macvlan", "host-local"] {
+        std::fs::hard_link(bins.join("bridge"), bins.join(n)).unwrap();
+    }
+    std::fs::copy(bin("host-local-etcd"), bins.join("host-local-etcd")).unwrap();
+    let host = cni_tests::Netns::new();
+    let ctr = cni_tests::Netns::new();
+    let c = Cluster::start_with(3, Some(&host), None);
+    let data = TempDir::new("etcd-h");
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "h", "type": "bridge", "bridge": "cnith0", "isGateway": true,
+        "ipam": {"type": "host-local", "subnet": "10.31.0.0/24", "dataDir": data.path(),
+                 "store": {"type": "etcd", "endpoints": c.endpoints(), "prefix": "/th"}}
+    });
+    let call = |cmd: &str, id: &str| {
+        Cni::new(bins.join("bridge"))
+            .command(cmd)
+            .container_id(id)
+            .netns(ctr.path())
+            .host(&host)
+            .env("CNI_PATH", &bins.path().to_string_lossy())
+            .config(&conf)
+    };
+    let out = call("ADD", "h1").env("CNI_RS_TRACE", "1").run();
+    let r = out.expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.31.0.2/24");
+    assert_eq!(lease_map(&c, "/th", "h")["10.31.0.2"]["containerId"], "h1");
+    // The IPAM plugin ran as a child (its trace lines under its own pid), not in-process.
+    assert!(!out.stderr.contains("-host-local "), "{}", out.stderr);
+    let pids: HashSet<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("TRACE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(pids.len(), 2, "{}", out.stderr);
+    // The same config with a disk store still runs host-local in-process.
+    let mut disk = conf.clone();
+    disk["ipam"]["store"] = json!(null);
+    disk["bridge"] = json!("cnith1");
+    disk["name"] = json!("hdisk");
+    disk["ipam"]["subnet"] = json!("10.32.0.0/24");
+    let out = call("ADD", "h2")
+        .ifname("eth1")
+        .config(&disk)
+        .env("CNI_RS_TRACE", "1")
+        .run();
+    out.expect_ok();
+    assert!(out.stderr.contains("-host-local "), "{}", out.stderr);
+    assert!(data.join("hdisk/10.32.0.2").exists());
+    call("DEL", "h2").ifname("eth1").config(&disk).run().expect_ok();
+    // host-local alone hands over too (in place of itself), for every verb.
+    let mut ipam = conf.clone();
+    ipam["type"] = json!("host-local");
+    let hl = |cmd: &str| {
+        Cni::new(bins.join("host-local"))
+            .command(cmd)
+            .container_id("h3")
+            .host(&host)
+            .env("CNI_PATH", "/nonexistent")
+            .config(&ipam)
+    };
+    assert_eq!(hl("ADD").run().expect_ok()["ips"][0]["address"], "10.31.0.3/24");
+    hl("CHECK").run().expect_ok();
+    hl("STATUS").run().expect_ok();
+    hl("DEL").run().expect_ok();
+    call("DEL", "h1").run().expect_ok();
+    assert!(lease_map(&c, "/th", "h").is_empty());
+
+    // Without the helper: code 7 naming it, nothing made, nothing on disk.
+    std::fs::remove_file(bins.join("host-local-etcd")).unwrap();
+    let (links_before, ctr_before) = (host.links(), ctr.links());
+    let e = call("ADD", "h4").run().expect_error(7);
+    assert!(e.contains("host-local-etcd") && e.contains("make install"), "{e}");
+    assert_eq!(host.links(), links_before, "a link was left");
+    assert_eq!(ctr.links(), ctr_before, "a container link was left");
+    let e = hl("ADD").run().expect_error(7);
+    assert!(e.contains("host-local-etcd"), "{e}");
+    assert!(lease_map(&c, "/th", "h").is_empty());
+    assert!(!data.join("h").exists(), "fell back to the disk store");
+}

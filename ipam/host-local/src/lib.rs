@@ -5,8 +5,9 @@
 //! - [`allocator`]: round-robin allocation from a range set
 //! - [`store`]: the lease store trait; [`disk`]: the on-disk store (atomic leases, an index
 //!   that keeps ADD and DEL independent of the number of leases, symlink-proof); [`etcd`]: the
-//!   etcd store (`ipam.store`), one address space for every host of a network
-//! - [`ops`]: the operator commands (`host-local leases|release-host|import`)
+//!   config of the etcd store (`ipam.store`), one address space for every host of a network,
+//!   whose client lives in `host-local-etcd` (crate `ipam/host-local-etcd`, with the operator
+//!   commands `host-local leases|release-host|import`)
 //! - [`dns`]: the `resolvConf` file
 //! - [`HostLocal`]: the verbs
 
@@ -15,7 +16,6 @@ pub mod config;
 pub mod disk;
 pub mod dns;
 pub mod etcd;
-pub mod ops;
 pub mod store;
 mod sys;
 
@@ -42,12 +42,12 @@ pub fn boot_id() -> Result<String> {
 }
 
 /// Opens the network's store, on disk (see [`DiskStore::open`]) unless `ipam.store` selects
-/// etcd (the etcd client is only started then), and does its boot bookkeeping: leases from an
+/// etcd (linked in by `host-local-etcd`, see [`etcd::register`]), and does its boot bookkeeping: leases from an
 /// earlier boot are released first (see [`Store::reconcile_boot`]). Without `create`,
 /// `Ok(None)` when an on-disk store does not exist.
 fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<Box<dyn Store>>> {
     let mut store: Box<dyn Store> = match &conf.etcd {
-        Some(e) => Box::new(etcd::EtcdStore::open(e, &conf.name)?),
+        Some(e) => etcd::open(e, &conf.name)?,
         None => match DiskStore::open(&conf.data_dir, &conf.name, create)? {
             Some(s) => Box::new(s),
             None => return Ok(None),
@@ -239,6 +239,12 @@ impl cni::Plugin for HostLocal {
     /// host-local ignores `CNI_NETNS`, as the reference does.
     fn enters_netns(&self) -> bool {
         false
+    }
+
+    /// A config on the etcd store goes to `host-local-etcd` when this program lacks it (see
+    /// [`etcd`]).
+    fn exec_instead(&self, stdin: &[u8], get: &dyn Fn(&str) -> Option<String>) -> Result<Option<std::path::PathBuf>> {
+        etcd::helper_for(stdin, get("CNI_PATH").as_deref())
     }
 
     fn add(&self, call: &cni::Call) -> Result<CniResult> {

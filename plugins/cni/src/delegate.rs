@@ -129,7 +129,14 @@ pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
 /// and registered; `undo`: a DEL that undoes a failed ADD of this call ([`UNDO_ENV`]).
 fn launch(plugin_type: &str, bin: &Path, cmd: Command, stdin_bytes: &[u8], undo: bool) -> Result<Running> {
     match builtin(plugin_type, bin) {
-        Some((name, plugin)) => spawn_thread(name, plugin, bin, cmd, stdin_bytes, undo),
+        Some((name, plugin)) => {
+            // The program that serves this config in the plugin's place, if any, is the child.
+            let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+            match plugin.exec_instead(stdin_bytes, &env)? {
+                Some(other) => spawn(&other, cmd, stdin_bytes, undo).map(Running::Child),
+                None => spawn_thread(name, plugin, bin, cmd, stdin_bytes, undo),
+            }
+        }
         None => spawn(bin, cmd, stdin_bytes, undo).map(Running::Child),
     }
 }

@@ -2,6 +2,7 @@
 //! result or one error, and never let a panic reach the runtime.
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::env::{Command, Env};
@@ -80,6 +81,14 @@ pub trait Plugin {
     fn enters_netns(&self) -> bool {
         true
     }
+    /// Another program that serves this call in place of this one (given the config on stdin
+    /// and the environment `get`): the skeleton executes it instead of running the plugin,
+    /// with the same arguments, environment and config ([`run`]: in place of this process;
+    /// a delegation that would run the plugin in-process starts it as the child instead).
+    fn exec_instead(&self, stdin: &[u8], get: &dyn Fn(&str) -> Option<String>) -> Result<Option<PathBuf>> {
+        let _ = (stdin, get);
+        Ok(None)
+    }
     fn add(&self, call: &Call) -> Result<CniResult>;
     fn del(&self, call: &Call) -> Result<()>;
     fn check(&self, call: &Call) -> Result<()>;
@@ -96,7 +105,7 @@ pub fn run(name: &str, plugin: &dyn Plugin) -> ! {
         eprintln!("panic: {info}");
     }));
     let process_env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
-    let (code, out) = invoke(name, plugin, &process_env, &mut read_stdin);
+    let (code, out) = invoke(name, plugin, &process_env, &mut read_stdin, true);
     if let Some(out) = out {
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(&out);
@@ -127,20 +136,22 @@ pub fn run_in_process(
         }
         Ok(buf)
     };
-    let (code, out) = invoke(name, plugin, get, &mut read);
+    let (code, out) = invoke(name, plugin, get, &mut read, false);
     (code, out.unwrap_or_default())
 }
 
 /// One call, panics caught: its exit status and its stdout (a result or an error JSON).
+/// `own_process`: the plugin is this process, which [`Plugin::exec_instead`] may replace.
 fn invoke(
     name: &str,
     plugin: &dyn Plugin,
     get: &dyn Fn(&str) -> Option<String>,
     read: &mut dyn FnMut() -> Result<Vec<u8>>,
+    own_process: bool,
 ) -> (i32, Option<Vec<u8>>) {
     let mut version_for_errors = version::CURRENT.to_string();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        dispatch(name, plugin, get, read, &mut version_for_errors)
+        dispatch(name, plugin, get, read, own_process, &mut version_for_errors)
     }));
     let outcome = match outcome {
         Ok(r) => r,
@@ -161,6 +172,38 @@ fn invoke(
             (1, Some(json_line(&e.to_json(&version_for_errors))))
         }
     }
+}
+
+/// Replaces this process by `program` with this process's arguments and environment and
+/// `stdin` (already read from the real one) as its standard input; returns only on failure.
+fn exec_with_stdin(program: &Path, stdin: &[u8]) -> Error {
+    use std::os::unix::process::CommandExt;
+    let failed = |e: std::io::Error| Error::io(format!("running {}", program.display()), e);
+    let input = match memfd_with(stdin) {
+        Ok(f) => f,
+        Err(e) => return failed(e),
+    };
+    failed(
+        std::process::Command::new(program)
+            .args(std::env::args_os().skip(1))
+            .stdin(input)
+            .exec(),
+    )
+}
+
+/// An anonymous file holding `bytes`, positioned at its start.
+fn memfd_with(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Seek;
+    use std::os::fd::FromRawFd;
+    // SAFETY: a NUL-terminated name; the descriptor returned is new and owned by the File.
+    let fd = unsafe { libc::memfd_create(c"cni-config".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    f.rewind()?;
+    Ok(f)
 }
 
 fn json_line(v: &serde_json::Value) -> Vec<u8> {
@@ -189,6 +232,7 @@ fn dispatch(
     plugin: &dyn Plugin,
     get: &dyn Fn(&str) -> Option<String>,
     read: &mut dyn FnMut() -> Result<Vec<u8>>,
+    own_process: bool,
     version_for_errors: &mut String,
 ) -> Result<Option<serde_json::Value>> {
     let Some(cmd) = get("CNI_COMMAND") else {
@@ -206,6 +250,11 @@ fn dispatch(
     let env = Env::from_lookup(command, get)?;
     let stdin = read()?;
     trace::step("read stdin");
+    if own_process {
+        if let Some(other) = plugin.exec_instead(&stdin, get)? {
+            return Err(exec_with_stdin(&other, &stdin));
+        }
+    }
     let mut call = parse_call(env, stdin, version_for_errors)?;
     trace::step("parse config");
     if plugin.enters_netns() {

@@ -29,9 +29,10 @@ pub fn main(built_as: &'static str) -> ! {
             cni::delegate::register_builtin("host-local", &host_local::HostLocal);
             cni::skel::run("macvlan", &macvlan::Macvlan)
         }
-        // With arguments and without `CNI_COMMAND`: the operators' tool ([`host_local::ops`]).
+        // With arguments and without `CNI_COMMAND`: the operators' tool, which is in
+        // host-local-etcd with the etcd client ([`host_local::etcd::exec_ops`]).
         _ if std::env::var_os("CNI_COMMAND").is_none() && std::env::args_os().len() > 1 => {
-            std::process::exit(host_local::ops::main(std::env::args().skip(1).collect()))
+            std::process::exit(host_local::etcd::exec_ops())
         }
         _ => cni::skel::run("host-local", &host_local::HostLocal),
     }

@@ -25,8 +25,6 @@
 //! the call's deadline (`ipam.store.timeout`), then the call fails with code 11 having written
 //! nothing.
 
-pub mod config;
-
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -37,9 +35,8 @@ use cni::{Error, Result};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 
-pub use config::EtcdConfig;
-
-use crate::store::{GcReport, Owner, Store};
+pub use host_local::etcd::EtcdConfig;
+use host_local::store::{GcReport, Owner, Store};
 
 /// One attempt of a request never takes longer than this, so that a request stuck on a
 /// member that just died is retried on another within the call's deadline.

@@ -17,9 +17,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cni::{Error, Result};
 use serde_json::{json, Value};
 
-use crate::config::IpamConfig;
-use crate::etcd::{self, Conn, Lease};
-use crate::store::Owner;
+use host_local::config::IpamConfig;
+use host_local::etcd;
+use host_local::store::Owner;
+
+use crate::store::{Conn, Lease};
 
 const USAGE: &str = "usage:
   host-local leases CONFIG
@@ -132,7 +134,7 @@ pub fn load_conf(path: &str) -> Result<IpamConfig> {
         Some(plugins) => {
             let p = plugins
                 .iter()
-                .find(|p| p["ipam"]["type"] == "host-local")
+                .find(|p| p["ipam"]["type"] == "host-local" || p["ipam"]["type"] == "host-local-etcd")
                 .ok_or_else(|| Error::invalid_config(format!("{path}: no plugin with a host-local ipam section")))?;
             json!({"cniVersion": v["cniVersion"], "name": v["name"], "ipam": p["ipam"]})
         }
@@ -165,7 +167,7 @@ pub fn list(conf: &IpamConfig) -> Result<Vec<Row>> {
             })
             .collect());
     }
-    let host = etcd::config::node_hostname().unwrap_or_default();
+    let host = etcd::node_hostname().unwrap_or_default();
     Ok(disk_leases(&conf.data_dir.join(&conf.name))?
         .into_iter()
         .map(|(ip, o, t)| Row {
@@ -385,7 +387,7 @@ mod tests {
         let conf = load_conf(f.to_str().unwrap()).unwrap();
         let single = serde_json::json!({"cniVersion": "1.0.0", "name": "net",
             "ipam": {"type": "host-local", "subnet": "10.1.0.0/24", "dataDir": t.path()}});
-        crate::add(single.to_string().as_bytes(), "c1", "eth0", "").unwrap();
+        host_local::add(single.to_string().as_bytes(), "c1", "eth0", "").unwrap();
         let rows = list(&conf).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(
