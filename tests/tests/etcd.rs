@@ -880,6 +880,13 @@ fn the_etcd_client_is_a_separate_program() {
     assert!(out.stderr.contains("-host-local "), "{}", out.stderr);
     assert!(data.join("hdisk/10.32.0.2").exists());
     call("DEL", "h2").ifname("eth1").config(&disk).run().expect_ok();
+    // `ipam.type` host-local-etcd: the helper is the IPAM plugin, found in CNI_PATH.
+    let mut direct = conf.clone();
+    direct["ipam"]["type"] = json!("host-local-etcd");
+    let r = call("ADD", "h5").ifname("eth2").config(&direct).run().expect_ok();
+    assert_eq!(r["ips"][0]["address"], "10.31.0.3/24");
+    assert_eq!(lease_map(&c, "/th", "h")["10.31.0.3"]["containerId"], "h5");
+    call("DEL", "h5").ifname("eth2").config(&direct).run().expect_ok();
     // host-local alone hands over too (in place of itself), for every verb.
     let mut ipam = conf.clone();
     ipam["type"] = json!("host-local");
@@ -891,7 +898,7 @@ fn the_etcd_client_is_a_separate_program() {
             .env("CNI_PATH", "/nonexistent")
             .config(&ipam)
     };
-    assert_eq!(hl("ADD").run().expect_ok()["ips"][0]["address"], "10.31.0.3/24");
+    assert_eq!(hl("ADD").run().expect_ok()["ips"][0]["address"], "10.31.0.4/24");
     hl("CHECK").run().expect_ok();
     hl("STATUS").run().expect_ok();
     hl("DEL").run().expect_ok();
