@@ -132,6 +132,8 @@ pub struct Results {
     pub prefill_ok: Vec<Option<bool>>,
     pub seconds: f64,
     pub notes: Vec<String>,
+    /// What one `cpuid` instruction costs here, µs ([`cpuid_cost_us`]).
+    pub cpuid_us: Option<f64>,
 }
 
 impl Results {
@@ -148,6 +150,7 @@ impl Results {
                 "iproute2": self.machine.iproute2, "data_fs": self.machine.data_fs,
                 "loadavg_start": self.machine.load_start, "loadavg_end": self.machine.load_end,
                 "command": self.machine.command, "date": self.machine.date,
+                "cpuid_us": self.cpuid_us,
             },
             "options": {
                 "cycles": self.opts.cycles, "warmup": self.opts.warmup, "conc": self.opts.conc,
@@ -268,7 +271,73 @@ struct Bench<'o> {
     floor_ctr: Ns,
     /// A minimal static program that only exits: the floor of a process start.
     exit_floor: Option<PathBuf>,
+    /// Programs that only exit, built with the toolchains the plugins are built with: C with
+    /// glibc static (`gcc -static`), and Rust static non-PIE as the release build is. What the
+    /// C library's and Rust's standard start-up add to the floor. `Err`: why not built.
+    exit_libc: Result<PathBuf, String>,
+    exit_rust: Result<PathBuf, String>,
     notes: Vec<String>,
+}
+
+/// Builds the exit-only programs of the C library and of Rust in `dir` (see [`Bench`]).
+fn build_exit_programs(dir: &Path) -> (Result<PathBuf, String>, Result<PathBuf, String>) {
+    let build = |src_name: &str, src: &str, out: &str, cmd: &mut Command| -> Result<PathBuf, String> {
+        let (s, o) = (dir.join(src_name), dir.join(out));
+        fs::write(&s, src).map_err(|e| format!("writing {}: {e}", s.display()))?;
+        let res = cmd.arg(&s).arg("-o").arg(&o).output().map_err(|e| e.to_string())?;
+        if !res.status.success() {
+            return Err(String::from_utf8_lossy(&res.stderr)
+                .lines()
+                .next()
+                .unwrap_or("failed")
+                .to_string());
+        }
+        Ok(o)
+    };
+    let c = build(
+        "exit.c",
+        "int main(void) { return 0; }\n",
+        "exit-only-c",
+        Command::new("gcc").args(["-O2", "-static"]),
+    );
+    let rust = build(
+        "exit.rs",
+        "fn main() {}\n",
+        "exit-only-rs",
+        Command::new("rustc").args([
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "relocation-model=static",
+        ]),
+    );
+    (c, rust)
+}
+
+/// What one `cpuid` instruction costs on this machine, µs (median of 20 batches of 100): on a
+/// virtual machine every one traps to the hypervisor, and a C library's start-up runs dozens to
+/// learn the CPU's features and caches.
+pub fn cpuid_cost_us() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut per: Vec<f64> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                for i in 0..100u32 {
+                    #[allow(unused_unsafe)]
+                    // SAFETY: cpuid is available on every x86-64 CPU; leaf 4 is what glibc asks.
+                    let r = unsafe { std::arch::x86_64::__cpuid_count(4, i % 4) };
+                    std::hint::black_box(r);
+                }
+                t.elapsed().as_secs_f64() * 1e6 / 100.0
+            })
+            .collect();
+        per.sort_by(f64::total_cmp);
+        Some(per[per.len() / 2])
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// A complete static x86-64 ELF program of 129 bytes that only calls `exit(0)`: one loadable
@@ -418,20 +487,18 @@ impl Bench<'_> {
         conf: &dyn Fn(usize) -> Vec<u8>,
         n_addrs: usize,
         cycles: usize,
-        extra: Option<Contestant>,
+        extra: Vec<Contestant>,
     ) -> Res<(Row, Row)> {
         let idx = self.set_indexes(need);
         let mut contestants: Vec<Contestant> = idx
             .iter()
             .map(|&s| self.add_del(s, plugin, ctr, format!("bench-{ctr}"), conf(s), n_addrs))
             .collect();
-        let has_extra = extra.is_some();
-        if let Some(e) = extra {
-            contestants.push(e);
-        }
+        let n_extra = extra.len();
+        contestants.extend(extra);
         eprintln!("{title}: {} cycles (+{} warm-up)", cycles, self.opts.warmup);
         let mut res = alternate(title, &mut contestants, 2, cycles, self.opts.warmup)?;
-        let extra_res = if has_extra { res.pop() } else { None };
+        let extra_res = res.split_off(res.len() - n_extra);
         let (mut adds, mut dels) = (Vec::new(), Vec::new());
         for mut r in res {
             dels.push(r.pop().unwrap_or_default());
@@ -447,7 +514,7 @@ impl Bench<'_> {
             title: format!("{title} DEL"),
             samples: self.spread(need, &idx, dels),
         };
-        if let Some(mut e) = extra_res {
+        for mut e in extra_res {
             del.samples.push(e.pop().unwrap_or_default());
             add.samples.push(e.pop().unwrap_or_default());
         }
@@ -468,8 +535,14 @@ impl Bench<'_> {
                     Box::new(move || vec![self.call(s, p, "VERSION", None, "", br#"{"cniVersion":"1.0.0"}"#, false)])
                 })
                 .collect();
-            // The floor: the exit-only program, spawned the same way in the same cycles.
-            if let Some(exit) = &self.exit_floor {
+            // The floors: the exit-only programs, spawned the same way in the same cycles.
+            let floors: Vec<Result<&PathBuf, String>> = vec![
+                self.exit_floor.as_ref().ok_or_else(|| "not on x86-64".to_string()),
+                self.exit_libc.as_ref().map_err(|e| e.clone()),
+                self.exit_rust.as_ref().map_err(|e| e.clone()),
+            ];
+            for exit in floors.iter().filter_map(|f| f.as_ref().ok()) {
+                let exit: &PathBuf = exit;
                 contestants.push(Box::new(move || {
                     vec![(|| {
                         self.floor_host.enter()?;
@@ -482,18 +555,26 @@ impl Bench<'_> {
             }
             eprintln!("{p} VERSION: {} cycles", self.opts.cycles);
             let mut res = alternate(p, &mut contestants, 1, self.opts.cycles, self.opts.warmup)?;
-            let floor = self
-                .exit_floor
-                .as_ref()
-                .and_then(|_| res.pop())
-                .map(|mut v| v.remove(0));
+            let n = floors.iter().filter(|f| f.is_ok()).count();
+            let mut measured = res.split_off(res.len() - n).into_iter().map(|mut v| v.remove(0));
+            // One sample per floor (129 bytes, C, Rust); one not built says why.
+            let floor_samples: Vec<Samples> = floors
+                .iter()
+                .map(|f| match f {
+                    Ok(_) => measured.next().unwrap_or_default(),
+                    Err(why) => Samples {
+                        skipped: Some(why.clone()),
+                        ..Default::default()
+                    },
+                })
+                .collect();
             let got = res.into_iter().map(|mut v| v.remove(0)).collect();
             let mut row = Row {
                 key: format!("version.{p}"),
                 title: format!("`{p}` VERSION (process start)"),
                 samples: self.spread(&[p], &idx, got),
             };
-            row.samples.extend(floor);
+            row.samples.extend(floor_samples);
             progress(&row);
             rows.push(row);
         }
@@ -518,7 +599,7 @@ impl Bench<'_> {
             &conf,
             1,
             self.opts.cycles,
-            None,
+            Vec::new(),
         )?;
         Ok(vec![a, d])
     }
@@ -558,6 +639,34 @@ impl Bench<'_> {
         })
     }
 
+    /// The process starts of the floor alone: the same `ip -batch` processes with nothing to
+    /// do (two for the ADD, one for the DEL), so that the floor minus them is the kernel work.
+    fn ip_start_contestant(&self) -> Contestant<'_> {
+        Box::new(move || {
+            let idle = |ns: &Ns| -> Result<Out, String> {
+                ns.enter()?;
+                let mut c = Command::new("ip");
+                c.env_clear().env("PATH", SAFE_PATH).args(["-batch", "-"]);
+                let out = sys::run(&mut c, b"").map_err(|e| format!("running ip: {e}"))?;
+                if out.status.success() {
+                    Ok(out)
+                } else {
+                    Err(failure("floor", "ip", "an empty batch", &out))
+                }
+            };
+            let add = idle(&self.floor_host).and_then(|h| {
+                let c = idle(&self.floor_ctr)?;
+                Ok(Out {
+                    wall: h.wall + c.wall,
+                    cpu: h.cpu + c.cpu,
+                    maxrss_kib: h.maxrss_kib.max(c.maxrss_kib),
+                    ..c
+                })
+            });
+            vec![add, idle(&self.floor_ctr)]
+        })
+    }
+
     fn part_bridge(&self) -> Res<Vec<Row>> {
         let need = ["bridge", "host-local"];
         let v4 = |s| {
@@ -583,7 +692,7 @@ impl Bench<'_> {
             &v4,
             1,
             self.opts.cycles,
-            Some(self.floor_contestant()),
+            vec![self.floor_contestant(), self.ip_start_contestant()],
         )?;
         let (a6, d6) = self.add_del_rows(
             "br6",
@@ -594,7 +703,7 @@ impl Bench<'_> {
             &dual,
             2,
             self.opts.cycles,
-            None,
+            Vec::new(),
         )?;
         Ok(vec![a4, d4, a6, d6])
     }
@@ -617,7 +726,7 @@ impl Bench<'_> {
             &conf,
             1,
             self.opts.cycles,
-            None,
+            Vec::new(),
         )?;
         Ok(vec![a, d])
     }
@@ -841,7 +950,7 @@ impl Bench<'_> {
                 &|s| conf(s, max),
                 1,
                 self.opts.scale_bridge_cycles,
-                None,
+                Vec::new(),
             )?;
             a.key = format!("scale.bridge.add.{max}");
             d.key = format!("scale.bridge.del.{max}");
@@ -1242,12 +1351,15 @@ pub fn run(opts: &Opts) -> Res<()> {
     } else {
         None
     };
+    let (exit_libc, exit_rust) = build_exit_programs(&tmp);
     let mut b = Bench {
         opts,
         sets,
         floor_host,
         floor_ctr,
         exit_floor,
+        exit_libc,
+        exit_rust,
         notes: Vec::new(),
     };
     let mut rows = Vec::new();
@@ -1300,6 +1412,7 @@ pub fn run(opts: &Opts) -> Res<()> {
         prefill_ok,
         seconds: started.elapsed().as_secs_f64(),
         notes: b.notes,
+        cpuid_us: cpuid_cost_us(),
     };
     crate::report::write(&results)
 }

@@ -92,6 +92,28 @@ struct Target {
     met: Option<bool>,
 }
 
+/// For a row with the `ip` floor (sample 2) and that floor's own process starts (sample 3):
+/// the kernel work (floor − starts), and what ours spends beyond it, next to our process start.
+fn kernel_work(r: &Results, row: &Row) -> String {
+    let (Some(o), Some(f), Some(st)) = (
+        row.samples[0].median(),
+        row.samples.get(2).and_then(Samples::median),
+        row.samples.get(3).and_then(Samples::median),
+    ) else {
+        return String::new();
+    };
+    let start = r.row("version.bridge").and_then(|v| v.samples[0].median());
+    format!(
+        "; the kernel work alone (the floor without its `ip` process starts, {}) is {}: ours spends {} beyond it{}",
+        opt_ms(Some(st)),
+        opt_ms(Some(f - st)),
+        opt_ms(Some(o - (f - st))),
+        start
+            .map(|s| format!(", of which its process start (VERSION) is {}", opt_ms(Some(s))))
+            .unwrap_or_default()
+    )
+}
+
 fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
     for (key, what) in [
@@ -107,7 +129,7 @@ fn targets(r: &Results) -> Vec<Target> {
             what: format!("{what} ≥ 5× faster than the reference, median vs median"),
             measured: match (row, q) {
                 (Some(row), Some(q)) => format!(
-                    "{} vs {}: {}{}",
+                    "{} vs {}: {}{}{}",
                     opt_ms(row.samples[0].median()),
                     opt_ms(row.samples[1].median()),
                     ratio(q),
@@ -117,7 +139,8 @@ fn targets(r: &Results) -> Vec<Target> {
                             opt_ms(row.samples[2].median()),
                             ratio(b)
                         ))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    kernel_work(r, row)
                 ),
                 _ => "not measured".into(),
             },
@@ -133,11 +156,12 @@ fn targets(r: &Results) -> Vec<Target> {
             what: "bridge + host-local DEL (IPv4) within 1.1× of the `ip link del` floor, median vs median".into(),
             measured: match q {
                 Some(q) => format!(
-                    "{} vs {}: {:.2}× (reference {})",
+                    "{} vs {}: {:.2}× (reference {}){}",
                     opt_ms(o),
                     opt_ms(f),
                     q,
-                    opt_ms(row.samples[1].median())
+                    opt_ms(row.samples[1].median()),
+                    kernel_work(r, row)
                 ),
                 None => "not measured".into(),
             },
@@ -154,13 +178,27 @@ fn targets(r: &Results) -> Vec<Target> {
         .collect();
     if !starts.is_empty() {
         let worst = starts.iter().map(|(_, o, f)| o / f).fold(0.0, f64::max);
+        // The same against the exit-only programs of glibc and of Rust (what the C library's and
+        // Rust's own start-up cost), for the breakdown.
+        let against = |i: usize| -> Option<String> {
+            let row = r.row("version.bridge")?;
+            let (o, f) = (row.samples[0].median()?, row.samples.get(i)?.median()?);
+            Some(format!("{:.2}×", o / f))
+        };
+        let breakdown = match (against(3), against(4)) {
+            (Some(c), Some(rs)) => format!(
+                "; bridge against a program that only exits built as ours, C with glibc static {c}, Rust static non-PIE {rs} ([breakdown](#the-floor-of-a-process-start))"
+            ),
+            _ => String::new(),
+        };
         t.push(Target {
             what: "process start (VERSION) within 1.5× of a minimal static program that only exits".into(),
             measured: starts
                 .iter()
                 .map(|(p, o, f)| format!("{p} {} vs {}: {:.2}×", opt_ms(Some(*o)), opt_ms(Some(*f)), o / f))
                 .collect::<Vec<_>>()
-                .join("; "),
+                .join("; ")
+                + &breakdown,
             met: Some(worst <= 1.5),
         });
     }
@@ -389,17 +427,64 @@ pub fn write(r: &Results) -> Res<()> {
         .filter(|row| row.samples.len() > 2)
         .collect();
     if !versions.is_empty() {
-        out.push_str(
+        let cpuid = r.cpuid_us;
+        let _ = write!(
+            out,
             "### The floor of a process start\n\n\
-             A complete static program of 129 bytes that only calls `exit(0)` (one segment, no libc, no \
-             relocations), spawned as the plugins are (same namespace, same environment and stdin) in the same \
-             cycles as the VERSION rows, in alternation with them: what a process start costs at the least.\n\n\
-             | call | floor median | floor p90 | ours median | ours / floor | reference median | reference / floor |\n\
-             |---|--:|--:|--:|--:|--:|--:|\n",
+             Three programs that only exit, spawned as the plugins are (same namespace, same environment and stdin) \
+             in the same cycles as the VERSION rows, in alternation with them: **exit-only**, a complete static \
+             program of 129 bytes that only calls `exit(0)` (one segment, no libc, no relocations: what a process \
+             start costs at the least); **C**, `int main(void) {{ return 0; }}` linked statically with glibc \
+             (`gcc -O2 -static`): the floor plus the C library's start-up; **Rust**, `fn main() {{}}` built as the \
+             release build is (static glibc, non-PIE): plus Rust's standard start-up. Ours over Rust is what our \
+             program adds (its size, its own start-up).\n\n"
+        );
+        if let (Some(cpu), Some(row)) = (cpuid, versions.first()) {
+            if let (Some(f), Some(c)) = (
+                row.samples.get(2).and_then(Samples::median),
+                row.samples.get(3).and_then(Samples::median),
+            ) {
+                let _ = write!(
+                    out,
+                    "On this machine one `cpuid` instruction costs {cpu:.1} µs (measured in the benchmark's own \
+                     process: on a virtual machine each one traps to the hypervisor). glibc's start-up runs it to \
+                     learn the CPU's features and, in glibc 2.36, queries every cache level's size, associativity \
+                     and line size one by one (leaves 2 and 4): the C program's {} over the exit-only program is \
+                     the time of about {:.0} `cpuid`s. Every program linked with glibc pays this at each start \
+                     (dynamically linked ones in the loader); it is not ours to remove short of another C library.\n\n",
+                    opt_ms(Some(c - f)),
+                    (c - f) / cpu
+                );
+            }
+        }
+        out.push_str(
+            "| call | exit-only | C, glibc static | Rust, static non-PIE | ours | ours / exit-only | ours / C | ours / Rust | reference | reference / exit-only |\n\
+             |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
         );
         for row in &versions {
             let title = row.title.replace(" (process start)", "");
-            floor_row(&mut out, &title, row, &row.samples[2], |q| format!("{q:.2}×"));
+            let med = |i: usize| row.samples.get(i).and_then(Samples::median);
+            let cellx = |i: usize| match row.samples.get(i) {
+                Some(s) => cell(s, Samples::median),
+                None => "–".into(),
+            };
+            let q = |a: usize, b: usize| match (med(a), med(b)) {
+                (Some(x), Some(y)) => format!("{:.2}×", x / y),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {title} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                cellx(2),
+                cellx(3),
+                cellx(4),
+                cellx(0),
+                q(0, 2),
+                q(0, 3),
+                q(0, 4),
+                cellx(1),
+                q(1, 2)
+            );
         }
         out.push('\n');
     }
@@ -418,13 +503,19 @@ pub fn write(r: &Results) -> Res<()> {
                  bridge + host-local. The DEL is `ip link del eth0` in the container namespace. Run in the same \
                  cycles as the IPv4 rows above, in alternation with them. The floor has no IPAM, no sysctls, no \
                  result and no checks: it is roughly what the kernel work and two small process starts cost (a \
-                 plugin that starts faster than `ip` can come in under it).\n\n\
-                 | operation | floor median | floor p90 | ours median | ours / floor | reference median | reference / floor |\n\
-                 |---|--:|--:|--:|--:|--:|--:|\n",
+                 plugin that starts faster than `ip` can come in under it). In the same cycles the same `ip -batch` \
+                 processes run with nothing to do (two for the ADD, one for the DEL): the floor without them is the \
+                 kernel work alone.\n\n\
+                 | operation | floor median | floor p90 | ours median | ours / floor | reference median | reference / floor | the floor's `ip` starts | kernel work (floor − starts) |\n\
+                 |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
             );
             for (row, f) in [(a, fa), (d, fd)] {
                 let title = row.title.replace("bridge + host-local, IPv4", "bridge IPv4");
-                floor_row(&mut out, &title, row, f, ratio);
+                let mut line = String::new();
+                floor_row(&mut line, &title, row, f, ratio);
+                let st = row.samples.get(3).and_then(Samples::median);
+                let kw = f.median().zip(st).map(|(f, s)| f - s);
+                let _ = writeln!(out, "{} {} | {} |", line.trim_end(), opt_ms(st), opt_ms(kw));
             }
             out.push('\n');
         }
