@@ -902,6 +902,24 @@ fn the_etcd_client_is_a_separate_program() {
     hl("CHECK").run().expect_ok();
     hl("STATUS").run().expect_ok();
     hl("DEL").run().expect_ok();
+    // A bridge ADD that fails after IPAM (a panic at a fault point of the debug build), and
+    // one that dies while the helper runs: the undo reaches the helper too; no lease, no link.
+    let (links_before, ctr_before) = (host.links(), ctr.links());
+    for point in ["bridge:after-ipam", "bridge:ipam-running"] {
+        call("ADD", "h6")
+            .ifname("eth3")
+            .env("CNI_RS_FAULT", point)
+            .run()
+            .expect_error(100);
+        let held: Vec<String> = lease_map(&c, "/th", "h")
+            .into_iter()
+            .filter(|(_, l)| l["containerId"] == "h6")
+            .map(|(ip, _)| ip)
+            .collect();
+        assert!(held.is_empty(), "{point}: lease left {held:?}");
+        assert_eq!(host.links(), links_before, "{point}: a link was left");
+        assert_eq!(ctr.links(), ctr_before, "{point}: a container link was left");
+    }
     call("DEL", "h1").run().expect_ok();
     assert!(lease_map(&c, "/th", "h").is_empty());
 
