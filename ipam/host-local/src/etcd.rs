@@ -270,12 +270,8 @@ pub fn helper_for(stdin: &[u8], cni_path: Option<&str>) -> Result<Option<PathBuf
 /// without `CNI_COMMAND`) are in [`HELPER`]: runs it in place of this process with the same
 /// arguments and environment. Returns only on failure, with the exit status to end with.
 pub fn exec_ops() -> i32 {
-    use std::os::unix::process::CommandExt;
     let e = match helper(std::env::var("CNI_PATH").ok().as_deref()) {
-        Ok(p) => {
-            let e = std::process::Command::new(&p).args(std::env::args_os().skip(1)).exec();
-            Error::io(format!("running {}", p.display()), e)
-        }
+        Ok(p) => cni::skel::exec_in_place(&p, None),
         Err(e) => e,
     };
     eprintln!("host-local: the operator commands are in {HELPER}: {e}");

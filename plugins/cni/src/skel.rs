@@ -174,21 +174,21 @@ fn invoke(
     }
 }
 
-/// Replaces this process by `program` with this process's arguments and environment and
-/// `stdin` (already read from the real one) as its standard input; returns only on failure.
-fn exec_with_stdin(program: &Path, stdin: &[u8]) -> Error {
+/// Replaces this process by `bin` with this process's arguments and environment, and `stdin`
+/// (already read from the real one) as its standard input, or the real one with `None`: the
+/// hand-over of [`Plugin::exec_instead`]. Returns only on failure.
+pub fn exec_in_place(bin: &Path, stdin: Option<&[u8]>) -> Error {
     use std::os::unix::process::CommandExt;
-    let failed = |e: std::io::Error| Error::io(format!("running {}", program.display()), e);
-    let input = match memfd_with(stdin) {
-        Ok(f) => f,
-        Err(e) => return failed(e),
-    };
-    failed(
-        std::process::Command::new(program)
-            .args(std::env::args_os().skip(1))
-            .stdin(input)
-            .exec(),
-    )
+    let failed = |e: std::io::Error| Error::io(format!("running {}", bin.display()), e);
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(std::env::args_os().skip(1));
+    if let Some(bytes) = stdin {
+        match memfd_with(bytes) {
+            Ok(f) => cmd.stdin(f),
+            Err(e) => return failed(e),
+        };
+    }
+    failed(cmd.exec())
 }
 
 /// An anonymous file holding `bytes`, positioned at its start.
@@ -252,7 +252,7 @@ fn dispatch(
     trace::step("read stdin");
     if own_process {
         if let Some(other) = plugin.exec_instead(&stdin, get)? {
-            return Err(exec_with_stdin(&other, &stdin));
+            return Err(exec_in_place(&other, Some(&stdin)));
         }
     }
     let mut call = parse_call(env, stdin, version_for_errors)?;
