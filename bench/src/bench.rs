@@ -134,6 +134,9 @@ pub struct Results {
     pub notes: Vec<String>,
     /// What one `cpuid` instruction costs here, µs ([`cpuid_cost_us`]).
     pub cpuid_us: Option<f64>,
+    /// Instructions and `cpuid`s of whole runs, counted by single-stepping
+    /// ([`sys::count_instructions`]): (program, instructions, cpuids).
+    pub steps: Vec<(String, u64, u64)>,
 }
 
 impl Results {
@@ -151,6 +154,7 @@ impl Results {
                 "loadavg_start": self.machine.load_start, "loadavg_end": self.machine.load_end,
                 "command": self.machine.command, "date": self.machine.date,
                 "cpuid_us": self.cpuid_us,
+                "single_stepped": self.steps.iter().map(|(p, n, c)| json!({"program": p, "instructions": n, "cpuid": c})).collect::<Vec<_>>(),
             },
             "options": {
                 "cycles": self.opts.cycles, "warmup": self.opts.warmup, "conc": self.opts.conc,
@@ -579,6 +583,37 @@ impl Bench<'_> {
             rows.push(row);
         }
         Ok(rows)
+    }
+
+    /// The exit-only programs and our bridge's VERSION, single-stepped (see
+    /// [`sys::count_instructions`]): where a process start's `cpuid`s come from.
+    fn single_step(&self) -> Vec<(String, u64, u64)> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut progs: Vec<(String, PathBuf)> = Vec::new();
+            if let Some(p) = &self.exit_floor {
+                progs.push(("exit-only (129 bytes)".into(), p.clone()));
+            }
+            if let Ok(p) = &self.exit_libc {
+                progs.push(("C, glibc static".into(), p.clone()));
+            }
+            if let Ok(p) = &self.exit_rust {
+                progs.push(("Rust, static non-PIE".into(), p.clone()));
+            }
+            if let Some(s) = self.sets.first().filter(|s| !s.missing.iter().any(|m| m == "bridge")) {
+                progs.push(("ours: `bridge` VERSION".into(), s.bin.join("bridge")));
+            }
+            for (label, p) in progs {
+                let mut c = Command::new(&p);
+                c.env_clear().env("PATH", SAFE_PATH).env("CNI_COMMAND", "VERSION");
+                match sys::count_instructions(&mut c) {
+                    Ok((n, cpuid)) => v.push((label, n, cpuid)),
+                    Err(e) => eprintln!("note: single-stepping {}: {e}", p.display()),
+                }
+            }
+        }
+        v
     }
 
     fn part_host_local(&self) -> Res<Vec<Row>> {
@@ -1398,6 +1433,11 @@ pub fn run(opts: &Opts) -> Res<()> {
         b.notes
             .push("QUICK run: few cycles, small lease counts; a smoke test, not figures to quote.".into());
     }
+    let steps = if opts.runs("version") {
+        b.single_step()
+    } else {
+        Vec::new()
+    };
     let results = Results {
         opts: opts.clone(),
         machine: machine(opts, load_start),
@@ -1413,6 +1453,7 @@ pub fn run(opts: &Opts) -> Res<()> {
         seconds: started.elapsed().as_secs_f64(),
         notes: b.notes,
         cpuid_us: cpuid_cost_us(),
+        steps,
     };
     crate::report::write(&results)
 }

@@ -444,18 +444,43 @@ pub fn write(r: &Results) -> Res<()> {
                 row.samples.get(2).and_then(Samples::median),
                 row.samples.get(3).and_then(Samples::median),
             ) {
+                // The C program's cpuids, counted by single-stepping it.
+                let counted = r.steps.iter().find(|(p, _, _)| p.starts_with("C,")).map(|s| s.2);
+                let share = match counted {
+                    Some(k) => format!(
+                        "it executes {k} of them (counted below): {k} × {cpu:.1} µs = {} of the C program's {} over the \
+                         exit-only program; the rest is its other start-up work (page faults of its image, TLS, a dozen \
+                         system calls)",
+                        opt_ms(Some(k as f64 * cpu)),
+                        opt_ms(Some(c - f))
+                    ),
+                    None => format!(
+                        "the C program's {} over the exit-only program is the time of about {:.0} of them",
+                        opt_ms(Some(c - f)),
+                        (c - f) / cpu
+                    ),
+                };
                 let _ = write!(
                     out,
                     "On this machine one `cpuid` instruction costs {cpu:.1} µs (measured in the benchmark's own \
                      process: on a virtual machine each one traps to the hypervisor). glibc's start-up runs it to \
                      learn the CPU's features and, in glibc 2.36, queries every cache level's size, associativity \
-                     and line size one by one (leaves 2 and 4): the C program's {} over the exit-only program is \
-                     the time of about {:.0} `cpuid`s. Every program linked with glibc pays this at each start \
-                     (dynamically linked ones in the loader); it is not ours to remove short of another C library.\n\n",
-                    opt_ms(Some(c - f)),
-                    (c - f) / cpu
+                     and line size one by one (leaves 2 and 4): {share}. Every program linked with glibc pays this \
+                     at each start (dynamically linked ones in the loader); it is not ours to remove short of \
+                     another C library.\n\n"
                 );
             }
+        }
+        if !r.steps.is_empty() {
+            out.push_str(
+                "Each program run once more, one instruction at a time (ptrace single-step), counting its instructions \
+                 and the `cpuid`s among them: the counts are the same on every run (they depend on the C library and the CPU, not on load).\n\n\
+                 | program | instructions | `cpuid` |\n|---|--:|--:|\n",
+            );
+            for (p, n, c) in &r.steps {
+                let _ = writeln!(out, "| {p} | {} | {c} |", thousands(*n as usize));
+            }
+            out.push('\n');
         }
         out.push_str(
             "| call | exit-only | C, glibc static | Rust, static non-PIE | ours | ours / exit-only | ours / C | ours / Rust | reference | reference / exit-only |\n\

@@ -416,3 +416,59 @@ pub fn fs_type(p: &Path) -> String {
     }
     best.map(|b| b.1).unwrap_or_else(|| "unknown".into())
 }
+
+/// Runs `cmd` to its end one instruction at a time (ptrace single-step) and counts the
+/// instructions it executes and the `cpuid`s among them (opcode `0f a2`). Deterministic: what
+/// a program's start-up does, independent of how busy the machine is.
+#[cfg(target_arch = "x86_64")]
+pub fn count_instructions(cmd: &mut Command) -> io::Result<(u64, u64)> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only ptrace(PTRACE_TRACEME) (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let wait = || -> io::Result<i32> {
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(pid, &mut st, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st)
+    };
+    // The stop at exec.
+    let mut st = wait()?;
+    let (mut n, mut cpuid) = (0u64, 0u64);
+    while libc::WIFSTOPPED(st) {
+        // SAFETY: the tracee is stopped; the register block and the peeked word are plain data.
+        unsafe {
+            let mut regs: libc::user_regs_struct = std::mem::zeroed();
+            if libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut _) == 0 {
+                *libc::__errno_location() = 0;
+                let word = libc::ptrace(libc::PTRACE_PEEKTEXT, pid, regs.rip as *mut libc::c_void, 0);
+                if *libc::__errno_location() == 0 && word & 0xffff == 0xa20f {
+                    cpuid += 1;
+                }
+            }
+            n += 1;
+            if libc::ptrace(libc::PTRACE_SINGLESTEP, pid, 0, 0) != 0 {
+                let e = io::Error::last_os_error();
+                libc::kill(pid, libc::SIGKILL);
+                let _ = wait();
+                return Err(e);
+            }
+        }
+        st = wait()?;
+    }
+    Ok((n, cpuid))
+}
