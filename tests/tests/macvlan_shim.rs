@@ -622,6 +622,16 @@ fn a_tentative_master_address_is_no_source_and_the_host_still_reaches_the_contai
             .any(|l| l.starts_with(&format!("{v6} dev mvsh-m0 metric "))),
         "{routes:?}"
     );
+    // The shim is new: its link-local address, the source here, goes through DAD first (about
+    // a second); until then the host has no IPv6 source for this route at all.
+    cni_tests::eventually(
+        std::time::Duration::from_secs(10),
+        "the shim's link-local address leaves DAD",
+        || {
+            let out = sb.host().ip(&["-6", "addr", "show", "dev", "mvsh-m0"]);
+            out.contains("fe80::") && !out.contains("tentative")
+        },
+    );
     assert!(sb.host().ping(&v6), "the host cannot reach the container over IPv6");
     sb.bed.check("ca", &a, &conf, &r).expect_ok();
     sb.bed.del("ca", Some(&a), &conf).expect_ok();
