@@ -240,19 +240,18 @@ pub fn selects_etcd(stdin: &[u8]) -> bool {
     let Ok(v) = serde_json::from_slice::<Value>(stdin) else {
         return false;
     };
-    let field = |v: &Value, name: &str| -> Option<Value> {
+    /// The member `name` of object `v`: the exact key, else one matching it as Go matches.
+    fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
         let m = v.as_object()?;
-        m.get(name)
-            .or_else(|| {
-                m.iter()
-                    .find(|(k, _)| cni::gojson::key_matches(k, name))
-                    .map(|(_, v)| v)
-            })
-            .cloned()
-    };
+        m.get(name).or_else(|| {
+            m.iter()
+                .find(|(k, _)| cni::gojson::key_matches(k, name))
+                .map(|(_, v)| v)
+        })
+    }
     field(&v, "ipam")
-        .and_then(|i| field(&i, "store"))
-        .and_then(|s| s.get("type").cloned())
+        .and_then(|i| field(i, "store"))
+        .and_then(|s| s.get("type"))
         .is_some_and(|t| t == "etcd")
 }
 

@@ -131,8 +131,7 @@ fn launch(plugin_type: &str, bin: &Path, cmd: Command, stdin_bytes: &[u8], undo:
     match builtin(plugin_type, bin) {
         Some((name, plugin)) => {
             // The program that serves this config in the plugin's place, if any, is the child.
-            let env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
-            match plugin.exec_instead(stdin_bytes, &env)? {
+            match plugin.exec_instead(stdin_bytes, &crate::env::process_var)? {
                 Some(other) => spawn(&other, cmd, stdin_bytes, undo).map(Running::Child),
                 None => spawn_thread(name, plugin, bin, cmd, stdin_bytes, undo),
             }
@@ -163,7 +162,7 @@ fn spawn_thread(
                 if undo && k == UNDO_ENV {
                     return Some("1".to_string());
                 }
-                std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+                crate::env::process_var(k)
             };
             let out = crate::skel::run_in_process(name, plugin, &get, stdin);
             crate::trace::step("exit");

@@ -88,12 +88,16 @@ pub fn check_ifname(name: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+/// The process's variable `k` (not UTF-8: lossily), the lookup a plugin run as its own
+/// process uses.
+pub fn process_var(k: &str) -> Option<String> {
+    std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+}
+
 impl Env {
     /// Reads the environment for `command` from the process's variables.
     pub fn from_process(command: Command) -> Result<Env> {
-        Env::from_lookup(command, |k| {
-            std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
-        })
+        Env::from_lookup(command, process_var)
     }
 
     /// Reads the environment for `command` through `get`, requiring what the verb needs.

@@ -104,8 +104,7 @@ pub fn run(name: &str, plugin: &dyn Plugin) -> ! {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("panic: {info}");
     }));
-    let process_env = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
-    let (code, out) = invoke(name, plugin, &process_env, &mut read_stdin, true);
+    let (code, out) = invoke(name, plugin, &crate::env::process_var, &mut read_stdin, true);
     if let Some(out) = out {
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(&out);
@@ -195,11 +194,12 @@ pub fn exec_in_place(bin: &Path, stdin: Option<&[u8]>) -> Error {
 fn memfd_with(bytes: &[u8]) -> std::io::Result<std::fs::File> {
     use std::io::Seek;
     use std::os::fd::FromRawFd;
-    // SAFETY: a NUL-terminated name; the descriptor returned is new and owned by the File.
+    // SAFETY: the name is NUL-terminated and outlives the call.
     let fd = unsafe { libc::memfd_create(c"cni-config".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
     f.write_all(bytes)?;
     f.rewind()?;
