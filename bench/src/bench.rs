@@ -283,6 +283,31 @@ struct Bench<'o> {
     notes: Vec<String>,
 }
 
+/// `ip ARGS` with `stdin`, started in `ns` as the plugins are: its output, or the failure of
+/// the floor's step `what`.
+fn run_ip(ns: &Ns, args: &[&str], stdin: &str, what: &str) -> Result<Out, String> {
+    ns.enter()?;
+    let mut c = Command::new("ip");
+    c.env_clear().env("PATH", SAFE_PATH).args(args);
+    let out = sys::run(&mut c, stdin.as_bytes()).map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(failure("floor", "ip", what, &out))
+    }
+}
+
+/// Two processes run one after the other, as one step: their wall and CPU times added, the
+/// larger peak memory.
+fn both(a: Out, b: Out) -> Out {
+    Out {
+        wall: a.wall + b.wall,
+        cpu: a.cpu + b.cpu,
+        maxrss_kib: a.maxrss_kib.max(b.maxrss_kib),
+        ..b
+    }
+}
+
 /// Builds the exit-only programs of the C library and of Rust in `dir` (see [`Bench`]).
 fn build_exit_programs(dir: &Path) -> (Result<PathBuf, String>, Result<PathBuf, String>) {
     let build = |src_name: &str, src: &str, out: &str, cmd: &mut Command| -> Result<PathBuf, String> {
@@ -643,33 +668,19 @@ impl Bench<'_> {
     /// per namespace, each started directly in its namespace as the plugins are.
     fn floor_contestant(&self) -> Contestant<'_> {
         Box::new(move || {
-            let ip = |ns: &Ns, args: &[&str], stdin: &str, what: &str| -> Result<Out, String> {
-                ns.enter()?;
-                let mut c = Command::new("ip");
-                c.env_clear().env("PATH", SAFE_PATH).args(args);
-                let out = sys::run(&mut c, stdin.as_bytes()).map_err(|e| format!("running ip: {e}"))?;
-                if out.status.success() {
-                    Ok(out)
-                } else {
-                    Err(failure("floor", "ip", what, &out))
-                }
-            };
             let host_side = format!(
                 "link add cnibfv0 type veth peer name eth0 netns {}\nlink set cnibfv0 master cnibrf up\n",
                 self.floor_ctr.name
             );
             let ctr_side =
                 "addr add 10.40.0.2/24 dev eth0\nlink set eth0 up\nroute add default via 10.40.0.1 dev eth0\nlink set lo up\n";
-            let add = ip(&self.floor_host, &["-batch", "-"], &host_side, "ADD (host side)").and_then(|h| {
-                let c = ip(&self.floor_ctr, &["-batch", "-"], ctr_side, "ADD (container side)")?;
-                Ok(Out {
-                    wall: h.wall + c.wall,
-                    cpu: h.cpu + c.cpu,
-                    maxrss_kib: h.maxrss_kib.max(c.maxrss_kib),
-                    ..c
-                })
+            let add = run_ip(&self.floor_host, &["-batch", "-"], &host_side, "ADD (host side)").and_then(|h| {
+                Ok(both(
+                    h,
+                    run_ip(&self.floor_ctr, &["-batch", "-"], ctr_side, "ADD (container side)")?,
+                ))
             });
-            let del = ip(&self.floor_ctr, &["link", "del", "eth0"], "", "DEL");
+            let del = run_ip(&self.floor_ctr, &["link", "del", "eth0"], "", "DEL");
             vec![add, del]
         })
     }
@@ -678,26 +689,8 @@ impl Bench<'_> {
     /// do (two for the ADD, one for the DEL), so that the floor minus them is the kernel work.
     fn ip_start_contestant(&self) -> Contestant<'_> {
         Box::new(move || {
-            let idle = |ns: &Ns| -> Result<Out, String> {
-                ns.enter()?;
-                let mut c = Command::new("ip");
-                c.env_clear().env("PATH", SAFE_PATH).args(["-batch", "-"]);
-                let out = sys::run(&mut c, b"").map_err(|e| format!("running ip: {e}"))?;
-                if out.status.success() {
-                    Ok(out)
-                } else {
-                    Err(failure("floor", "ip", "an empty batch", &out))
-                }
-            };
-            let add = idle(&self.floor_host).and_then(|h| {
-                let c = idle(&self.floor_ctr)?;
-                Ok(Out {
-                    wall: h.wall + c.wall,
-                    cpu: h.cpu + c.cpu,
-                    maxrss_kib: h.maxrss_kib.max(c.maxrss_kib),
-                    ..c
-                })
-            });
+            let idle = |ns: &Ns| run_ip(ns, &["-batch", "-"], "", "an empty batch");
+            let add = idle(&self.floor_host).and_then(|h| Ok(both(h, idle(&self.floor_ctr)?)));
             vec![add, idle(&self.floor_ctr)]
         })
     }
