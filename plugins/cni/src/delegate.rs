@@ -44,8 +44,8 @@ pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniRe
 
 /// The IPAM DEL that undoes the IPAM ADD of this call, which failed after IPAM succeeded.
 pub fn undo_add(plugin_type: &str, call: &Call) -> Result<()> {
-    let bin = find_plugin(plugin_type, &call.env.path)?;
-    let run = launch(plugin_type, &bin, Command::Del, &call.stdin, true)?;
+    let found = find_plugin(plugin_type, &call.env.path)?;
+    let (run, bin) = launch(plugin_type, &found, Command::Del, &call.stdin, true)?;
     Pending {
         run: Some(run),
         plugin_type: plugin_type.to_string(),
@@ -110,8 +110,8 @@ enum Running {
 /// Starts `plugin_type` for `cmd` with the call's config and returns at once: the IPAM
 /// plugin's process start and its work overlap with ours. [`Pending::wait`] collects it.
 pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
-    let bin = find_plugin(plugin_type, &call.env.path)?;
-    let run = launch(plugin_type, &bin, cmd, &call.stdin, false)?;
+    let found = find_plugin(plugin_type, &call.env.path)?;
+    let (run, bin) = launch(plugin_type, &found, cmd, &call.stdin, false)?;
     Ok(Pending {
         run: Some(run),
         plugin_type: plugin_type.to_string(),
@@ -127,16 +127,16 @@ pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
 
 /// Starts `bin` (found for `plugin_type`) for `cmd`, in-process when it is this executable
 /// and registered; `undo`: a DEL that undoes a failed ADD of this call ([`UNDO_ENV`]).
-fn launch(plugin_type: &str, bin: &Path, cmd: Command, stdin_bytes: &[u8], undo: bool) -> Result<Running> {
+/// Returns it with the program that runs: `bin`, or the one a registered plugin hands this
+/// config over to (see [`Plugin::exec_instead`]), which messages then name.
+fn launch(plugin_type: &str, bin: &Path, cmd: Command, stdin_bytes: &[u8], undo: bool) -> Result<(Running, PathBuf)> {
+    let child = |prog: &Path| spawn(prog, cmd, stdin_bytes, undo).map(|c| (Running::Child(c), prog.to_path_buf()));
     match builtin(plugin_type, bin) {
-        Some((name, plugin)) => {
-            // The program that serves this config in the plugin's place, if any, is the child.
-            match plugin.exec_instead(stdin_bytes, &crate::env::process_var)? {
-                Some(other) => spawn(&other, cmd, stdin_bytes, undo).map(Running::Child),
-                None => spawn_thread(name, plugin, bin, cmd, stdin_bytes, undo),
-            }
-        }
-        None => spawn(bin, cmd, stdin_bytes, undo).map(Running::Child),
+        Some((name, plugin)) => match plugin.exec_instead(stdin_bytes, &crate::env::process_var)? {
+            Some(other) => child(&other),
+            None => spawn_thread(name, plugin, bin, cmd, stdin_bytes, undo).map(|t| (t, bin.to_path_buf())),
+        },
+        None => child(bin),
     }
 }
 
@@ -324,7 +324,7 @@ impl Drop for Pending {
         }
         // It may have reserved an address before it was killed.
         // The ADD failed (it was dropped): its DEL undoes it, pointers included.
-        let released = launch(&self.plugin_type, &self.bin, Command::Del, &self.stdin, true).and_then(|r| {
+        let released = launch(&self.plugin_type, &self.bin, Command::Del, &self.stdin, true).and_then(|(r, _)| {
             collect(r, &self.bin)
                 .map_err(|e| e.context("waiting for IPAM DEL"))
                 .and_then(|(status, stdout)| {
