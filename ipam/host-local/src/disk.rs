@@ -328,7 +328,7 @@ impl DiskStore {
 
     /// A failed index update makes the index incomplete: the next call rebuilds it.
     fn note_index_error(&mut self, e: io::Error) {
-        eprintln!(
+        cni::log!(
             "host-local: updating the lease index in {}: {e}; it will be rebuilt",
             self.path.display()
         );
@@ -353,7 +353,7 @@ impl DiskStore {
             match self.dir.read_small(&name, MAX_READ) {
                 Ok(Some(content)) => out.push((ip, content)),
                 Ok(None) => {}
-                Err(e) => eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display()),
+                Err(e) => cni::log!("host-local: ignoring {}/{name}: {e}", self.path.display()),
             }
         }
         Ok(out)
@@ -419,7 +419,7 @@ impl DiskStore {
             match self.dir.unlink(name) {
                 Ok(()) => self.changed(),
                 Err(e) if sys::is_not_found(&e) => {}
-                Err(e) => eprintln!("host-local: removing {}/{name}: {e}", self.path.display()),
+                Err(e) => cni::log!("host-local: removing {}/{name}: {e}", self.path.display()),
             }
         }
         Ok(())
@@ -580,7 +580,7 @@ impl Store for DiskStore {
             Ok(None) => None,
             // Unreadable (a symlink planted there, say): replaced below, nothing released.
             Err(e) => {
-                eprintln!("host-local: ignoring {}/{BOOT_FILE}: {e}", self.path.display());
+                cni::log!("host-local: ignoring {}/{BOOT_FILE}: {e}", self.path.display());
                 None
             }
         };
@@ -593,7 +593,7 @@ impl Store for DiskStore {
             released = report.released;
             released.extend(report.empty_removed);
             if !released.is_empty() {
-                eprintln!(
+                cni::log!(
                     "host-local: {} was last used in another boot; released its {} lease(s)",
                     self.path.display(),
                     released.len()
@@ -620,7 +620,7 @@ impl Store for DiskStore {
             }
             // As the reference: a bad last-reserved file only costs the round robin.
             Err(e) => {
-                eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display());
+                cni::log!("host-local: ignoring {}/{name}: {e}", self.path.display());
                 Ok(None)
             }
         }
@@ -716,7 +716,7 @@ impl Store for DiskStore {
             // The directory changed in a call that did not need the index (a first call, a
             // static address): bring the index up to date now, once.
             if let Err(e) = self.ensure_index() {
-                eprintln!("host-local: rebuilding the lease index: {e}");
+                cni::log!("host-local: rebuilding the lease index: {e}");
                 return Ok(());
             }
         }

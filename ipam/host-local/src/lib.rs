@@ -110,16 +110,16 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
                 Err(e) => {
                     for ip in &reserved {
                         if let Err(re) = store.release(id, ifname, *ip) {
-                            eprintln!("host-local: rolling back {ip}: {re}");
+                            cni::log!("host-local: rolling back {ip}: {re}");
                         }
                     }
                     for (set, ip) in &replaced {
                         if let Err(re) = store.reserve(id, ifname, *ip, *set) {
-                            eprintln!("host-local: restoring the lease of {ip}: {re}");
+                            cni::log!("host-local: restoring the lease of {ip}: {re}");
                         }
                     }
                     if let Err(re) = store.restore_last_reserved() {
-                        eprintln!("host-local: rolling back: {re}");
+                        cni::log!("host-local: rolling back: {re}");
                     }
                     let _ = store.commit();
                     return Err(e.context(format!("failed to allocate for range {idx}")));
@@ -269,9 +269,10 @@ impl cni::Plugin for HostLocal {
     fn gc(&self, call: &cni::Call) -> Result<()> {
         let report = gc(&call.stdin, &call.conf.gc_keep())?;
         if !report.released.is_empty() || !report.empty_removed.is_empty() {
-            eprintln!(
+            cni::log!(
                 "host-local: GC released {:?}, removed empty leases {:?}",
-                report.released, report.empty_removed
+                report.released,
+                report.empty_removed
             );
         }
         Ok(())

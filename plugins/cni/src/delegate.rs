@@ -337,7 +337,7 @@ impl Drop for Pending {
                 })
         });
         if let Err(e) = released {
-            eprintln!(
+            crate::log!(
                 "releasing what IPAM plugin \"{}\" may have reserved: {e}",
                 self.plugin_type
             );

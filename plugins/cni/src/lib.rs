@@ -13,6 +13,7 @@
 //! - [`firewall`]: masquerade rules (iptables or nftables)
 //! - [`spoofchk`]: the `macspoofchk` rules (nftables)
 //! - [`trace`]: step timings on stderr (`CNI_RS_TRACE=1`)
+//! - [`log`](mod@log): the one way to write to stderr ([`log!`]), which never fails a call
 
 pub mod delegate;
 pub mod env;
@@ -21,6 +22,7 @@ pub mod fault;
 pub mod firewall;
 pub mod gojson;
 pub mod iface;
+pub mod log;
 pub mod netlink;
 pub mod netns;
 pub mod skel;
