@@ -151,17 +151,23 @@ pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
     del_with(stdin, id, ifname, undo)
 }
 
-/// [`del`], told whether it undoes a failed ADD.
+/// [`del`], told whether it undoes a failed ADD. Reads only what it needs of the config
+/// ([`IpamConfig::load_for_teardown`]): a config that went bad since the ADD still releases.
 pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_add: bool) -> Result<()> {
-    let conf = IpamConfig::load(stdin, "")?;
+    let conf = IpamConfig::load_for_teardown(stdin)?;
     let Some(mut store) = open_store(&conf, false)? else {
         return Ok(());
     };
     // As the reference, once per range set: a second pass also releases old-format leases
-    // of the container when the first released new-format ones.
+    // of the container when the first released new-format ones. Range sets that do not read:
+    // two passes, so that both formats go.
+    let passes = match conf.range_sets.len() {
+        0 => 2,
+        n => n,
+    };
     loop {
         let mut released = Vec::new();
-        for _ in &conf.range_sets {
+        for _ in 0..passes {
             released.extend(store.release_by_id(id, ifname)?);
         }
         // The DEL a plugin runs to undo its failed ADD puts the round-robin pointers back, too.
@@ -197,7 +203,8 @@ pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()>
 /// GC: releases every lease whose attachment is not in `keep` (old-format leases: whose
 /// container id is not), and empty leases left by a crashed writer.
 pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcReport> {
-    let conf = IpamConfig::load(stdin, "")?;
+    // Only what GC needs: the store ([`IpamConfig::load_for_teardown`]).
+    let conf = IpamConfig::load_for_teardown(stdin)?;
     let Some(mut store) = open_store(&conf, false)? else {
         return Ok(Default::default());
     };

@@ -12,6 +12,7 @@
 //! - [`iface`]: the shared steps of bridge and macvlan on a container interface
 //! - [`firewall`]: masquerade rules (iptables or nftables)
 //! - [`spoofchk`]: the `macspoofchk` rules (nftables)
+//! - [`teardown`]: what DEL and GC read of a config (only what they need, leniently)
 //! - [`trace`]: step timings on stderr (`CNI_RS_TRACE=1`)
 //! - [`log`](mod@log): the one way to write to stderr ([`log!`]), which never fails a call
 
@@ -26,6 +27,7 @@ pub mod log;
 pub mod netlink;
 pub mod netns;
 pub mod skel;
+pub mod teardown;
 pub use firewall::spoofchk;
 pub mod trace;
 pub mod txn;

@@ -275,12 +275,17 @@ fn dispatch(
     }
 }
 
-/// Decodes the common keys of the config and checks the verb against its version.
+/// Decodes the common keys of the config and checks the verb against its version. DEL and GC
+/// read only what their teardown needs ([`crate::teardown`]).
 pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> Result<Call> {
     if stdin.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::decode("no network config on stdin"));
     }
-    let conf: NetConf = crate::types::decode(&stdin)?;
+    let conf: NetConf = match env.command {
+        Command::Del => NetConf::decode_for_teardown(&stdin)?,
+        Command::Gc => NetConf::decode_for_gc(&stdin)?,
+        _ => crate::types::decode(&stdin)?,
+    };
     let version = Version::of_config(&conf.cni_version)?;
     // Errors are printed in the config's version: 0.1.0 when it names none.
     *version_for_errors = version.to_string();
