@@ -84,11 +84,11 @@ fn index_entry(dir: &std::path::Path, id: &str) -> String {
         .join(",")
 }
 
-/// Runs the DEL of a broken config; a failure (or a lease left) is noted for `what`.
-fn del_ok(out: &Output, what: &str, failures: &mut Vec<String>) -> bool {
+/// Whether a DEL or GC of a broken config succeeded; a failure is noted for `what`.
+fn ended_ok(out: &Output, what: &str, failures: &mut Vec<String>) -> bool {
     if out.code != Some(0) {
         failures.push(format!(
-            "{what}: DEL failed ({:?}): {} {}",
+            "{what}: failed ({:?}): {} {}",
             out.code,
             out.raw_stdout.trim(),
             out.stderr.trim()
@@ -118,7 +118,7 @@ fn host_local_del_releases_whatever_only_add_reads_is_broken() {
         call("ADD", &good).run().expect_ok();
         assert_eq!(lease_files(&dir).len(), 1, "{what}: the ADD leased");
         let out = call("DEL", &merged(&good, broken)).run();
-        if del_ok(&out, what, &mut failures) {
+        if ended_ok(&out, what, &mut failures) {
             let left = lease_files(&dir);
             if !left.is_empty() {
                 failures.push(format!("{what}: lease left: {left:?}"));
@@ -264,7 +264,7 @@ fn bridge_del_tears_down_whatever_only_add_reads_is_broken() {
             "{what}: rules"
         );
         let out = call("DEL", &merged(&good, broken)).run();
-        if del_ok(&out, what, &mut failures) {
+        if ended_ok(&out, what, &mut failures) {
             let mut left = Vec::new();
             if !ctr.links().is_empty() {
                 left.push(format!("container links {:?}", ctr.links()));
@@ -348,7 +348,7 @@ fn macvlan_del_tears_down_whatever_only_add_reads_is_broken() {
             "{what}: the ADD made the shim's route"
         );
         let out = bed.del("c1", Some(&ctr), &merged(&good, broken));
-        if del_ok(&out, what, &mut failures) {
+        if ended_ok(&out, what, &mut failures) {
             let mut left = Vec::new();
             if !ctr.links().is_empty() {
                 left.push(format!("container links {:?}", ctr.links()));
@@ -367,6 +367,44 @@ fn macvlan_del_tears_down_whatever_only_add_reads_is_broken() {
             }
         }
         bed.del("c1", Some(&ctr), &good);
+    }
+    assert_no_failures(failures);
+}
+
+/// GC reads what DEL reads, and its keep-list: a config broken in what only ADD reads still
+/// releases the leases and rules of the attachments that are gone.
+#[test]
+fn gc_releases_whatever_only_add_reads_is_broken() {
+    let host = Netns::new();
+    let ctr = Netns::new();
+    let data = TempDir::new("td-gc");
+    let good = json!({
+        "cniVersion": "1.1.0", "name": "tdgc", "type": "bridge", "bridge": "cnitdgc0",
+        "isGateway": true, "ipMasq": true,
+        "ipam": {"type": "host-local", "dataDir": data.path(),
+                 "ranges": [[{"subnet": "10.76.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}
+    });
+    let dir = data.join("tdgc");
+    let nat = || String::from_utf8_lossy(&host.exec(&["iptables", "-w", "-t", "nat", "-S"]).stdout).into_owned();
+    let mut cases = bridge_breakage();
+    cases.extend(common_breakage());
+    let mut failures = Vec::new();
+    for (what, broken) in cases {
+        // (bridge's GC runs host-local's, in its process: both read the broken config.)
+        Cni::call("bridge", &host, "ADD", "c1", Some(&ctr.path()), &good)
+            .run()
+            .expect_ok();
+        let gc = merged(&good, merged(&broken, json!({"cni.dev/valid-attachments": []})));
+        let out = Cni::call("bridge", &host, "GC", "c1", None, &gc).run();
+        if ended_ok(&out, what, &mut failures) {
+            if !lease_files(&dir).is_empty() {
+                failures.push(format!("{what}: leases left {:?}", lease_files(&dir)));
+            }
+            if nat().contains("CNI-") {
+                failures.push(format!("{what}: masquerade rules left"));
+            }
+        }
+        Cni::call("bridge", &host, "DEL", "c1", Some(&ctr.path()), &good).run();
     }
     assert_no_failures(failures);
 }
