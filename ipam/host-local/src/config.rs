@@ -832,6 +832,41 @@ mod tests {
         assert_eq!(e.code(), 6, "{e}");
     }
 
+    /// Whatever ADD takes, a teardown takes and reads alike (the invariant of the fuzz target
+    /// `config_host_local`, here on its seeds and on the conf-examples).
+    #[test]
+    fn teardown_agrees_with_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for dir in ["fuzz/seeds/config_host_local", "conf-examples"] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                // A conflist's plugins, each as the runtime passes it.
+                match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(v) if v["plugins"].is_array() => {
+                        for p in v["plugins"].as_array().unwrap() {
+                            let mut p = p.clone();
+                            p["name"] = v["name"].clone();
+                            p["cniVersion"] = v["cniVersion"].clone();
+                            inputs.push(p.to_string().into_bytes());
+                        }
+                    }
+                    _ => inputs.push(bytes),
+                }
+            }
+        }
+        let mut loaded = 0;
+        for bytes in &inputs {
+            let Ok(c) = IpamConfig::load(bytes, "") else { continue };
+            loaded += 1;
+            let t = IpamConfig::load_for_teardown(bytes).unwrap();
+            assert_eq!((&t.name, &t.data_dir, &t.etcd), (&c.name, &c.data_dir, &c.etcd));
+            assert_eq!(t.range_sets, c.range_sets);
+            assert_eq!(t.release_on_reboot, c.release_on_reboot);
+        }
+        assert!(loaded >= 5, "{loaded} of {} inputs loaded", inputs.len());
+    }
+
     /// Merges object `extra` into object `base`, key by key (one level).
     fn set_keys(base: &mut serde_json::Value, extra: serde_json::Value) {
         for (k, v) in extra.as_object().unwrap() {
