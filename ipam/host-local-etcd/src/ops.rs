@@ -51,7 +51,7 @@ pub fn main(args: Vec<String>) -> i32 {
     match run(&args, out) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("host-local: {e}");
+            cni::log!("host-local: {e}");
             1
         }
     }
@@ -114,7 +114,7 @@ fn run(args: &[String], out: &mut dyn Write) -> Result<i32> {
             Ok(0)
         }
         _ => {
-            eprintln!("{USAGE}");
+            cni::log!("{USAGE}");
             Ok(1)
         }
     }

@@ -376,7 +376,7 @@ impl Conn {
                                 },
                             );
                         }
-                        Err(e) => eprintln!("host-local: ignoring etcd key {key}: not a lease: {e}"),
+                        Err(e) => cni::log!("host-local: ignoring etcd key {key}: not a lease: {e}"),
                     }
                 } else if i == 2 {
                     boot_rec = Some((
@@ -570,7 +570,7 @@ impl EtcdStore {
                 Err(e) => {
                     // The reply is lost: the write may have committed. Our token in the leases
                     // says it did; without reservations the compares make a repeat harmless.
-                    eprintln!("host-local: etcd write failed ({e}); checking whether it committed");
+                    cni::log!("host-local: etcd write failed ({e}); checking whether it committed");
                     if !self.new.is_empty() {
                         let (now, _) = self.conn.snapshot(&self.network).map_err(|e| self.unknown_outcome(e))?;
                         let ours = self
@@ -666,7 +666,7 @@ impl Store for EtcdStore {
                 self.gone.insert(*ip, rev);
             }
             if !released.is_empty() {
-                eprintln!(
+                cni::log!(
                     "host-local: host {host} rebooted since its last call on network {}; releasing its {} lease(s)",
                     self.network,
                     released.len()

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use cni::env::{check_ifname, cni_arg};
 use cni::netlink::parse_mac;
+use cni::teardown::Lenient;
 use cni::{Call, Error, NetConf, Result};
 
 fn default_bridge() -> String {
@@ -23,7 +24,7 @@ pub struct VlanTrunk {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BridgeConf {
-    /// The common keys, decoded from the same document (see [`BridgeConf::decode`]).
+    /// The common keys, decoded from the same document (`call.conf`).
     #[serde(skip)]
     pub net: NetConf,
     #[serde(rename = "bridge", default = "default_bridge")]
@@ -67,21 +68,33 @@ pub struct BridgeConf {
     pub vlans: Vec<u16>,
 }
 
+/// What DEL reads of the bridge's own keys: the switches of the rules it removes, each
+/// leniently (see [`cni::teardown`]). A switch that does not read counts as on: removing rules
+/// that are not there does nothing. Nothing else of the bridge's keys is read: the container
+/// interface, the lease and the rules are found by the attachment, not by `bridge`, `mtu`,
+/// `vlan` or a MAC.
+#[derive(Debug, Default, Deserialize)]
+pub struct BridgeTeardown {
+    #[serde(rename = "ipMasq", default)]
+    pub ip_masq: Lenient<bool>,
+    #[serde(rename = "macspoofchk", default)]
+    pub mac_spoof_chk: Lenient<bool>,
+}
+
+impl BridgeTeardown {
+    pub fn decode(call: &Call) -> Result<BridgeTeardown> {
+        cni::types::decode(&call.stdin)
+    }
+}
+
 impl BridgeConf {
-    /// Decodes the config of `call` without judging it: what DEL and GC need, so that a config
-    /// that went bad after the ADD can still be torn down.
-    pub fn decode(call: &Call) -> Result<BridgeConf> {
+    /// Decodes and validates the config of `call`.
+    pub fn load(call: &Call) -> Result<BridgeConf> {
         let mut c: BridgeConf = cni::types::decode(&call.stdin)?;
         c.net = call.conf.clone();
         if c.is_default_gw {
             c.is_gw = true;
         }
-        Ok(c)
-    }
-
-    /// Decodes and validates the config of `call`.
-    pub fn load(call: &Call) -> Result<BridgeConf> {
-        let mut c = BridgeConf::decode(call)?;
         c.net.require_type()?;
         if let Err(why) = check_ifname(&c.bridge) {
             return Err(Error::invalid_config(format!(

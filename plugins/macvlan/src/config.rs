@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use cni::env::{check_ifname, cni_arg};
 use cni::netlink::{parse_mac, MacvlanMode};
+use cni::teardown::Lenient;
 use cni::{Call, Error, NetConf, Result};
 
 /// The smallest MTU a macvlan takes (the kernel's ETH_MIN_MTU).
@@ -59,20 +60,29 @@ fn default_mode() -> MacvlanMode {
     MacvlanMode::Bridge
 }
 
-impl MacvlanConf {
-    /// Decodes the config of `call` without checking it: what DEL needs, so that a config
-    /// that can no longer be used (a bad MAC in `CNI_ARGS`, a mode this build lacks) can
-    /// still be torn down.
-    pub fn decode(call: &Call) -> Result<MacvlanConf> {
-        let mut c: MacvlanConf = cni::types::decode(&call.stdin)?;
-        c.net = call.conf.clone();
-        Ok(c)
-    }
+/// What DEL reads of macvlan's own keys: `hostShim`, leniently (see [`cni::teardown`]; a
+/// value that does not read counts as on: removing routes that are not there does nothing).
+/// Nothing else: the container interface, the lease and the shim's routes are found by the
+/// attachment, not by `master`, `mode`, `mtu` or a MAC, so that a config that can no longer be
+/// used can still be torn down.
+#[derive(Debug, Default, Deserialize)]
+pub struct MacvlanTeardown {
+    #[serde(rename = "hostShim", default)]
+    pub host_shim: Lenient<bool>,
+}
 
+impl MacvlanTeardown {
+    pub fn decode(call: &Call) -> Result<MacvlanTeardown> {
+        cni::types::decode(&call.stdin)
+    }
+}
+
+impl MacvlanConf {
     /// Decodes and checks the config of `call` (everything but the master's existence and
     /// MTU, which [`crate::plugin`] checks against the machine).
     pub fn load(call: &Call) -> Result<MacvlanConf> {
-        let mut c = Self::decode(call)?;
+        let mut c: MacvlanConf = cni::types::decode(&call.stdin)?;
+        c.net = call.conf.clone();
         c.net.require_type()?;
         if !c.master.is_empty() {
             if let Err(why) = check_ifname(&c.master) {
