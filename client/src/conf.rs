@@ -83,8 +83,11 @@ fn plugin_from_value(v: Value, file: Option<&Path>, what: &str) -> Result<Plugin
 }
 
 /// A JSON syntax error as `line L column C: what`.
-fn syntax(e: &serde_json::Error) -> String {
-    format!("invalid JSON at line {} column {}: {e}", e.line(), e.column())
+pub fn syntax(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let msg = msg.strip_suffix(&suffix).unwrap_or(&msg);
+    format!("line {} column {}: invalid JSON: {msg}", e.line(), e.column())
 }
 
 impl NetworkConfigList {
