@@ -252,7 +252,21 @@ fn attach_cmd(ctx: &Ctx, cmd: &str, args: &[String]) -> Res<i32> {
         capability_args: caps,
         owner: None,
     };
+    let mut rt = rt;
     let cni = ctx.client();
+    if cmd != "add" {
+        // Ours (upstream's cnitool passes only what the environment holds): a CHECK or DEL
+        // without CAP_ARGS or CNI_ARGS gets the ones cached at ADD, as runtimes do with
+        // libcni's cached config, so that e.g. portmap's DEL finds its port mappings.
+        if let Ok(Some(info)) = cni.cache.read(&list.name, &rt.container_id, &rt.ifname) {
+            if std::env::var_os("CAP_ARGS").is_none() {
+                rt.capability_args = info.capability_args;
+            }
+            if std::env::var_os("CNI_ARGS").is_none() {
+                rt.args = info.cni_args.into_iter().flatten().map(|[k, v]| (k, v)).collect();
+            }
+        }
+    }
     let prefix = |e: Error| Fail(format!("{cmd} {network}: {e}"));
     match cmd {
         "add" => {
