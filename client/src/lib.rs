@@ -361,7 +361,7 @@ impl CniConfig {
             if !is_stale(&att) {
                 continue;
             }
-            let rt = Self::runtime_of(&att);
+            let rt = stale_runtime(&att);
             if errs
                 .note(self.del_network_list(list, &rt).map_err(|e| {
                     e.context(format!(
@@ -404,12 +404,24 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 /// libcni 1.1) is never stale.
 pub fn is_stale(att: &Attachment) -> bool {
     if let Some(o) = &att.info.owner {
-        if process_start_time(o.pid) != Some(o.start_time) {
-            return true;
-        }
+        // A living exec tears its attachments down itself (its namespace may be visible
+        // only in its own mount namespace).
+        return process_start_time(o.pid) != Some(o.start_time);
     }
-    if att.info.netns.is_empty() {
-        return false;
+    !att.info.netns.is_empty() && !is_netns(&att.info.netns)
+}
+
+/// Whether `path` is (still) a network namespace.
+pub fn is_netns(path: &str) -> bool {
+    !matches!(cni::netns::Netns::open(path), Err(e) if e.is(cni::error::code::UNKNOWN_CONTAINER) || e.is(cni::error::code::INVALID_ENV))
+}
+
+/// The runtime config of a stale attachment's DEL: as cached, without the namespace when it
+/// is gone (an empty `CNI_NETNS`: the plugins release what is outside of it).
+pub fn stale_runtime(att: &Attachment) -> RuntimeConf {
+    let mut rt = CniConfig::runtime_of(att);
+    if !rt.netns.is_empty() && !is_netns(&rt.netns) {
+        rt.netns.clear();
     }
-    matches!(cni::netns::Netns::open(&att.info.netns), Err(e) if e.is(cni::error::code::UNKNOWN_CONTAINER) || e.is(cni::error::code::INVALID_ENV))
+    rt
 }

@@ -253,7 +253,7 @@ fn cleanup_dead_owners(cni: &CniConfig, list: &NetworkConfigList) {
         if cni_client::process_start_time(o.pid) == Some(o.start_time) {
             continue;
         }
-        let rt = CniConfig::runtime_of(&att);
+        let rt = cni_client::stale_runtime(&att);
         match cni.del_network_list(list, &rt) {
             Ok(()) => {
                 if o.owns_netns {

@@ -197,7 +197,7 @@ fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
         .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
 }
 
-fn each_object<'a>(v: Option<&'a Value>) -> impl Iterator<Item = (usize, &'a Map<String, Value>)> {
+fn each_object(v: Option<&Value>) -> impl Iterator<Item = (usize, &Map<String, Value>)> {
     v.and_then(Value::as_array)
         .into_iter()
         .flatten()

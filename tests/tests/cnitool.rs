@@ -210,7 +210,7 @@ fn add_check_del_status_on_the_bridge_conflist_with_portmap_and_tuning() {
     // The cache entry: libcni's place and format, our container id.
     let id = go_id(&ctr.path());
     let entry = format!("rsbr-v4-{id}-eth0");
-    assert_eq!(bed.cached(), [entry.clone()]);
+    assert_eq!(bed.cached(), std::slice::from_ref(&entry));
     let cached: Value =
         serde_json::from_slice(&std::fs::read(bed.cache.join("results").join(&entry)).unwrap()).unwrap();
     assert_eq!(cached["kind"], "cniCacheV1");
@@ -456,6 +456,17 @@ fn start_exec(bed: &Bed, seen: &TempDir) -> (Child, String) {
     (child, ns)
 }
 
+/// Kills the process group `0` leads when dropped (a test that fails half-way leaves no exec
+/// running).
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of a process group this test started (ESRCH once it is gone).
+        unsafe { libc::kill(-(self.0 as i32), libc::SIGKILL) };
+    }
+}
+
 fn wait_within(child: &mut Child, d: Duration) -> std::process::ExitStatus {
     let mut status = None;
     eventually(d, "cnitool exec ends", || {
@@ -472,6 +483,7 @@ fn exec_tears_down_on_sigint_and_sigterm() {
     for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         let seen = TempDir::new("ctsig");
         let (mut child, ns) = start_exec(&bed, &seen);
+        let _guard = GroupGuard(child.id());
         assert_eq!(bed.cached().len(), 1);
         assert_eq!(bed.leases("rsbr-v4").len(), 1);
         // SAFETY: kill(2) of our own child.
@@ -498,6 +510,7 @@ fn a_sigkilled_exec_is_cleaned_by_gc_stale() {
     let (_p, _) = peer(&bed);
     let seen = TempDir::new("ctkill");
     let (mut child, ns) = start_exec(&bed, &seen);
+    let _guard = GroupGuard(child.id());
     // SIGKILL to cnitool and its command (its process group): no teardown ran.
     // SAFETY: kill(2) of the process group our child leads.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
@@ -633,4 +646,51 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing() {
     assert!(bed.host.links().is_empty(), "{:?}", bed.host.links());
     assert!(bed.cached().is_empty());
     assert!(bed.leases("rsbr-v4").is_empty());
+}
+
+#[test]
+fn an_exec_in_its_own_mount_namespace_is_not_stale_while_it_runs_and_is_cleaned_when_killed() {
+    // Under `ip netns exec` (a mount namespace of its own) the exec's namespace mount is seen
+    // only there: from outside, its file is an empty regular file.
+    let bed = Bed::new();
+    bed.example("bridge.conflist", &[]);
+    let seen = TempDir::new("ctmnt");
+    let script = format!(
+        "echo \"$CNITOOL_NETNS\" > {}/ns.tmp && mv {0}/ns.tmp {0}/ns; exec sleep 60",
+        seen.path().display()
+    );
+    let cnitool = bin("cnitool");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", bed.host.name()])
+        .arg(&cnitool)
+        .args(["exec", "rsbr-v4", "--", "sh", "-c", &script])
+        .env("NETCONFPATH", bed.conf.path())
+        .env("CNI_PATH", format!("{}:{REFERENCE_DIR}", bin_dir().display()))
+        .env("CNI_CACHE_DIR", bed.cache.path())
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = GroupGuard(child.id());
+    let f = seen.join("ns");
+    eventually(Duration::from_secs(20), "the exec's command runs", || f.exists());
+    let ns = std::fs::read_to_string(&f).unwrap().trim().to_string();
+    let rows = bed.run(&["list", "--json"]).ok().json();
+    let state = rows[0]["state"].as_str().unwrap().to_string();
+    assert!(
+        state.starts_with("exec "),
+        "a running exec's attachment is not stale: {state}"
+    );
+    bed.run(&["gc", "--stale", "rsbr-v4"]).ok();
+    assert_eq!(bed.cached().len(), 1, "a running exec's attachment stays");
+    // SAFETY: kill(2) of the process group our child leads.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    wait_within(&mut child, Duration::from_secs(10));
+    // Its namespace file is now an empty file; the DEL runs without it and releases the lease.
+    bed.run(&["gc", "--stale", "rsbr-v4"]).ok();
+    assert!(bed.cached().is_empty(), "{:?}", bed.cached());
+    assert!(bed.leases("rsbr-v4").is_empty(), "{:?}", bed.leases("rsbr-v4"));
+    assert!(!Path::new(&ns).exists(), "{ns} removed");
+    assert_eq!(bed.host.links(), ["cnirs0"], "the veth went with the namespace");
 }
