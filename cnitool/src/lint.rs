@@ -280,7 +280,8 @@ fn validate_plugin(r: &mut Report, list: &NetworkConfigList, i: usize, at: &str)
         ifname: "eth0".into(),
         args: String::new(),
         path: Vec::new(),
-        undo_failed_add: false,
+        token: String::new(),
+        undo_of: None,
     };
     let mut version = String::new();
     let call = match cni::skel::parse_call(env, stdin.clone(), &mut version) {
