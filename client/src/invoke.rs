@@ -69,6 +69,24 @@ struct WireError {
 /// `poll`), and the exit is waited for on a pidfd, all against one deadline: no helper thread
 /// per call (a thread's stack, clone and wake-ups are a measurable part of a `cnitool` call).
 pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, timeout: Duration, own_group: bool) -> Result<Vec<u8>> {
+    start_plugin(bin, stdin.to_vec(), args, timeout, own_group)?.finish()
+}
+
+/// A plugin call under way ([`start_plugin`]): its config written as far as the pipe takes it,
+/// its output not read yet. The caller may do other work while the plugin runs, then
+/// [`Running::finish`]es it.
+pub struct Running {
+    child: Child,
+    stdin: Vec<u8>,
+    written: usize,
+    bin: PathBuf,
+    command: String,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+/// Starts the plugin `bin` with `stdin` (see [`exec_plugin`]).
+pub fn start_plugin(bin: &Path, stdin: Vec<u8>, args: &Args, timeout: Duration, own_group: bool) -> Result<Running> {
     let mut cmd = Command::new(bin);
     if own_group {
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -85,7 +103,7 @@ pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, timeout: Duration, own
     let deadline = Instant::now() + timeout;
     // A plugin file being replaced right now ("text file busy") is tried again, as libcni does.
     let mut tries = 0;
-    let mut child = loop {
+    let child = loop {
         match cmd.spawn() {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
@@ -95,44 +113,151 @@ pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, timeout: Duration, own
             Err(e) => return Err(Error::io(format!("executing plugin {}", bin.display()), e)),
         }
     };
-    let timed_out = |child: &mut Child| {
-        let _ = child.kill();
-        let _ = child.wait();
+    let mut r = Running {
+        child,
+        stdin,
+        written: 0,
+        bin: bin.to_path_buf(),
+        command: args.command.to_string(),
+        timeout,
+        deadline,
+    };
+    let set = [
+        r.child.stdin.as_ref().map(|i| i.as_raw_fd()),
+        r.child.stdout.as_ref().map(|o| o.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    .try_for_each(set_nonblocking);
+    if let Err(e) = set {
+        r.kill();
+        return Err(Error::io(
+            format!("setting up the pipes of plugin {}", r.bin.display()),
+            e,
+        ));
+    }
+    // The config at once, without waiting: it nearly always fits the pipe.
+    r.write_some();
+    Ok(r)
+}
+
+/// A call given up half-way (an early return of the caller) does not leave the plugin running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Both are no-ops once the plugin is reaped.
+        self.kill();
+    }
+}
+
+impl Running {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn timed_out(&mut self) -> Error {
+        self.kill();
         Error::try_again_later(format!(
             "plugin {} ({}) did not finish within {}s: killed",
-            bin.display(),
-            args.command,
-            timeout.as_secs()
+            self.bin.display(),
+            self.command,
+            self.timeout.as_secs()
         ))
-    };
-    let out = match talk(&mut child, stdin, deadline) {
-        Ok(Some(out)) => out,
-        Ok(None) => return Err(timed_out(&mut child)),
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::io(format!("reading the output of plugin {}", bin.display()), e));
+    }
+
+    /// Writes what the pipe takes of the config; closes it when all is written, or when the
+    /// plugin does not read it (EPIPE: a plugin that exits without reading, e.g. VERSION).
+    fn write_some(&mut self) {
+        let Some(i) = &mut self.child.stdin else { return };
+        loop {
+            if self.written == self.stdin.len() {
+                break;
+            }
+            match i.write(&self.stdin[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
         }
-    };
-    let status = match wait_until(&mut child, deadline) {
-        Ok(Some(st)) => st,
-        Ok(None) => return Err(timed_out(&mut child)),
-        Err(e) => return Err(Error::io(format!("waiting for plugin {}", bin.display()), e)),
-    };
-    if status.success() {
-        return Ok(out);
+        self.child.stdin = None;
     }
-    if out.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Error::internal(format!(
-            "netplugin failed with no error message: {status}"
-        )));
+
+    /// Writes the rest of the config while reading the output to its end; `Ok(None)` when the
+    /// deadline passes first.
+    fn talk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut stdout = self.child.stdout.take().expect("piped stdout");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            self.write_some();
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) => return Ok(Some(out)),
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(ms) = poll_ms(self.deadline) else {
+                return Ok(None);
+            };
+            let mut fds = [
+                libc::pollfd {
+                    fd: stdout.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.child.stdin.as_ref().map_or(-1, |i| i.as_raw_fd()),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: poll on two initialized pollfd structs (a negative fd is ignored).
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
     }
-    match serde_json::from_slice::<WireError>(&out) {
-        Ok(e) => Err(Error::delegated(e.code, e.msg, e.details)),
-        Err(_) => Err(Error::internal(format!(
-            "netplugin failed ({status}): {:?}",
-            String::from_utf8_lossy(&out).trim()
-        ))),
+
+    /// Waits for the plugin: its stdout, or the spec's error JSON as an [`Error`].
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        let out = match self.talk() {
+            Ok(Some(out)) => out,
+            Ok(None) => return Err(self.timed_out()),
+            Err(e) => {
+                self.kill();
+                return Err(Error::io(
+                    format!("reading the output of plugin {}", self.bin.display()),
+                    e,
+                ));
+            }
+        };
+        let status = match wait_until(&mut self.child, self.deadline) {
+            Ok(Some(st)) => st,
+            Ok(None) => return Err(self.timed_out()),
+            Err(e) => return Err(Error::io(format!("waiting for plugin {}", self.bin.display()), e)),
+        };
+        if status.success() {
+            return Ok(out);
+        }
+        if out.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(Error::internal(format!(
+                "netplugin failed with no error message: {status}"
+            )));
+        }
+        match serde_json::from_slice::<WireError>(&out) {
+            Ok(e) => Err(Error::delegated(e.code, e.msg, e.details)),
+            Err(_) => Err(Error::internal(format!(
+                "netplugin failed ({status}): {:?}",
+                String::from_utf8_lossy(&out).trim()
+            ))),
+        }
     }
 }
 
@@ -154,73 +279,6 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Writes `input` to the child's stdin (then closes it) while reading its stdout to the end;
-/// `Ok(None)` when the deadline passes first. A plugin that exits without reading its config
-/// (VERSION) closes the pipe: that is not an error.
-fn talk(child: &mut Child, input: &[u8], deadline: Instant) -> std::io::Result<Option<Vec<u8>>> {
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    if let Some(i) = &stdin {
-        set_nonblocking(i.as_raw_fd())?;
-    }
-    set_nonblocking(stdout.as_raw_fd())?;
-    let mut written = 0;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        // The config first, without waiting: it nearly always fits the pipe at once.
-        if let Some(i) = &mut stdin {
-            loop {
-                if written == input.len() {
-                    stdin = None;
-                    break;
-                }
-                match i.write(&input[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // EPIPE: the plugin does not read (more of) its config.
-                    Err(_) => {
-                        stdin = None;
-                        break;
-                    }
-                }
-            }
-        }
-        loop {
-            match stdout.read(&mut buf) {
-                Ok(0) => return Ok(Some(out)),
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        let Some(ms) = poll_ms(deadline) else {
-            return Ok(None);
-        };
-        let mut fds = [
-            libc::pollfd {
-                fd: stdout.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stdin.as_ref().map_or(-1, |i| i.as_raw_fd()),
-                events: libc::POLLOUT,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on two initialized pollfd structs (a negative fd is ignored).
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
 }
 
 /// Waits for the child to exit until `deadline` (`Ok(None)`: still running then). It has

@@ -158,14 +158,14 @@ impl CniConfig {
         serde_json::to_vec(&Value::Object(conf)).expect("a JSON value serializes")
     }
 
-    fn run(
+    fn start(
         &self,
         list: &NetworkConfigList,
         p: &PluginConf,
         verb: &str,
         prev: Option<&Value>,
         rt: &RuntimeConf,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<invoke::Running> {
         let bin = invoke::find_in_path(&p.plugin_type, &self.path)?;
         let stdin = Self::plugin_config(list, p, prev, rt);
         let args = invoke::Args {
@@ -176,13 +176,26 @@ impl CniConfig {
             ifname: &rt.ifname,
             path: self.path_string(),
         };
-        invoke::exec_plugin(&bin, &stdin, &args, self.timeout, self.own_process_group)
+        invoke::start_plugin(&bin, stdin, &args, self.timeout, self.own_process_group)
+    }
+
+    fn run(
+        &self,
+        list: &NetworkConfigList,
+        p: &PluginConf,
+        verb: &str,
+        prev: Option<&Value>,
+        rt: &RuntimeConf,
+    ) -> Result<Vec<u8>> {
+        self.start(list, p, verb, prev, rt)?.finish()
     }
 
     /// ADD: the plugins in order, each given the previous one's result; the last result is
-    /// cached and returned.
+    /// cached and returned. The cache entry's file is created while the first plugin starts
+    /// (see [`Cache::begin`]), and written after the last.
     pub fn add_network_list(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<Value> {
         let mut result: Option<Value> = None;
+        let mut pending: Option<Result<cache::Pending>> = None;
         for p in &list.plugins {
             let out = (|| {
                 invoke::find_in_path(&p.plugin_type, &self.path)?;
@@ -194,7 +207,11 @@ impl CniConfig {
                         rt.ifname.escape_debug()
                     ))
                 })?;
-                self.run(list, p, "ADD", result.as_ref(), rt)
+                let call = self.start(list, p, "ADD", result.as_ref(), rt)?;
+                if pending.is_none() {
+                    pending = Some(self.cache.begin(&list.name, &rt.container_id, &rt.ifname));
+                }
+                call.finish()
             })()
             .map_err(|e| plugin_failed(p, "add", e))?;
             let v: Value = serde_json::from_slice(&out)
@@ -221,9 +238,12 @@ impl CniConfig {
             result: Some(result.clone()),
             owner: rt.owner.clone(),
         };
-        self.cache
-            .write(&info)
-            .map_err(|e| e.context(format!("failed to set network \"{}\" cached result", list.name)))?;
+        // A file that could not be created ahead is tried once more, for the error.
+        match pending {
+            Some(Ok(p)) => p.commit(&info),
+            _ => self.cache.write(&info),
+        }
+        .map_err(|e| e.context(format!("failed to set network \"{}\" cached result", list.name)))?;
         Ok(result)
     }
 
