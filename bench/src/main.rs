@@ -19,7 +19,16 @@ use std::path::PathBuf;
 use sys::Res;
 
 /// The parts of a run, in the order they run (`--only` takes a comma-separated subset).
-pub const PARTS: &[&str] = &["version", "host-local", "bridge", "trace", "macvlan", "conc", "scale"];
+pub const PARTS: &[&str] = &[
+    "version",
+    "host-local",
+    "bridge",
+    "trace",
+    "macvlan",
+    "conc",
+    "scale",
+    "cnitool",
+];
 
 #[derive(Debug, Clone)]
 pub struct Opts {
