@@ -442,6 +442,38 @@ fn exec_pings_gateway_and_peer_with_a_static_ip_and_passes_the_exit_status() {
     assert_eq!(bed.leases("rsbr-v4").len(), 1);
 }
 
+#[test]
+fn exec_runs_the_command_as_the_user_who_ran_sudo() {
+    let bed = Bed::new();
+    bed.example("bridge.conflist", &[]);
+    let script = "id -u; id -g; id -G; test -r \"$CNI_RESULTS_FILE\" && echo readable; \
+                  ip -br -4 addr show eth0 | grep -q 10.88.0. && echo attached";
+    // Under sudo: the user who ran it, with their groups (nobody: nogroup only).
+    let sudo = [("SUDO_UID", "65534"), ("SUDO_GID", "65534"), ("SUDO_USER", "nobody")];
+    let out = bed.run_env(&["exec", "rsbr-v4", "--", "sh", "-c", script], &sudo);
+    out.ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["65534", "65534", "65534", "readable", "attached"],
+        "{}",
+        out.stderr
+    );
+    assert!(
+        bed.cached().is_empty() && bed.leases("rsbr-v4").is_empty(),
+        "torn down as root"
+    );
+    // Not under sudo, or sudo from root: cnitool's own user.
+    for env in [&[][..], &[("SUDO_UID", "0"), ("SUDO_GID", "0")][..]] {
+        let out = bed.run_env(&["exec", "rsbr-v4", "--", "id", "-u"], env);
+        assert_eq!(out.ok().stdout.trim(), "0", "{env:?}");
+    }
+    // A SUDO_UID that is no user id: one line, before anything is made.
+    bed.run_env(&["exec", "rsbr-v4", "--", "true"], &[("SUDO_UID", "nobody")])
+        .fails_with("SUDO_UID=\"nobody\" is not a user id");
+    assert!(bed.cached().is_empty() && bed.leases("rsbr-v4").is_empty());
+}
+
 /// Starts `exec` with a long command; returns the child and the namespace path, once the
 /// command runs.
 fn start_exec(bed: &Bed, seen: &TempDir) -> (Child, String) {
