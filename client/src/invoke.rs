@@ -6,7 +6,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -68,8 +68,61 @@ struct WireError {
 /// The config is written and the output read on the calling thread (non-blocking pipes and
 /// `poll`), and the exit is waited for on a pidfd, all against one deadline: no helper thread
 /// per call (a thread's stack, clone and wake-ups are a measurable part of a `cnitool` call).
-pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, timeout: Duration, own_group: bool) -> Result<Vec<u8>> {
-    start_plugin(bin, stdin.to_vec(), args, timeout, own_group)?.finish()
+pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, how: &How) -> Result<Vec<u8>> {
+    start_plugin(bin, stdin.to_vec(), args, how)?.finish()
+}
+
+/// How a plugin is run.
+#[derive(Debug, Clone)]
+pub struct How {
+    /// The deadline of the call: a plugin still running then is killed (code 11).
+    pub timeout: Duration,
+    /// In a process group of its own (a Ctrl-C at the terminal does not reach it).
+    pub own_group: bool,
+    /// Its stderr is read by the call instead of passed through as it comes, and written to
+    /// ours when it ends, without the lines that only repeat the error it returns (our
+    /// plugins also log their error on stderr, as `<plugin>: error <code>: <msg>`, and so do
+    /// IPAM plugins they delegate to): a failure is then one line, the caller's.
+    pub drop_error_echo: bool,
+}
+
+impl Default for How {
+    fn default() -> How {
+        How {
+            timeout: Duration::from_secs(120),
+            own_group: false,
+            drop_error_echo: false,
+        }
+    }
+}
+
+/// Whether `line` is a plugin's log of an error that `err` (the call's error) already says:
+/// `<name>: error <code>: <msg>` with `msg` in the error's message.
+fn is_error_echo(line: &str, err: &Error) -> bool {
+    let Some((name, rest)) = line.split_once(": error ") else {
+        return false;
+    };
+    let Some((code, msg)) = rest.split_once(": ") else {
+        return false;
+    };
+    !name.is_empty()
+        && !name.contains(char::is_whitespace)
+        && !code.is_empty()
+        && code.bytes().all(|b| b.is_ascii_digit())
+        && !msg.is_empty()
+        && err.message().contains(msg)
+}
+
+/// Writes a plugin's captured stderr to ours, line by line, without the lines that `err`
+/// (when the call failed) already says.
+fn pass_on_stderr(captured: &[u8], err: Option<&Error>) {
+    let text = String::from_utf8_lossy(captured);
+    for line in text.lines() {
+        if err.is_some_and(|e| is_error_echo(line, e)) {
+            continue;
+        }
+        cni::log!("{line}");
+    }
 }
 
 /// A plugin call under way ([`start_plugin`]): its config written as far as the pipe takes it,
@@ -77,6 +130,9 @@ pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, timeout: Duration, own
 /// [`Running::finish`]es it.
 pub struct Running {
     child: Child,
+    /// The plugin's stderr, when it is captured (see [`How::drop_error_echo`]).
+    stderr: Option<ChildStderr>,
+    captured: Vec<u8>,
     stdin: Vec<u8>,
     written: usize,
     bin: PathBuf,
@@ -86,9 +142,10 @@ pub struct Running {
 }
 
 /// Starts the plugin `bin` with `stdin` (see [`exec_plugin`]).
-pub fn start_plugin(bin: &Path, stdin: Vec<u8>, args: &Args, timeout: Duration, own_group: bool) -> Result<Running> {
+pub fn start_plugin(bin: &Path, stdin: Vec<u8>, args: &Args, how: &How) -> Result<Running> {
+    let timeout = how.timeout;
     let mut cmd = Command::new(bin);
-    if own_group {
+    if how.own_group {
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     }
     cmd.env("CNI_COMMAND", args.command)
@@ -99,11 +156,15 @@ pub fn start_plugin(bin: &Path, stdin: Vec<u8>, args: &Args, timeout: Duration, 
         .env("CNI_PATH", &args.path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(if how.drop_error_echo {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
     let deadline = Instant::now() + timeout;
     // A plugin file being replaced right now ("text file busy") is tried again, as libcni does.
     let mut tries = 0;
-    let child = loop {
+    let mut child = loop {
         match cmd.spawn() {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
@@ -114,6 +175,8 @@ pub fn start_plugin(bin: &Path, stdin: Vec<u8>, args: &Args, timeout: Duration, 
         }
     };
     let mut r = Running {
+        stderr: child.stderr.take(),
+        captured: Vec::new(),
         child,
         stdin,
         written: 0,
@@ -183,40 +246,50 @@ impl Running {
         self.child.stdin = None;
     }
 
-    /// Writes the rest of the config while reading the output to its end; `Ok(None)` when the
-    /// deadline passes first.
+    /// Writes the rest of the config while reading the output (and the captured stderr) to
+    /// its end; `Ok(None)` when the deadline passes first.
     fn talk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        let mut stdout = self.child.stdout.take().expect("piped stdout");
+        let mut stdout = self.child.stdout.take();
         let mut out = Vec::new();
         let mut buf = [0u8; 16 * 1024];
         loop {
             self.write_some();
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) => return Ok(Some(out)),
-                    Ok(n) => out.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
+            if let Some(o) = &mut stdout {
+                if drain(o, &mut out, &mut buf)? {
+                    stdout = None;
                 }
+            }
+            if let Some(e) = &mut self.stderr {
+                if drain(e, &mut self.captured, &mut buf)? {
+                    self.stderr = None;
+                }
+            }
+            if stdout.is_none() && self.stderr.is_none() {
+                return Ok(Some(out));
             }
             let Some(ms) = poll_ms(self.deadline) else {
                 return Ok(None);
             };
+            let fd = |f: Option<RawFd>| f.unwrap_or(-1);
             let mut fds = [
                 libc::pollfd {
-                    fd: stdout.as_raw_fd(),
+                    fd: fd(stdout.as_ref().map(|o| o.as_raw_fd())),
                     events: libc::POLLIN,
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: self.child.stdin.as_ref().map_or(-1, |i| i.as_raw_fd()),
+                    fd: fd(self.stderr.as_ref().map(|e| e.as_raw_fd())),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: fd(self.child.stdin.as_ref().map(|i| i.as_raw_fd())),
                     events: libc::POLLOUT,
                     revents: 0,
                 },
             ];
-            // SAFETY: poll on two initialized pollfd structs (a negative fd is ignored).
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } < 0 {
+            // SAFETY: poll on three initialized pollfd structs (a negative fd is ignored).
+            if unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) } < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() != ErrorKind::Interrupted {
                     return Err(e);
@@ -225,8 +298,15 @@ impl Running {
         }
     }
 
-    /// Waits for the plugin: its stdout, or the spec's error JSON as an [`Error`].
+    /// Waits for the plugin: its stdout, or the spec's error JSON as an [`Error`]. A captured
+    /// stderr is written out then (see [`How::drop_error_echo`]).
     pub fn finish(mut self) -> Result<Vec<u8>> {
+        let res = self.outcome();
+        pass_on_stderr(&self.captured, res.as_ref().err());
+        res
+    }
+
+    fn outcome(&mut self) -> Result<Vec<u8>> {
         let out = match self.talk() {
             Ok(Some(out)) => out,
             Ok(None) => return Err(self.timed_out()),
@@ -257,6 +337,19 @@ impl Running {
                 "netplugin failed ({status}): {:?}",
                 String::from_utf8_lossy(&out).trim()
             ))),
+        }
+    }
+}
+
+/// Reads what `r` (non-blocking) has now into `into`; `Ok(true)` at its end.
+fn drain(r: &mut impl Read, into: &mut Vec<u8>, buf: &mut [u8]) -> std::io::Result<bool> {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -362,7 +455,11 @@ mod tests {
             ifname: "eth0",
             path: String::new(),
         };
-        exec_plugin(bin, stdin, &args, timeout, false)
+        let how = How {
+            timeout,
+            ..Default::default()
+        };
+        exec_plugin(bin, stdin, &args, &how)
     }
 
     #[test]
@@ -391,6 +488,40 @@ mod tests {
         let e = call(&p, b"{}", Duration::from_secs(20)).unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("ADD c1 eth0"), "{e}");
+    }
+
+    #[test]
+    fn a_captured_stderr_larger_than_the_pipe_does_not_block_the_plugin() {
+        let p = plugin("cat >/dev/null; head -c 300000 /dev/zero | tr '\\0' x >&2; echo '{}'");
+        let how = How {
+            timeout: Duration::from_secs(20),
+            drop_error_echo: true,
+            ..Default::default()
+        };
+        let args = Args {
+            command: "ADD",
+            ..Default::default()
+        };
+        let mut r = start_plugin(&p, b"{}".to_vec(), &args, &how).unwrap();
+        let out = r.outcome().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out).trim(), "{}");
+        assert_eq!(r.captured.len(), 300_000);
+    }
+
+    #[test]
+    fn only_the_echo_of_the_returned_error_is_dropped() {
+        let e = Error::delegated(7, "bridge: invalid mtu 20: must be 0", "");
+        for (line, echo) in [
+            ("bridge: error 7: bridge: invalid mtu 20: must be 0", true),
+            // An IPAM plugin's, whose message the delegating plugin's error contains.
+            ("host-local: error 7: invalid mtu 20", true),
+            ("bridge: cleaning up after a failed ADD: link busy", false),
+            ("bridge: error 7: something else", false),
+            ("a note: error 7: invalid mtu 20 x", false),
+            ("bridge: error x: invalid mtu 20", false),
+        ] {
+            assert_eq!(is_error_echo(line, &e), echo, "{line}");
+        }
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct CniConfig {
     /// Plugins run in process groups of their own: a Ctrl-C at the terminal (a signal to the
     /// foreground process group) then does not kill one half-way through its work.
     pub own_process_group: bool,
+    /// Plugins' stderr is passed on when each ends, without the lines that repeat the error
+    /// it returns (see [`invoke::How::drop_error_echo`]); libcni passes it through as it
+    /// comes (the default).
+    pub drop_error_echo: bool,
 }
 
 /// The deadline of one plugin call unless set otherwise.
@@ -121,6 +125,7 @@ impl CniConfig {
             cache: Cache::new(cache_dir),
             timeout: DEFAULT_TIMEOUT,
             own_process_group: false,
+            drop_error_echo: false,
         }
     }
 
@@ -176,7 +181,12 @@ impl CniConfig {
             ifname: &rt.ifname,
             path: self.path_string(),
         };
-        invoke::start_plugin(&bin, stdin, &args, self.timeout, self.own_process_group)
+        let how = invoke::How {
+            timeout: self.timeout,
+            own_group: self.own_process_group,
+            drop_error_echo: self.drop_error_echo,
+        };
+        invoke::start_plugin(&bin, stdin, &args, &how)
     }
 
     fn run(

@@ -673,6 +673,32 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing() {
     out.fails_with("failed to find plugin \"bridge\" in CNI_PATH (searched /nonexistent-a, /nonexistent-b)");
     assert!(out.stderr.contains("rsbr-v4"), "names the network: {}", out.stderr);
     bed.run(&["frobnicate"]).fails_with("unknown command \"frobnicate\"");
+    let empty = TempDir::new("ctempty");
+    bed.run_env(
+        &["add", "rsbr-v4", &p],
+        &[("NETCONFPATH", empty.path().to_str().unwrap())],
+    )
+    .fails_with(&format!(
+        "network \"rsbr-v4\": no net configurations found in {} (NETCONFPATH)",
+        empty.path().display()
+    ));
+    // A plugin's own refusal (our plugins also log their error on stderr), and its IPAM's:
+    // still one line, cnitool's, with the plugin and its code.
+    let mut bad: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace_dir().join("conf-examples/bridge.conflist")).unwrap())
+            .unwrap();
+    bad["name"] = json!("rsbr-mtu");
+    bad["plugins"][0]["mtu"] = json!(20);
+    std::fs::write(bed.conf.join("mtu.conflist"), bad.to_string()).unwrap();
+    bed.run(&["add", "rsbr-mtu", &p]).fails_with(
+        "add rsbr-mtu: plugin type=\"bridge\" failed (add): code 7: invalid mtu 20: must be 0 (the default) or between 68 and 65535",
+    );
+    bad["name"] = json!("rsbr-ipam");
+    bad["plugins"][0]["mtu"] = json!(1500);
+    bad["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.88.0.0/24", "rangeStart": "10.99.0.5"}]]);
+    std::fs::write(bed.conf.join("ipam.conflist"), bad.to_string()).unwrap();
+    bed.run(&["add", "rsbr-ipam", &p])
+        .fails_with("add rsbr-ipam: plugin type=\"bridge\" failed (add): code 7: ");
     // Nothing left behind.
     assert!(ctr.links().is_empty());
     assert!(bed.host.links().is_empty(), "{:?}", bed.host.links());
