@@ -8,7 +8,9 @@
 //! - "Directly" is what a runtime that needs no config lookup and no cache does: the bridge
 //!   spawned with the config cnitool gives it (the list's `name` and `cniVersion` injected, keys
 //!   sorted), the DEL with the ADD's result as `prevResult`, as cnitool and libcni give it.
-//! - The same three with a plugin that only prints a result: the tools' own cost without the
+//! - And against a tool that only spawns the plugin (a Rust program built as ours): the least a
+//!   tool in its own process costs.
+//! - The same four with a plugin that only prints a result: the tools' own cost without the
 //!   bridge's kernel work and its noise (its DEL varies by milliseconds from call to call).
 //! - cnitool's process start (`cnitool --help`) next to Rust's exit-only program (the floor
 //!   every Rust program linked with glibc pays here, see "The floor of a process start").
@@ -24,7 +26,7 @@ const NET: &str = "rsbr-v4";
 const NOOP_NET: &str = "bench-noop";
 const NOOP_PLUGIN: &str = "bench-noop";
 /// The contestants of the ADD/DEL rows, in the order of their samples.
-pub const WHO: [&str; 3] = ["plugins directly", "cnitool", "libcni (Go)"];
+pub const WHO: [&str; 4] = ["plugins directly", "cnitool", "libcni (Go)", "spawn-only"];
 
 /// A plugin that only reads its config and, for ADD, prints a result with one address.
 const NOOP_SRC: &str = r##"use std::io::{Read, Write};
@@ -38,10 +40,21 @@ fn main() {
 }
 "##;
 
+/// A tool that only spawns the plugin (its stdin, stdout and stderr passed on) and exits
+/// with its status: the least a tool in its own process costs, its start and one spawn.
+const SPAWN_SRC: &str = r##"fn main() {
+    let mut a = std::env::args_os().skip(1);
+    let prog = a.next().expect("a program to run");
+    let st = std::process::Command::new(prog).args(a).status().expect("spawning");
+    std::process::exit(st.code().unwrap_or(1));
+}
+"##;
+
 /// Where the tools run: their binaries, configs and caches, and their namespaces.
 struct Bed {
     cnitool: PathBuf,
     cnirt: Result<PathBuf, String>,
+    spawn_only: PathBuf,
     /// `CNI_PATH`: our plugins, then the no-op plugin's directory.
     cni_path: String,
     netconf: PathBuf,
@@ -50,7 +63,7 @@ struct Bed {
     dir: PathBuf,
     host: Ns,
     /// One container namespace per contestant.
-    ctr: [Ns; 3],
+    ctr: [Ns; 4],
 }
 
 /// The config a plugin of `list` is given (as cni-client's `plugin_config`, libcni's
@@ -70,11 +83,12 @@ fn write(p: &Path, data: &[u8]) -> Res<()> {
     fs::write(p, data).map_err(|e| format!("writing {}: {e}", p.display()))
 }
 
-/// Builds the no-op plugin as the release build is built (static, non-PIE).
-fn build_noop(dir: &Path) -> Result<PathBuf, String> {
-    let src = dir.join("noop.rs");
-    fs::write(&src, NOOP_SRC).map_err(|e| e.to_string())?;
-    let out = dir.join(NOOP_PLUGIN);
+/// Builds the Rust program `src` as `dir/name`, as the release build is built (static,
+/// non-PIE).
+fn build_rs(dir: &Path, name: &str, src_text: &str) -> Result<PathBuf, String> {
+    let src = dir.join(format!("{name}.rs"));
+    fs::write(&src, src_text).map_err(|e| e.to_string())?;
+    let out = dir.join(name);
     let r = Command::new("rustc")
         .args([
             "-O",
@@ -195,9 +209,9 @@ impl Bench<'_> {
         // A copy, as the plugins' (a concurrent cargo build cannot swap it mid-run).
         let cnitool = bin.join("cnitool");
         fs::copy(&src, &cnitool).map_err(|e| format!("copying {}: {e}", src.display()))?;
-        if let Err(e) = build_noop(&plugins) {
-            return Err(format!("building the no-op plugin: {e}"));
-        }
+        build_rs(&plugins, NOOP_PLUGIN, NOOP_SRC).map_err(|e| format!("building the no-op plugin: {e}"))?;
+        let spawn_only =
+            build_rs(&bin, "spawn-only", SPAWN_SRC).map_err(|e| format!("building the spawn-only tool: {e}"))?;
         eprintln!("cnitool: building the libcni client (tests/libcni-client)");
         let cnirt = build_cnirt(&bin.join("cnirt"));
         if let Err(e) = &cnirt {
@@ -219,20 +233,21 @@ impl Bench<'_> {
             .expect("serializable"),
         )?;
 
-        let names: Vec<String> = ["host", "direct", "tool", "libcni"]
+        let names: Vec<String> = ["host", "direct", "tool", "libcni", "spawn"]
             .iter()
             .map(|n| format!("{tag}-t-{n}"))
             .collect();
         let mut nss = Ns::create_many(&names)?.into_iter();
         let host = nss.next().ok_or("namespace list too short")?;
         let mut ctr = || nss.next().ok_or("namespace list too short");
-        let ctr = [ctr()?, ctr()?, ctr()?];
+        let ctr = [ctr()?, ctr()?, ctr()?, ctr()?];
         host.enter()?;
         sys::ip_batch("link set lo up\n")?;
         sys::enter_root()?;
         Ok(Some(Bed {
             cnitool,
             cnirt,
+            spawn_only,
             cni_path: format!("{}:{}", set.bin.display(), plugins.display()),
             netconf,
             conflist,
@@ -289,28 +304,40 @@ impl Bench<'_> {
                 }
                 Ok(o)
             };
-            let direct: Contestant = Box::new(move || {
-                let ns = &bed.ctr[0];
-                let call = |cmd: &str, conf: &[u8]| -> Result<Out, String> {
-                    bed.host.enter()?;
-                    let mut c = Command::new(&plugin_bin);
-                    base(&mut c);
-                    c.env("CNI_COMMAND", cmd)
-                        .env("CNI_CONTAINERID", "bench-cnitool-direct")
-                        .env("CNI_NETNS", &ns.path)
-                        .env("CNI_ARGS", "")
-                        .env("CNI_IFNAME", "eth0")
-                        .env("CNI_PATH", &bed.cni_path);
-                    sys::run(&mut c, conf).map_err(|e| format!("running {}: {e}", plugin_bin.display()))
-                };
-                let add = call("ADD", &plugin_config(list, 0, None)).and_then(|o| check_add(o, "direct"));
-                let prev = add
-                    .as_ref()
-                    .ok()
-                    .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok());
-                let del = call("DEL", &plugin_config(list, 0, prev.as_ref())).and_then(|o| check(o, "direct", "DEL"));
-                vec![add, del]
-            });
+            // The plugin calls made directly, or (`via`) through the spawn-only tool.
+            let plugin_bin = &plugin_bin;
+            let direct = move |via: Option<&'static str>, n: usize| -> Contestant {
+                Box::new(move || {
+                    let ns = &bed.ctr[n];
+                    let who = via.unwrap_or("direct");
+                    let call = |cmd: &str, conf: &[u8]| -> Result<Out, String> {
+                        bed.host.enter()?;
+                        let mut c = match via {
+                            Some(_) => {
+                                let mut c = Command::new(&bed.spawn_only);
+                                c.arg(plugin_bin);
+                                c
+                            }
+                            None => Command::new(plugin_bin),
+                        };
+                        base(&mut c);
+                        c.env("CNI_COMMAND", cmd)
+                            .env("CNI_CONTAINERID", format!("bench-cnitool-{who}"))
+                            .env("CNI_NETNS", &ns.path)
+                            .env("CNI_ARGS", "")
+                            .env("CNI_IFNAME", "eth0")
+                            .env("CNI_PATH", &bed.cni_path);
+                        sys::run(&mut c, conf).map_err(|e| format!("running {}: {e}", plugin_bin.display()))
+                    };
+                    let add = call("ADD", &plugin_config(list, 0, None)).and_then(|o| check_add(o, who));
+                    let prev = add
+                        .as_ref()
+                        .ok()
+                        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok());
+                    let del = call("DEL", &plugin_config(list, 0, prev.as_ref())).and_then(|o| check(o, who, "DEL"));
+                    vec![add, del]
+                })
+            };
             let tool: Contestant = Box::new(move || {
                 let ns = bed.ctr[1].path.to_string_lossy().into_owned();
                 let call = |cmd: &str| -> Result<Out, String> {
@@ -327,7 +354,7 @@ impl Bench<'_> {
                 let del = call("del").and_then(|o| check(o, "cnitool", "DEL"));
                 vec![add, del]
             });
-            let mut contestants = vec![direct, tool];
+            let mut contestants = vec![direct(None, 0), tool];
             if let Ok(cnirt) = &bed.cnirt {
                 contestants.push(Box::new(move || {
                     let ns = bed.ctr[2].path.to_string_lossy().into_owned();
@@ -347,11 +374,12 @@ impl Bench<'_> {
                     vec![add, del]
                 }));
             }
+            contestants.push(direct(Some("spawn-only"), 3));
             let what = format!("cnitool, {title}");
             eprintln!("{what}: {} cycles (+{} warm-up)", self.opts.cycles, self.opts.warmup);
             let mut res = rotate(&what, &mut contestants, 2, self.opts.cycles, self.opts.warmup)?;
             if bed.cnirt.is_err() {
-                res.push(vec![Samples::default(); 2]);
+                res.insert(2, vec![Samples::default(); 2]);
             }
             let (mut adds, mut dels) = (Vec::new(), Vec::new());
             for (i, mut r) in res.into_iter().enumerate() {
@@ -488,27 +516,42 @@ fn own_cost(r: &Row, i: usize, cpu: bool) -> Option<f64> {
     paired_median(r.samples.get(i)?, r.samples.first()?, cpu)
 }
 
+/// cnitool's cost beyond the spawn-only tool's (sample 1 over sample 3, same cycle): what
+/// its own work adds to the least a tool in its own process costs.
+fn beyond_spawn(r: &Row) -> Option<f64> {
+    paired_median(r.samples.get(1)?, r.samples.get(3)?, false)
+}
+
 /// The target line: (what, measured, met).
 pub fn target(r: &Results) -> Option<(String, String, Option<bool>)> {
     let add = r.row("cnitool.bridge.add")?;
     let del = r.row("cnitool.bridge.del")?;
     let (a, d) = (own_cost(add, 1, false), own_cost(del, 1, false));
-    let cost = |key: &str, cpu: bool| r.row(key).and_then(|row| own_cost(row, 1, cpu));
+    let cost = |key: &str, i: usize, cpu: bool| r.row(key).and_then(|row| own_cost(row, i, cpu));
+    let beyond = |key: &str| r.row(key).and_then(beyond_spawn);
     let start = r.row("cnitool.start").and_then(|row| row.samples[0].median());
     let opt = |v: Option<f64>| v.map(ms).unwrap_or_else(|| "–".into());
     Some((
         "`cnitool` add and del of bridge.conflist: its own cost over the plugin calls ≤ 1 ms per command (wall, median of the per-cycle differences)".into(),
         format!(
-            "add {}, del {} (CPU {}, {}); with a plugin that only prints a result: add {}, del {} (CPU {}, {}); cnitool's own process start, `--help`, is {} of it ([details](#cnitool-against-the-plugins-called-directly-and-libcni))",
+            "add {}, del {} (CPU {}, {}); with a plugin that only prints a result: add {}, del {} (CPU {}, {}); of it, cnitool's own process start (`--help`) is {}, and a tool that only spawns the plugin costs add {}, del {} (bridge.conflist: add {}, del {}); cnitool beyond that tool: add {}, del {} (bridge.conflist: add {}, del {}) ([details](#cnitool-against-the-plugins-called-directly-and-libcni))",
             opt(a),
             opt(d),
-            opt(cost("cnitool.bridge.add", true)),
-            opt(cost("cnitool.bridge.del", true)),
-            opt(cost("cnitool.noop.add", false)),
-            opt(cost("cnitool.noop.del", false)),
-            opt(cost("cnitool.noop.add", true)),
-            opt(cost("cnitool.noop.del", true)),
-            opt(start)
+            opt(cost("cnitool.bridge.add", 1, true)),
+            opt(cost("cnitool.bridge.del", 1, true)),
+            opt(cost("cnitool.noop.add", 1, false)),
+            opt(cost("cnitool.noop.del", 1, false)),
+            opt(cost("cnitool.noop.add", 1, true)),
+            opt(cost("cnitool.noop.del", 1, true)),
+            opt(start),
+            opt(cost("cnitool.noop.add", 3, false)),
+            opt(cost("cnitool.noop.del", 3, false)),
+            opt(cost("cnitool.bridge.add", 3, false)),
+            opt(cost("cnitool.bridge.del", 3, false)),
+            opt(beyond("cnitool.noop.add")),
+            opt(beyond("cnitool.noop.del")),
+            opt(beyond("cnitool.bridge.add")),
+            opt(beyond("cnitool.bridge.del")),
         ),
         a.zip(d).map(|(a, d)| a <= 1000.0 && d <= 1000.0),
     ))
@@ -535,16 +578,18 @@ pub fn section(out: &mut String, r: &Results) {
          private host namespace; against the same plugin calls made directly (the config cnitool gives the \
          bridge: the list's `name` and `cniVersion` injected; the DEL with the ADD's result as `prevResult`), and \
          against the libcni client of the tests (`tests/libcni-client`: Go, Debian's libcni 1.1.2) doing the same \
-         with its own cache. The three take turns in every cycle (each cycle starting with the next one, so that \
+         with its own cache, and against spawn-only (below). The four take turns in every cycle (each cycle starting with the next one, so that \
          each follows each other's DEL equally often), each with a container namespace of its own. The same with \
          a plugin that only reads its config and prints a result (static Rust, as ours are built): the tools' own \
          cost without the bridge's kernel work, whose time varies by milliseconds from call to call. **Own cost** \
          is the median over the cycles of (tool − direct) in the same cycle, of wall time and of CPU time (user + \
          system of the whole process tree, which a busy machine's waits for a CPU do not inflate): the tool's \
          process start, its config lookup, its cache (a file created, renamed, removed) and result handling, and \
-         its spawning of the plugin.\n\n\
-         | operation | plugins directly | cnitool | libcni (Go) | cnitool's own cost | its CPU | libcni's own cost | its CPU |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|\n",
+         its spawning of the plugin. **spawn-only** is the least any tool in a process of its own costs: a Rust \
+         program built as ours that only spawns the plugin (the same config on its stdin, passed on) and exits \
+         with its status.\n\n\
+         | operation | plugins directly | cnitool | libcni (Go) | spawn-only | cnitool's own cost | its CPU | libcni's own cost | its CPU | spawn-only's own cost | its CPU | cnitool beyond spawn-only |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for row in &rows {
         let cost = |i: usize, cpu: bool| {
@@ -554,15 +599,19 @@ pub fn section(out: &mut String, r: &Results) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.title,
             med(&row.samples[0]),
             med(&row.samples[1]),
             med(&row.samples[2]),
+            row.samples.get(3).map(med).unwrap_or_else(|| "–".into()),
             cost(1, false),
             cost(1, true),
             cost(2, false),
             cost(2, true),
+            cost(3, false),
+            cost(3, true),
+            beyond_spawn(row).map(ms).unwrap_or_else(|| "–".into()),
         );
     }
     out.push('\n');
