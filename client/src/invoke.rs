@@ -188,6 +188,7 @@ pub fn start_plugin(bin: &Path, stdin: Vec<u8>, args: &Args, how: &How) -> Resul
     let set = [
         r.child.stdin.as_ref().map(|i| i.as_raw_fd()),
         r.child.stdout.as_ref().map(|o| o.as_raw_fd()),
+        r.stderr.as_ref().map(|e| e.as_raw_fd()),
     ]
     .into_iter()
     .flatten()
@@ -506,6 +507,25 @@ mod tests {
         let out = r.outcome().unwrap();
         assert_eq!(String::from_utf8_lossy(&out).trim(), "{}");
         assert_eq!(r.captured.len(), 300_000);
+    }
+
+    #[test]
+    fn a_captured_stderr_left_open_does_not_stop_the_output_being_read() {
+        // A result larger than the pipe, and stderr open all along: both must be read as
+        // they come (a blocking read of the quiet stderr would never return).
+        let p = plugin("cat >/dev/null; head -c 300000 /dev/zero | tr '\\0' x; sleep 1");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = p.0.clone();
+        std::thread::spawn(move || {
+            let how = How {
+                timeout: Duration::from_secs(30),
+                drop_error_echo: true,
+                ..Default::default()
+            };
+            let _ = tx.send(exec_plugin(&path, b"{}", &Args::default(), &how).map(|o| o.len()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(20)).expect("the call ends");
+        assert_eq!(got.unwrap(), 300_000);
     }
 
     #[test]
