@@ -35,6 +35,8 @@ pub struct Cluster {
     token: String,
     dir: TempDir,
     addr: String,
+    /// More flags for every member.
+    flags: Vec<String>,
 }
 
 /// Ports nobody listens on now (in this namespace).
@@ -60,6 +62,16 @@ impl Cluster {
     /// Starts `n` members inside `ns` listening on `addr`, an address of that namespace the
     /// test gave it (127.0.0.1 in the test's own namespace).
     pub fn start_on(n: usize, ns: Option<&Netns>, addr: &str, tls: Option<Tls>) -> Cluster {
+        Self::start_full(n, ns, addr, tls, &[])
+    }
+
+    /// Starts `n` members in this test's namespace, each with `flags` besides the usual ones
+    /// (e.g. `--quota-backend-bytes`).
+    pub fn start_with_flags(n: usize, flags: &[&str]) -> Cluster {
+        Self::start_full(n, None, "127.0.0.1", None, flags)
+    }
+
+    fn start_full(n: usize, ns: Option<&Netns>, addr: &str, tls: Option<Tls>, flags: &[&str]) -> Cluster {
         // A port picked here may be taken by someone else before etcd binds it: a member that
         // exits at once means another try with other ports.
         for attempt in 0..3 {
@@ -84,6 +96,7 @@ impl Cluster {
                 token: crate::unique_name("etcd-"),
                 dir: TempDir::new("etcd"),
                 addr: addr.to_string(),
+                flags: flags.iter().map(|f| f.to_string()).collect(),
             };
             for i in 0..n {
                 c.start_member(i);
@@ -169,7 +182,8 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-state", "new", "--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
-            .args(["--log-level", "warn", "--logger", "zap"]);
+            .args(["--log-level", "warn", "--logger", "zap"])
+            .args(&self.flags);
         if let Some(t) = &self.tls {
             cmd.arg("--cert-file")
                 .arg(&t.cert)
@@ -307,12 +321,17 @@ impl Cluster {
 
     /// Puts `value` at `key`.
     pub fn put(&self, key: &str, value: &str) {
-        let out = self.etcdctl(&[], &["put", key, value]);
+        let out = self.try_put(key, value);
         assert!(
             out.status.success(),
             "etcdctl put: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Puts `value` at `key`; etcdctl's output, whether it succeeded or not.
+    pub fn try_put(&self, key: &str, value: &str) -> std::process::Output {
+        self.etcdctl(&[], &["put", key, value])
     }
 }
 

@@ -267,6 +267,55 @@ fn gc_is_per_host() {
     assert_eq!(got, want);
 }
 
+/// Issue 19 item 7: a definite refusal is not an unknown outcome. With etcd's NOSPACE alarm
+/// raised (members with a tiny `--quota-backend-bytes`, filled until etcd refuses), an ADD is
+/// refused at once with code 5 and the cause on stdout, instead of being retried until the
+/// deadline and reported as a write of unknown outcome; STATUS is code 50 naming it; a DEL
+/// (only deletes, which etcd allows under the alarm) still frees its leases.
+#[test]
+fn a_full_database_is_refused_at_once() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start_with_flags(3, &["--quota-backend-bytes", "262144"]);
+    let a = Host::new("a");
+    let conf = a.conf(&c, "full", "/t10", json!({}));
+    let timeout = Duration::from_secs(conf["ipam"]["store"]["timeout"].as_u64().unwrap());
+    a.cni("ADD", "f1").config(&conf).run().expect_ok();
+    let big = "x".repeat(48 * 1024);
+    let refused = (0..64)
+        .map(|i| c.try_put(&format!("/fill/{i}"), &big))
+        .find(|out| !out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
+        .expect("etcd never refused a put");
+    assert!(refused.contains("database space exceeded"), "{refused}");
+
+    let t0 = Instant::now();
+    let out = a.cni("ADD", "f2").config(&conf).run();
+    let took = t0.elapsed();
+    let msg = out.expect_error(5);
+    assert!(
+        msg.contains("database space exceeded") && msg.contains("NOSPACE") && msg.contains("alarm disarm"),
+        "{msg}"
+    );
+    assert!(!msg.contains("unknown"), "{msg}");
+    assert!(!out.stderr.contains("checking whether it committed"), "{}", out.stderr);
+    // A bound that tells a refusal from a retry until the deadline, not a speed goal.
+    assert!(
+        took < timeout / 2,
+        "ADD took {took:?} of its {timeout:?}: the refusal was retried"
+    );
+    let msg = a.cni("STATUS", "").config(&conf).run().expect_error(50);
+    assert!(msg.contains("NOSPACE"), "{msg}");
+    let owners: Vec<String> = lease_map(&c, "/t10", "full")
+        .values()
+        .map(|l| l["containerId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(owners, ["f1", "f1"]);
+    a.cni("DEL", "f1").config(&conf).run().expect_ok();
+    assert!(lease_map(&c, "/t10", "full").is_empty());
+}
+
 /// Test 2: the leader is SIGKILLed in the middle of a storm of ADDs: no address twice, every
 /// failure is code 11, and ADDs succeed afterwards.
 #[test]

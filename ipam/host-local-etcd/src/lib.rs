@@ -3,9 +3,11 @@
 //! and host-local call starts) hands a call whose config selects `ipam.store` `"etcd"` over to
 //! this program, and its operator commands too (see `host_local::etcd`).
 //!
+//! - [`conn`]: the connection of a call, its deadline and the typed outcome of each attempt
 //! - [`store`]: the etcd store, an implementation of `host_local::store::Store`
 //! - [`ops`]: `host-local leases|release-host|import`, on either store
 
+pub mod conn;
 pub mod ops;
 pub mod store;
 
