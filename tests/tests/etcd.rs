@@ -51,17 +51,9 @@ impl Host {
     }
 }
 
+/// The leases of `net` by address, the indexes checked (see [`Cluster::leases`]).
 fn lease_map(c: &Cluster, prefix: &str, net: &str) -> BTreeMap<String, Value> {
-    let p = format!("{prefix}/{net}/ips/");
-    c.get_prefix(&p)
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k[p.len()..].to_string(),
-                serde_json::from_str(&v).expect("a lease is JSON"),
-            )
-        })
-        .collect()
+    c.leases(prefix, net)
 }
 
 fn skip() -> bool {
@@ -171,7 +163,9 @@ fn concurrent_adds_on_two_hosts_never_share_an_address() {
     // Nothing of a lease is left; only the round robin's position (as the disk store's
     // last_reserved_ip files) and each host's boot record (its .boot_id).
     for (k, _) in c.get_prefix(prefix) {
-        let ok = k.starts_with(&format!("{prefix}/lan/last/")) || k.starts_with(&format!("{prefix}/lan/boot/"));
+        let ok = k.starts_with(&format!("{prefix}/lan/last/"))
+            || k.starts_with(&format!("{prefix}/lan/boot/"))
+            || k == format!("{prefix}/lan/layout");
         assert!(ok, "left under the prefix: {k}");
     }
     // The disk store was never used.
@@ -370,23 +364,12 @@ fn leader_killed_during_a_storm() {
             assert!(seen.insert(ip.clone()), "{ip} handed out twice (after{i})");
         }
     }
-    let live: Vec<String> = (0..3).filter(|&i| i != leader).map(|i| c.endpoint(i)).collect();
-    let out = c.etcdctl(
-        &live,
-        &["get", "--prefix", "--keys-only", &format!("{prefix}/storm/ips/")],
-    );
-    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    // Every success has its leases (a failed call whose write committed late may add its own).
+    // Every success has its leases (a failed call whose write committed late may add its own),
+    // and the indexes agree with the leases.
+    let leases = lease_map(&c, prefix, "storm");
     for ip in &seen {
         let bare = ip.split('/').next().unwrap();
-        assert!(
-            keys.contains(&format!("{prefix}/storm/ips/{bare}")),
-            "{ip} not in etcd: {keys:?}"
-        );
+        assert!(leases.contains_key(bare), "{ip} not in etcd: {:?}", leases.keys());
     }
 }
 

@@ -126,6 +126,11 @@ impl Conn {
         format!("{}last/{idx}", self.net_prefix(network))
     }
 
+    /// The layout marker of a network (absent in this layout: see [`crate::layout`]).
+    fn marker_key(&self, network: &str) -> String {
+        format!("{}layout", self.net_prefix(network))
+    }
+
     fn boot_key(&self, network: &str) -> String {
         format!("{}boot/{}", self.net_prefix(network), self.conf().host)
     }
@@ -135,17 +140,21 @@ impl Conn {
         self.snapshot_with_boot(network).map(|(l, r, _)| (l, r))
     }
 
-    /// [`Conn::snapshot`] and this host's boot record: (boot id, mod revision).
+    /// [`Conn::snapshot`] and this host's boot record: (boot id, mod revision). A network whose
+    /// layout marker appeared (`host-local migrate` started) is code 11: the next call uses the
+    /// new layout.
     fn snapshot_with_boot(&self, network: &str) -> Result<Snapshot> {
         let ips = format!("{}ips/", self.net_prefix(network));
         let last = format!("{}last/", self.net_prefix(network));
         let boot = self.boot_key(network);
+        let marker = self.marker_key(network);
         let resp = self.retry("reading the leases", |c| {
             let mut c = Conn::kv(c);
             let txn = Txn::new().and_then([
                 TxnOp::get(ips.clone(), Some(GetOptions::new().with_prefix())),
                 TxnOp::get(last.clone(), Some(GetOptions::new().with_prefix())),
                 TxnOp::get(boot.clone(), None),
+                TxnOp::get(marker.clone(), None),
             ]);
             async move { c.txn(txn).await }
         })?;
@@ -172,6 +181,10 @@ impl Conn {
                         }
                         Err(e) => eprintln!("host-local: ignoring etcd key {key}: not a lease: {e}"),
                     }
+                } else if i == 3 {
+                    return Err(Error::try_again_later(format!(
+                        "etcd: network {network} is being migrated to the key layout of this version (host-local migrate); try again"
+                    )));
                 } else if i == 2 {
                     boot_rec = Some((
                         String::from_utf8_lossy(kv.value()).trim().to_string(),
@@ -185,48 +198,6 @@ impl Conn {
             }
         }
         Ok((leases, lasts, boot_rec))
-    }
-
-    /// Creates `lease` at `ip` unless the address is held; `Ok(Some(holder))` when it is.
-    pub fn create_lease(&self, network: &str, ip: IpAddr, lease: &Lease) -> Result<Option<Lease>> {
-        let key = self.lease_key(network, ip);
-        let val = serde_json::to_vec(lease).expect("a lease serializes");
-        let resp = self.retry("creating a lease", |c| {
-            let mut c = Conn::kv(c);
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.clone(), val.clone(), None)])
-                .or_else([TxnOp::get(key.clone(), None)]);
-            async move { c.txn(txn).await }
-        })?;
-        if resp.succeeded() {
-            return Ok(None);
-        }
-        for op in resp.op_responses() {
-            if let TxnOpResponse::Get(g) = op {
-                if let Some(kv) = g.kvs().first() {
-                    if let Ok(l) = serde_json::from_slice::<Lease>(kv.value()) {
-                        return Ok(Some(l));
-                    }
-                }
-            }
-        }
-        Err(Error::io_failure(format!(
-            "etcd: {key} is held by something that is not a lease"
-        )))
-    }
-
-    /// Deletes the lease at `ip` if it is still the one of `mod_revision`.
-    pub fn delete_lease(&self, network: &str, ip: IpAddr, mod_revision: i64) -> Result<bool> {
-        let key = self.lease_key(network, ip);
-        let resp = self.retry("releasing a lease", |c| {
-            let mut c = Conn::kv(c);
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
-                .and_then([TxnOp::delete(key.clone(), None)]);
-            async move { c.txn(txn).await }
-        })?;
-        Ok(resp.succeeded())
     }
 }
 
@@ -255,6 +226,11 @@ impl EtcdStore {
     pub fn open(conf: &EtcdConfig, network: &str) -> Result<EtcdStore> {
         let conn = Conn::open(conf)?;
         cni::trace::step("etcd connect");
+        Self::open_with(conn, network)
+    }
+
+    /// [`EtcdStore::open`] on a connection made.
+    pub fn open_with(conn: Conn, network: &str) -> Result<EtcdStore> {
         let (leases, last, boot_rec) = conn.snapshot_with_boot(network)?;
         cni::trace::step("etcd read");
         Ok(EtcdStore {
@@ -316,7 +292,12 @@ impl EtcdStore {
 
     /// The one transaction of the call. `Ok(false)`: a compare failed, nothing was written.
     fn write(&mut self) -> Result<bool> {
-        let mut cmp = Vec::new();
+        // Still this layout: `host-local migrate` did not start.
+        let mut cmp = vec![Compare::version(
+            self.conn.marker_key(&self.network),
+            CompareOp::Equal,
+            0,
+        )];
         let mut ops = Vec::new();
         for (ip, (lease, _)) in &self.new {
             let key = self.conn.lease_key(&self.network, *ip);
