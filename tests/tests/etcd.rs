@@ -967,3 +967,120 @@ fn the_etcd_client_is_a_separate_program() {
     assert!(lease_map(&c, "/th", "h").is_empty());
     assert!(!data.join("h").exists(), "fell back to the disk store");
 }
+
+/// Issue 21: a network in the layout of the earlier versions (`ips/<address>` keys, written
+/// here by that layout's own code, which this version keeps for networks not migrated yet) is
+/// taken over by `host-local migrate` without loss: its live leases (with both indexes), its
+/// round-robin pointers and its hosts' boot records; interrupted (the marker left at
+/// "migrating"), calls are code 11 and running it again finishes; afterwards every verb works
+/// on the moved leases and the round robin goes on where it was.
+#[test]
+fn migrate_takes_over_a_network_of_the_earlier_layout() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let (prefix, net) = ("/t11", "mig");
+    let conf_a = a.conf(&c, net, prefix, json!({}));
+    let conf_b = b.conf(&c, net, prefix, json!({}));
+    // A lease as the earlier versions wrote it makes the network one of their layout; from
+    // then on, the calls use that layout's code.
+    let old = |ip: &str| format!("{prefix}/{net}/ips/{ip}");
+    c.put(
+        &old("10.10.0.250"),
+        &json!({"containerId": "seed", "ifname": "eth0", "host": b.name, "token": "t0", "time": 1}).to_string(),
+    );
+    let ip4 = |r: &Value| r["ips"][0]["address"].as_str().unwrap().to_string();
+    assert_eq!(
+        ip4(&a.cni("ADD", "a1").config(&conf_a).run().expect_ok()),
+        "10.10.0.2/24"
+    );
+    assert_eq!(
+        ip4(&b.cni("ADD", "b1").config(&conf_b).run().expect_ok()),
+        "10.10.0.3/24"
+    );
+    let r = a
+        .cni("ADD", "a2")
+        .args("IP=10.10.0.77")
+        .config(&conf_a)
+        .run()
+        .expect_ok();
+    assert_eq!(ip4(&r), "10.10.0.77/24");
+    assert_eq!(
+        ip4(&a.cni("ADD", "a3").config(&conf_a).run().expect_ok()),
+        "10.10.0.78/24"
+    );
+    a.cni("DEL", "a3").config(&conf_a).run().expect_ok();
+    let before: BTreeMap<String, String> = c.get_prefix(&format!("{prefix}/{net}/")).into_iter().collect();
+    let old_leases: Vec<&String> = before.keys().filter(|k| k.contains("/ips/")).collect();
+    assert_eq!(old_leases.len(), 7, "{before:?}");
+    assert!(
+        !before.keys().any(|k| k.contains("/ip4/") || k.ends_with("/layout")),
+        "{before:?}"
+    );
+    let pointers: Vec<(&String, &String)> = before
+        .iter()
+        .filter(|(k, _)| k.contains("/last/") || k.contains("/boot/"))
+        .collect();
+    assert_eq!(pointers.len(), 4, "{before:?}");
+
+    // Interrupted after its first step: calls wait (code 11) for it.
+    let marker = format!("{prefix}/{net}/layout");
+    c.put(&marker, "migrating");
+    let e = a.cni("ADD", "a4").config(&conf_a).run().expect_error(11);
+    assert!(e.contains("host-local migrate"), "{e}");
+    let file = a.data.join("mig.conf");
+    std::fs::write(&file, conf_a.to_string()).unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = ops(&["migrate", f]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("resuming the migration; 7 lease(s) left"), "{out}");
+    assert!(out.contains("7 lease(s) moved") && out.ends_with("done\n"), "{out}");
+    let (code, out, _) = ops(&["migrate", f]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already in this layout"), "{out}");
+
+    // Every lease moved, with its owner, host and token; the indexes agree with them.
+    let after: BTreeMap<String, String> = c.get_prefix(&format!("{prefix}/{net}/")).into_iter().collect();
+    assert!(!after.keys().any(|k| k.contains("/ips/")), "{after:?}");
+    assert_eq!(after[&marker], "2");
+    for (k, v) in &pointers {
+        assert_eq!(&&after[*k], v, "{k} changed");
+    }
+    let leases = lease_map(&c, prefix, net);
+    assert_eq!(leases.len(), 7, "{leases:?}");
+    for k in old_leases {
+        let ip = k.rsplit('/').next().unwrap();
+        let was: Value = serde_json::from_str(&before[k]).unwrap();
+        let now = &leases[ip];
+        for field in ["containerId", "ifname", "host", "token", "time"] {
+            assert_eq!(now[field], was[field], "{ip}: {field}");
+        }
+    }
+    // The calls go on: the round robin after its pointer, an ADD again gets its lease back,
+    // CHECK, a DEL from another host, GC on host A only.
+    assert_eq!(
+        ip4(&a.cni("ADD", "a4").config(&conf_a).run().expect_ok()),
+        "10.10.0.79/24"
+    );
+    assert_eq!(
+        ip4(&a.cni("ADD", "a1").config(&conf_a).run().expect_ok()),
+        "10.10.0.2/24"
+    );
+    a.cni("CHECK", "a2").config(&conf_a).run().expect_ok();
+    a.cni("DEL", "b1").config(&conf_a).run().expect_ok();
+    let mut gc = conf_a.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "a2", "ifname": "eth0"}]);
+    a.cni("GC", "").config(&gc).run().expect_ok();
+    let mut owners: Vec<String> = lease_map(&c, prefix, net)
+        .values()
+        .map(|l| l["containerId"].as_str().unwrap().to_string())
+        .collect();
+    owners.sort();
+    assert_eq!(owners, ["a2", "a2", "seed"]);
+    let (code, out, _) = ops(&["leases", f]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(out.lines().nth(2).unwrap().starts_with("10.10.0.250 "), "{out}");
+}
