@@ -296,19 +296,22 @@ fn lock_of_a_killed_holder_is_released() {
     }
 
     let mut waiting = add("second");
-    // The ADD blocks on the lock: /proc/locks lists it as a waiter ("->") of a FLOCK.
-    let waiter = format!(" {} ", waiting.id());
+    // The ADD waits for the lock: it has the lock file open (the wait polls with a deadline,
+    // so /proc/locks lists no waiter).
+    let fds = format!("/proc/{}/fd", waiting.id());
     let t = Instant::now();
     loop {
-        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-        if locks.lines().any(|l| l.contains("-> FLOCK") && l.contains(&waiter)) {
+        let has_lock_open = std::fs::read_dir(&fds)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == lock))
+            })
+            .unwrap_or(false);
+        if has_lock_open {
             break;
         }
         assert!(waiting.try_wait().unwrap().is_none(), "ADD did not wait for the lock");
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "ADD never blocked on the lock: {locks}"
-        );
+        assert!(t.elapsed() < Duration::from_secs(10), "ADD never opened the lock");
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(waiting.try_wait().unwrap().is_none(), "ADD did not wait for the lock");

@@ -117,6 +117,14 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
         } else if rel.ends_with(".stamp") {
             // The index's freshness stamp holds times.
             out.push((rel, "<times>".into()));
+        } else if rel.rsplit('/').next().is_some_and(|n| n.starts_with(".claim-")) {
+            // A claim record holds the random token of the call that wrote it.
+            let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).into_owned();
+            let norm: Vec<&str> = text
+                .lines()
+                .map(|l| if l.starts_with("token ") { "token <token>" } else { l })
+                .collect();
+            out.push((rel, norm.join("\n")));
         } else {
             out.push((
                 rel,

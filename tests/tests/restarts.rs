@@ -218,7 +218,7 @@ fn a_store_of_the_reference_is_adopted_and_the_opt_out_keeps_leases() {
     assert_eq!(bed.leases(), ["10.77.0.2", "10.77.0.50"]);
     // The opt-out: a store of another boot keeps its leases.
     let keep = bed.conf(json!({"ipam": {"releaseOnReboot": false}}));
-    std::fs::write(store.join(".boot_id"), "another-boot\n").unwrap();
+    std::fs::write(store.join(".boot_id"), "0b0b0b0b-1111-4000-8000-000000000000\n").unwrap();
     let b = Netns::new();
     bed.add("c2", &b, &keep).expect_ok();
     assert_eq!(bed.leases(), ["10.77.0.2", "10.77.0.3", "10.77.0.50"]);

@@ -72,6 +72,14 @@ pub const BOOT_FILE: &str = ".boot_id";
 /// What the last ADD that moved a round-robin pointer replaced (see [`DiskStore::undo_add`]).
 pub const UNDO_FILE: &str = ".last_reserved_undo";
 const UNDO_HEADER: &str = "# host-local: last_reserved_ip values before the last ADD (not a lease)";
+/// The record of the ADD that last claimed an attachment: `.claim-<id>:<ifname>` (see
+/// [`DiskStore::claim`]).
+pub const CLAIM_PREFIX: &str = ".claim-";
+const CLAIM_HEADER: &str = "# host-local: the ADD that last claimed this attachment (not a lease)";
+/// How long a call waits for the store's lock before it gives up with code 11: a call holds
+/// it for a few milliseconds, so only a holder that hangs (stopped, or stuck on a dead disk)
+/// keeps it that long.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 const FILE_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
@@ -106,6 +114,56 @@ fn index_text(ips: &BTreeSet<IpAddr>) -> String {
         content.push_str(&format!("{ip}\n"));
     }
     content
+}
+
+/// The boot id a `.boot_id` record holds: `None` for an empty, truncated or foreign record
+/// (the kernel's boot id is a UUID: 36 hex digits and dashes).
+fn parse_boot_record(b: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(b).ok()?.trim();
+    let ok = s.len() == 36 && s.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-');
+    ok.then(|| s.to_string())
+}
+
+/// The file name of the claim record of attachment (`id`, `ifname`): `.claim-<id>:<ifname>`,
+/// or, when that would be too long for a file name, `.claim-h<FNV-1a of the pair>` (the record
+/// names its attachment, so a collision is seen when it is read).
+fn claim_name(id: &str, ifname: &str) -> String {
+    match index_key(id, Some(ifname)) {
+        Some(key) if CLAIM_PREFIX.len() + key.len() <= 255 => format!("{CLAIM_PREFIX}{key}"),
+        _ => format!(
+            "{CLAIM_PREFIX}h{:016x}",
+            cni::ids::fnv1a(&[id.trim().as_bytes(), ifname.as_bytes()])
+        ),
+    }
+}
+
+/// A claim record: which ADD (its token) last claimed attachment (`id`, `ifname`), and the
+/// addresses the attachment held when it did.
+fn claim_text(id: &str, ifname: &str, token: &str, held: &[IpAddr]) -> String {
+    let held: String = held.iter().map(|ip| format!(" {ip}")).collect();
+    format!(
+        "{CLAIM_HEADER}\nattachment {} {ifname}\ntoken {token}\nheld{}\n",
+        id.trim(),
+        held
+    )
+}
+
+/// The token and the held addresses of a claim record of (`id`, `ifname`); `None` for a
+/// record of another attachment or one that is not whole.
+fn parse_claim(text: &[u8], id: &str, ifname: &str) -> Option<(String, Vec<IpAddr>)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != CLAIM_HEADER || lines.next()? != format!("attachment {} {ifname}", id.trim()) {
+        return None;
+    }
+    let token = lines.next()?.strip_prefix("token ")?.to_string();
+    let held = lines
+        .next()?
+        .strip_prefix("held")?
+        .split_whitespace()
+        .map(|w| w.parse().ok())
+        .collect::<Option<Vec<IpAddr>>>()?;
+    Some((token, held))
 }
 
 /// The name of the lease file of `ip`.
@@ -182,8 +240,23 @@ impl DiskStore {
         let lock = dir
             .open_file(LOCK_FILE, libc::O_RDONLY | libc::O_CREAT, FILE_MODE)
             .map_err(|e| io_err(format!("opening {}/{LOCK_FILE}", path.display()), e))?;
-        lock.lock()
+        let locked = cni::lockfile::lock_within(&lock, LOCK_WAIT)
             .map_err(|e| io_err(format!("locking {}/{LOCK_FILE}", path.display()), e))?;
+        if !locked {
+            let holders = cni::lockfile::flock_holders(&lock);
+            let by = match holders.as_slice() {
+                [] => String::new(),
+                pids => format!(
+                    " by pid {}",
+                    pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            return Err(Error::try_again_later(format!(
+                "the lease store {} is locked{by} for more than {}s ({LOCK_FILE}): another call holds it and does not finish (stopped or hung?)",
+                path.display(),
+                LOCK_WAIT.as_secs()
+            )));
+        }
         cni::trace::step("lock");
 
         let _ = dir.mkdir(INDEX_DIR, DIR_MODE);
@@ -255,26 +328,32 @@ impl DiskStore {
         String::from_utf8_lossy(content).trim() == id.trim()
     }
 
-    /// The addresses the index entry `key` names (with this call's changes).
-    fn hint(&self, key: &str) -> BTreeSet<IpAddr> {
+    /// The addresses the index entry `key` names (with this call's changes). An entry that is
+    /// not a regular file is refused (code 5); one that cannot be read otherwise names nothing.
+    fn hint(&self, key: &str) -> Result<BTreeSet<IpAddr>> {
         if let Some(p) = self.pending.get(key) {
-            return p.clone();
+            return Ok(p.clone());
         }
         let Some(index) = &self.index else {
-            return BTreeSet::new();
+            return Ok(BTreeSet::new());
         };
         match index.read_small(key, MAX_READ) {
-            Ok(Some(b)) => String::from_utf8_lossy(&b)
+            Ok(Some(b)) => Ok(String::from_utf8_lossy(&b)
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
-                .collect(),
-            _ => BTreeSet::new(),
+                .collect()),
+            Err(e) if sys::is_not_regular(&e) => {
+                Err(io_err(format!("reading {}/{INDEX_DIR}/{key}", self.path.display()), e))
+            }
+            _ => Ok(BTreeSet::new()),
         }
     }
 
+    /// Index changes of this call. An entry that cannot be read counts as empty here: it is
+    /// replaced at commit, or refused then, which makes the index rebuild.
     fn hint_add(&mut self, id: &str, ifname: Option<&str>, ip: IpAddr) {
         if let Some(key) = index_key(id, ifname) {
-            let mut ips = self.hint(&key);
+            let mut ips = self.hint(&key).unwrap_or_default();
             ips.insert(ip);
             self.pending.insert(key, ips);
         }
@@ -282,7 +361,7 @@ impl DiskStore {
 
     fn hint_remove(&mut self, id: &str, ifname: Option<&str>, gone: &[IpAddr]) {
         if let Some(key) = index_key(id, ifname) {
-            let mut ips = self.hint(&key);
+            let mut ips = self.hint(&key).unwrap_or_default();
             ips.retain(|ip| !gone.contains(ip));
             self.pending.insert(key, ips);
         }
@@ -301,14 +380,14 @@ impl DiskStore {
         Ok(())
     }
 
-    fn write_index_entry(index: &Dir, key: &str, ips: &BTreeSet<IpAddr>) -> io::Result<()> {
+    fn write_index_entry(index: &Dir, tmp: &str, key: &str, ips: &BTreeSet<IpAddr>) -> io::Result<()> {
         if ips.is_empty() {
             return match index.unlink(key) {
                 Err(e) if !sys::is_not_found(&e) => Err(e),
                 _ => Ok(()),
             };
         }
-        index.write_file(key, index_text(ips).as_bytes(), FILE_MODE)
+        index.write_atomic(key, tmp, index_text(ips).as_bytes(), FILE_MODE)
     }
 
     /// Writes this call's index changes.
@@ -318,9 +397,10 @@ impl DiskStore {
         }
         self.invalidate_stamp()?;
         let pending = std::mem::take(&mut self.pending);
+        let tmp = self.next_tmp_name();
         if let Some(index) = &self.index {
             for (key, ips) in &pending {
-                Self::write_index_entry(index, key, ips)?;
+                Self::write_index_entry(index, &tmp, key, ips)?;
             }
         }
         Ok(())
@@ -353,6 +433,15 @@ impl DiskStore {
             match self.dir.read_small(&name, MAX_READ) {
                 Ok(Some(content)) => out.push((ip, content)),
                 Ok(None) => {}
+                // A FIFO, socket, device or directory named like a lease is no lease of anyone's
+                // and nothing we may remove: the store needs a person's look.
+                Err(e) if sys::is_not_regular(&e) => {
+                    return Err(io_err(
+                        format!("reading lease {}/{name} (remove it)", self.path.display()),
+                        e,
+                    ))
+                }
+                // A symlink named like a lease is skipped, never followed.
                 Err(e) => eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display()),
             }
         }
@@ -379,6 +468,7 @@ impl DiskStore {
                 e,
             )
         })?;
+        let tmp = self.next_tmp_name();
         let index = self.index.as_ref().expect("checked above");
         let existing = index
             .names()
@@ -393,7 +483,7 @@ impl DiskStore {
             if index.read_small(key, MAX_READ).ok().flatten().as_deref() == Some(index_text(ips).as_bytes()) {
                 continue;
             }
-            Self::write_index_entry(index, key, ips)
+            Self::write_index_entry(index, &tmp, key, ips)
                 .map_err(|e| io_err(format!("writing {}/{INDEX_DIR}/{key}", self.path.display()), e))?;
         }
         self.complete = true;
@@ -452,7 +542,7 @@ impl DiskStore {
                 // Entries whose lease is gone or names someone else are skipped; they are
                 // dropped when the entry is next rewritten.
                 let found = self
-                    .hint(&key)
+                    .hint(&key)?
                     .into_iter()
                     .filter(|ip| matches!(self.read_lease(*ip), Ok(Some(c)) if matches(&c)))
                     .collect();
@@ -502,6 +592,15 @@ impl DiskStore {
         }
     }
 
+    /// Writes the bookkeeping file `name` of the network directory atomically (see
+    /// [`Dir::write_atomic`]).
+    fn write_bookkeeping(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
+        let tmp = self.next_tmp_name();
+        self.dir.write_atomic(name, &tmp, data, FILE_MODE)?;
+        self.changed();
+        Ok(())
+    }
+
     /// Sets the directory's mtime to a past value and records it in `.stamp`.
     fn write_stamp(&mut self) -> io::Result<()> {
         let Some(index) = &self.index else {
@@ -514,7 +613,8 @@ impl DiskStore {
             .unwrap_or_default();
         self.dir.set_mtime(back.as_secs() as i64, back.subsec_nanos() as i64)?;
         let st = self.dir.stat()?;
-        index.write_file(STAMP_FILE, stamp_text(&st).as_bytes(), FILE_MODE)?;
+        let tmp = format!("{TMP_PREFIX}{}-stamp", std::process::id());
+        index.write_atomic(STAMP_FILE, &tmp, stamp_text(&st).as_bytes(), FILE_MODE)?;
         self.stamp_invalid = false;
         Ok(())
     }
@@ -539,7 +639,7 @@ impl Store for DiskStore {
             };
             self.prior_last.insert(range_set, before);
         }
-        if let Err(e) = self.dir.write_file(&last, name.as_bytes(), FILE_MODE) {
+        if let Err(e) = self.write_bookkeeping(&last, name.as_bytes()) {
             // Fail whole: no lease without its bookkeeping.
             let _ = self.dir.unlink(&name);
             return Err(io_err(format!("writing {}/{last}", self.path.display()), e));
@@ -576,9 +676,24 @@ impl Store for DiskStore {
 
     fn reconcile_boot(&mut self, boot_id: &str, release: bool) -> Result<Vec<IpAddr>> {
         let recorded = match self.dir.read_small(BOOT_FILE, 256) {
-            Ok(Some(b)) => Some(String::from_utf8_lossy(&b).trim().to_string()),
+            Ok(Some(b)) => match parse_boot_record(&b) {
+                Some(id) => Some(id),
+                // Empty (a write that failed half way, by an older version) or not a boot id: no
+                // record. Taking it for another boot would release every living container's
+                // lease on a guess.
+                None => {
+                    eprintln!(
+                        "host-local: {}/{BOOT_FILE} holds no boot id; adopting the store, releasing nothing",
+                        self.path.display()
+                    );
+                    None
+                }
+            },
             Ok(None) => None,
-            // Unreadable (a symlink planted there, say): replaced below, nothing released.
+            Err(e) if sys::is_not_regular(&e) => {
+                return Err(io_err(format!("reading {}/{BOOT_FILE}", self.path.display()), e))
+            }
+            // Unreadable (a symlink planted there, say): no record, replaced below.
             Err(e) => {
                 eprintln!("host-local: ignoring {}/{BOOT_FILE}: {e}", self.path.display());
                 None
@@ -600,8 +715,7 @@ impl Store for DiskStore {
                 );
             }
         }
-        self.dir
-            .write_file(BOOT_FILE, format!("{boot_id}\n").as_bytes(), FILE_MODE)
+        self.write_bookkeeping(BOOT_FILE, format!("{boot_id}\n").as_bytes())
             .map_err(|e| io_err(format!("writing {}/{BOOT_FILE}", self.path.display()), e))?;
         Ok(released)
     }
@@ -618,6 +732,7 @@ impl Store for DiskStore {
                 self.seen_last.insert(range_set, None);
                 Ok(None)
             }
+            Err(e) if sys::is_not_regular(&e) => Err(io_err(format!("reading {}/{name}", self.path.display()), e)),
             // As the reference: a bad last-reserved file only costs the round robin.
             Err(e) => {
                 eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display());
@@ -649,6 +764,7 @@ impl Store for DiskStore {
         if !ips.is_empty() {
             self.hint_remove(id, owner_ifname, &ips);
         }
+        self.remove_claim(id, ifname)?;
         Ok(ips)
     }
 
@@ -680,6 +796,22 @@ impl Store for DiskStore {
             }
         }
         report.kept = kept.len();
+        // Claim records of attachments GC does not keep (see [`DiskStore::claim`]).
+        for name in names.iter().filter(|n| n.starts_with(CLAIM_PREFIX)) {
+            let owner = match self.dir.read_small(name, MAX_READ) {
+                Ok(Some(t)) => String::from_utf8_lossy(&t).lines().nth(1).and_then(|l| {
+                    let mut w = l.strip_prefix("attachment ")?.splitn(2, ' ');
+                    Some(Owner {
+                        container_id: w.next()?.to_string(),
+                        ifname: Some(w.next()?.to_string()),
+                    })
+                }),
+                _ => None,
+            };
+            if owner.is_none_or(|o| !keep(&o)) && self.dir.unlink(name).is_ok() {
+                self.changed();
+            }
+        }
         self.rewrite_index(&kept)?;
         Ok(report)
     }
@@ -703,8 +835,12 @@ impl Store for DiskStore {
         DiskStore::record_add(self, id, ifname)
     }
 
-    fn undo_add(&mut self, id: &str, ifname: &str, released: &[IpAddr]) -> Result<()> {
-        DiskStore::undo_add(self, id, ifname, released)
+    fn claim(&mut self, id: &str, ifname: &str, token: &str) -> Result<()> {
+        DiskStore::claim(self, id, ifname, token)
+    }
+
+    fn release_for_undo(&mut self, id: &str, ifname: &str, token: &str) -> Result<Vec<IpAddr>> {
+        DiskStore::release_for_undo(self, id, ifname, token)
     }
 
     fn commit(&mut self) -> Result<()> {
@@ -739,7 +875,7 @@ impl Drop for DiskStore {
 /// it, `last_reserved_ip.<n>` included, or the next container gets another address than it
 /// would have. Within one call [`DiskStore::restore_last_reserved`] puts the files back. When
 /// the plugin that delegated to us fails after our ADD succeeded, it runs our DEL with
-/// [`UNDO_ENV`] set: the ADD recorded what it replaced in [`UNDO_FILE`] (see
+/// [`cni::env::UNDO_ENV`] set: the ADD recorded what it replaced in [`UNDO_FILE`] (see
 /// [`DiskStore::record_add`]), and [`DiskStore::undo_add`] puts back each pointer that still
 /// names the address that ADD reserved for this attachment (a pointer moved on by a later ADD
 /// is left alone). A DEL without the variable releases as the reference does and leaves the
@@ -748,7 +884,7 @@ impl DiskStore {
     fn restore_one(&mut self, set: usize, before: &Option<Vec<u8>>) -> io::Result<()> {
         let name = format!("{LAST_RESERVED_PREFIX}{set}");
         match before {
-            Some(b) => self.dir.write_file(&name, b, FILE_MODE),
+            Some(b) => self.write_bookkeeping(&name, b),
             None => match self.dir.unlink(&name) {
                 Ok(()) => {
                     self.changed();
@@ -757,6 +893,85 @@ impl DiskStore {
                 Err(e) if sys::is_not_found(&e) => Ok(()),
                 Err(e) => Err(e),
             },
+        }
+    }
+
+    /// Before an ADD of (`id`, `ifname`) allocates: records that the ADD `token` now holds the
+    /// attachment, with the addresses it holds already. The record is written (atomically)
+    /// before anything is reserved, so an ADD killed at any point is undone by its token.
+    ///
+    /// This is what makes an undo release only what its own call made: two ADDs of one
+    /// attachment at once (a runtime that retries) both succeed in host-local, one getting the
+    /// other's lease back, and one of them then fails to make the interface and undoes. The
+    /// undo of the ADD that reserved the lease, after the other one claimed it, finds another
+    /// token here and releases nothing; the undo of the ADD that got the lease back releases
+    /// nothing, as the lease is among the held ones. (Both failing leaves the lease to the
+    /// runtime's DEL or GC: a lease too many, never an address for two containers.)
+    pub fn claim(&mut self, id: &str, ifname: &str, token: &str) -> Result<()> {
+        let held = self.get_by_id(id, ifname)?;
+        let name = claim_name(id, ifname);
+        self.write_bookkeeping(&name, claim_text(id, ifname, token, &held).as_bytes())
+            .map_err(|e| io_err(format!("writing {}/{name}", self.path.display()), e))
+    }
+
+    /// The DEL that undoes the failed ADD `token` of (`id`, `ifname`): releases the leases
+    /// of the attachment that this ADD reserved, if it is still the last to have claimed the
+    /// attachment (see [`DiskStore::claim`]), puts back the round-robin pointers it moved, and
+    /// drops its claim. Anything else (a lease held before that ADD, or claimed since by another
+    /// call) stays. Returns what it released.
+    pub fn release_for_undo(&mut self, id: &str, ifname: &str, token: &str) -> Result<Vec<IpAddr>> {
+        let name = claim_name(id, ifname);
+        let record = match self.dir.read_small(&name, MAX_READ) {
+            Ok(r) => r,
+            Err(e) if sys::is_not_regular(&e) => {
+                return Err(io_err(format!("reading {}/{name}", self.path.display()), e))
+            }
+            Err(_) => None,
+        };
+        let held = match record.as_deref().and_then(|r| parse_claim(r, id, ifname)) {
+            Some((t, held)) if t == token => held,
+            found => {
+                // A lease of the attachment that this undo may not release is worth a line; an
+                // ADD killed before it claimed anything left nothing to say.
+                if !self.lookup(id, Some(ifname))?.is_empty() {
+                    let why = match found {
+                        Some(_) => "another ADD of the attachment claimed it since",
+                        None => "no record of that ADD",
+                    };
+                    eprintln!(
+                        "host-local: undoing a failed ADD of {} {ifname} in {}: keeping the attachment's lease ({why})",
+                        id.trim(),
+                        self.path.display()
+                    );
+                }
+                return Ok(Vec::new());
+            }
+        };
+        let ips: Vec<IpAddr> = self
+            .lookup(id, Some(ifname))?
+            .into_iter()
+            .filter(|ip| !held.contains(ip))
+            .collect();
+        for ip in &ips {
+            self.remove_lease(*ip)?;
+        }
+        if !ips.is_empty() {
+            self.hint_remove(id, Some(ifname), &ips);
+        }
+        self.undo_add(id, ifname, &ips)?;
+        self.remove_claim(id, ifname)?;
+        Ok(ips)
+    }
+
+    fn remove_claim(&mut self, id: &str, ifname: &str) -> Result<()> {
+        let name = claim_name(id, ifname);
+        match self.dir.unlink(&name) {
+            Ok(()) => {
+                self.changed();
+                Ok(())
+            }
+            Err(e) if sys::is_not_found(&e) => Ok(()),
+            Err(e) => Err(io_err(format!("removing {}/{name}", self.path.display()), e)),
         }
     }
 
@@ -796,21 +1011,20 @@ impl DiskStore {
             // address (or absent), as the reference reads nothing else.
             text.push_str(&format!("{set} {before}\n"));
         }
-        let existed = self.dir.stat_at(UNDO_FILE).ok().flatten().is_some();
-        self.dir
-            .write_file(UNDO_FILE, text.as_bytes(), FILE_MODE)
-            .map_err(|e| io_err(format!("writing {}/{UNDO_FILE}", self.path.display()), e))?;
-        if !existed {
-            self.changed();
-        }
-        Ok(())
+        self.write_bookkeeping(UNDO_FILE, text.as_bytes())
+            .map_err(|e| io_err(format!("writing {}/{UNDO_FILE}", self.path.display()), e))
     }
 
     /// DEL of a failed ADD of (`id`, `ifname`) that released `released`: puts back each pointer
     /// the ADD's record names that still names one of `released`, and drops the record.
-    pub fn undo_add(&mut self, id: &str, ifname: &str, released: &[IpAddr]) -> Result<()> {
-        let Some(text) = self.dir.read_small(UNDO_FILE, MAX_READ).ok().flatten() else {
-            return Ok(());
+    fn undo_add(&mut self, id: &str, ifname: &str, released: &[IpAddr]) -> Result<()> {
+        let text = match self.dir.read_small(UNDO_FILE, MAX_READ) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(()),
+            Err(e) if sys::is_not_regular(&e) => {
+                return Err(io_err(format!("reading {}/{UNDO_FILE}", self.path.display()), e))
+            }
+            Err(_) => return Ok(()),
         };
         let text = String::from_utf8_lossy(&text);
         let mut lines = text.lines();
@@ -847,8 +1061,6 @@ impl DiskStore {
         Ok(())
     }
 }
-
-pub use cni::delegate::UNDO_ENV;
 
 #[cfg(test)]
 mod tests {

@@ -58,8 +58,15 @@ fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<Box<dyn Store>>>
     Ok(Some(store))
 }
 
-/// ADD: one address per range set (the requested one where a request falls in the set).
+/// ADD: one address per range set (the requested one where a request falls in the set), as a
+/// call of its own (a new token, see [`add_with`]).
 pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniResult> {
+    add_with(stdin, id, ifname, env_args, &cni::ids::random_token())
+}
+
+/// [`add`] as the call `token` (the token the DEL that may undo it names: see
+/// [`Store::claim`]).
+pub fn add_with(stdin: &[u8], id: &str, ifname: &str, env_args: &str, token: &str) -> Result<CniResult> {
     cni::fault::point("host-local:add");
     let conf = IpamConfig::load(stdin, env_args)?;
     cni::trace::step("load ipam config");
@@ -98,35 +105,38 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
         let mut reserved: Vec<IpAddr> = Vec::new();
         let mut replaced: Vec<(usize, IpAddr)> = Vec::new();
         result.ips.clear();
-        for (idx, set) in conf.range_sets.iter().enumerate() {
-            match allocator::allocate(store.as_mut(), set, idx, id, ifname, per_set[idx]) {
-                Ok(a) => {
-                    if a.new {
-                        reserved.push(a.ip.address.addr());
-                    }
-                    replaced.extend(a.replaced.iter().map(|ip| (idx, *ip)));
-                    result.ips.push(a.ip);
+        let mut attempt = || -> Result<()> {
+            store.claim(id, ifname, token)?;
+            for (idx, set) in conf.range_sets.iter().enumerate() {
+                let a = allocator::allocate(store.as_mut(), set, idx, id, ifname, per_set[idx])
+                    .map_err(|e| e.context(format!("failed to allocate for range {idx}")))?;
+                if a.new {
+                    reserved.push(a.ip.address.addr());
                 }
-                Err(e) => {
-                    for ip in &reserved {
-                        if let Err(re) = store.release(id, ifname, *ip) {
-                            eprintln!("host-local: rolling back {ip}: {re}");
-                        }
-                    }
-                    for (set, ip) in &replaced {
-                        if let Err(re) = store.reserve(id, ifname, *ip, *set) {
-                            eprintln!("host-local: restoring the lease of {ip}: {re}");
-                        }
-                    }
-                    if let Err(re) = store.restore_last_reserved() {
-                        eprintln!("host-local: rolling back: {re}");
-                    }
-                    let _ = store.commit();
-                    return Err(e.context(format!("failed to allocate for range {idx}")));
+                replaced.extend(a.replaced.iter().map(|ip| (idx, *ip)));
+                result.ips.push(a.ip);
+            }
+            store.record_add(id, ifname)
+        };
+        if let Err(e) = attempt() {
+            // What this call reserved goes, what a static request replaced comes back, and the
+            // pointers are put back: the store is as the call found it.
+            for ip in &reserved {
+                if let Err(re) = store.release(id, ifname, *ip) {
+                    eprintln!("host-local: rolling back {ip}: {re}");
                 }
             }
+            for (set, ip) in &replaced {
+                if let Err(re) = store.reserve(id, ifname, *ip, *set) {
+                    eprintln!("host-local: restoring the lease of {ip}: {re}");
+                }
+            }
+            if let Err(re) = store.restore_last_reserved() {
+                eprintln!("host-local: rolling back: {re}");
+            }
+            let _ = store.commit();
+            return Err(e);
         }
-        store.record_add(id, ifname)?;
         // Every range set's address in one transaction; a lost race starts over.
         if store.try_commit()? {
             break;
@@ -140,19 +150,18 @@ pub fn add(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<CniRe
 }
 
 /// DEL: releases what (`id`, `ifname`) holds. A store that does not exist holds nothing.
-/// Run by a plugin to undo its failed ADD ([`disk::UNDO_ENV`] set), it also puts back the
-/// round-robin pointers that ADD moved.
 ///
 /// DEL takes nothing from `CNI_ARGS` (`IP=` asks for an address): keys it does not know must
 /// not keep a lease held for ever, so `env_args` is not judged (the reference refuses them).
 pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
     let _ = env_args;
-    let undo = std::env::var_os(disk::UNDO_ENV).is_some_and(|v| v == "1");
-    del_with(stdin, id, ifname, undo)
+    del_with(stdin, id, ifname, None)
 }
 
-/// [`del`], told whether it undoes a failed ADD.
-pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_add: bool) -> Result<()> {
+/// [`del`]; with `undo_of`, the DEL that a plugin runs to undo its failed ADD, whose token
+/// it names ([`cni::delegate::UNDO_ENV`]): it releases only what that ADD reserved, and puts
+/// back the round-robin pointers that ADD moved (see [`Store::release_for_undo`]).
+pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> Result<()> {
     let conf = IpamConfig::load(stdin, "")?;
     let Some(mut store) = open_store(&conf, false)? else {
         return Ok(());
@@ -160,13 +169,15 @@ pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_add: bool) -> Result<
     // As the reference, once per range set: a second pass also releases old-format leases
     // of the container when the first released new-format ones.
     loop {
-        let mut released = Vec::new();
-        for _ in &conf.range_sets {
-            released.extend(store.release_by_id(id, ifname)?);
-        }
-        // The DEL a plugin runs to undo its failed ADD puts the round-robin pointers back, too.
-        if undo_add {
-            store.undo_add(id, ifname, &released)?;
+        match undo_of {
+            Some(token) => {
+                store.release_for_undo(id, ifname, token)?;
+            }
+            None => {
+                for _ in &conf.range_sets {
+                    store.release_by_id(id, ifname)?;
+                }
+            }
         }
         if store.try_commit()? {
             return Ok(());
@@ -248,7 +259,13 @@ impl cni::Plugin for HostLocal {
     }
 
     fn add(&self, call: &cni::Call) -> Result<CniResult> {
-        add(&call.stdin, &call.env.container_id, &call.env.ifname, &call.env.args)
+        add_with(
+            &call.stdin,
+            &call.env.container_id,
+            &call.env.ifname,
+            &call.env.args,
+            &call.env.token,
+        )
     }
 
     fn del(&self, call: &cni::Call) -> Result<()> {
@@ -258,7 +275,7 @@ impl cni::Plugin for HostLocal {
             &call.stdin,
             &call.env.container_id,
             &call.env.ifname,
-            call.env.undo_failed_add,
+            call.env.undo_of.as_deref(),
         )
     }
 
@@ -339,18 +356,18 @@ mod tests {
         let c = dual(t.path());
         // From an empty store: the pointers did not exist.
         let empty_before = store_files(t.path());
-        add(&c, "c1", "eth0", "").unwrap();
-        del_with(&c, "c1", "eth0", true).unwrap();
+        add_with(&c, "c1", "eth0", "", "t1").unwrap();
+        del_with(&c, "c1", "eth0", Some("t1")).unwrap();
         assert_eq!(store_files(t.path()), empty_before);
         // With pointers and leases of others.
         add(&c, "c2", "eth0", "").unwrap();
         add(&c, "c3", "eth0", "").unwrap();
         let before = store_files(t.path());
-        let r = add(&c, "c4", "eth0", "").unwrap();
+        let r = add_with(&c, "c4", "eth0", "", "t4").unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.1.0.4/24");
-        del_with(&c, "c4", "eth0", true).unwrap();
+        del_with(&c, "c4", "eth0", Some("t4")).unwrap();
         assert_eq!(store_files(t.path()), before);
-        let r = add(&c, "c5", "eth0", "").unwrap();
+        let r = add_with(&c, "c5", "eth0", "", "t5").unwrap();
         assert_eq!(
             r.ips[0].address.to_string(),
             "10.1.0.4/24",
@@ -358,7 +375,7 @@ mod tests {
         );
         // A pointer moved on by a later ADD stays; a plain DEL leaves the pointers (reference).
         add(&c, "c6", "eth0", "").unwrap();
-        del_with(&c, "c5", "eth0", true).unwrap();
+        del_with(&c, "c5", "eth0", Some("t5")).unwrap();
         assert_eq!(
             std::fs::read(t.path().join("net/last_reserved_ip.0")).unwrap(),
             b"10.1.0.5"
@@ -369,14 +386,60 @@ mod tests {
             b"10.1.0.5"
         );
         // A second ADD of an attachment that gets its lease back moves nothing: undoing it
-        // does not undo the first ADD's pointers.
-        add(&c, "c7", "eth0", "").unwrap();
-        add(&c, "c7", "eth0", "").unwrap();
-        del_with(&c, "c7", "eth0", true).unwrap();
+        // does not undo the first ADD's pointers, nor release the lease it found.
+        add_with(&c, "c7", "eth0", "", "t7a").unwrap();
+        add_with(&c, "c7", "eth0", "", "t7b").unwrap();
+        del_with(&c, "c7", "eth0", Some("t7b")).unwrap();
         assert_eq!(
             std::fs::read(t.path().join("net/last_reserved_ip.0")).unwrap(),
             b"10.1.0.6"
         );
+        assert_eq!(leases(t.path()).iter().filter(|l| l.as_str() == "10.1.0.6").count(), 1);
+    }
+
+    /// Two ADDs of one attachment at once (a runtime that retries): whichever of the two fails
+    /// afterwards and undoes, the lease the other one returned stays.
+    #[test]
+    fn an_undo_releases_only_what_its_own_add_reserved() {
+        let t = tempfile::tempdir().unwrap();
+        let c = dual(t.path());
+        let lease_of = |id: &str| {
+            let mut v: Vec<String> = std::fs::read_dir(t.path().join("net"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_str().unwrap().parse::<IpAddr>().is_ok())
+                .filter(|p| std::fs::read_to_string(p).unwrap() == format!("{id}\r\neth0"))
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        // A reserved; B got A's lease back; A fails and undoes: B's lease stays.
+        let a = add_with(&c, "c1", "eth0", "", "ta").unwrap();
+        let b = add_with(&c, "c1", "eth0", "", "tb").unwrap();
+        assert_eq!(a.ips, b.ips);
+        del_with(&c, "c1", "eth0", Some("ta")).unwrap();
+        assert_eq!(lease_of("c1"), ["10.1.0.2", "fd00::2"]);
+        // B fails instead and undoes: the lease was held when B came, it stays.
+        del_with(&c, "c1", "eth0", Some("tb")).unwrap();
+        assert_eq!(lease_of("c1"), ["10.1.0.2", "fd00::2"]);
+        // An undo of an ADD that left no record, or of an old version ("1"): nothing.
+        del_with(&c, "c1", "eth0", Some("1")).unwrap();
+        assert_eq!(lease_of("c1"), ["10.1.0.2", "fd00::2"]);
+        // A plain DEL releases it; an undo of the last claimant releases what it reserved.
+        del(&c, "c1", "eth0", "").unwrap();
+        assert!(lease_of("c1").is_empty());
+        add_with(&c, "c1", "eth0", "", "tc").unwrap();
+        del_with(&c, "c1", "eth0", Some("tc")).unwrap();
+        assert!(lease_of("c1").is_empty());
+        assert!(leases(t.path()).is_empty());
+        // No claim record is left behind by DEL.
+        let names: Vec<String> = std::fs::read_dir(t.path().join("net"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(disk::CLAIM_PREFIX))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 
     #[test]
@@ -519,7 +582,7 @@ mod tests {
         let r = add(&c, "c4", "eth0", "").unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.1.0.42/24");
         // The first call after the boot may be any verb: here a DEL of another container.
-        plant_boot(t.path(), "another-boot");
+        plant_boot(t.path(), "0b0b0b0b-1111-4000-8000-000000000000");
         del(&c, "nobody", "eth0", "").unwrap();
         assert!(leases(t.path()).is_empty());
     }
@@ -544,7 +607,7 @@ mod tests {
             json!({"ranges": [[{"subnet": "10.1.0.0/24"}]], "releaseOnReboot": false}),
         );
         add(&c, "c1", "eth0", "").unwrap();
-        plant_boot(t.path(), "another-boot");
+        plant_boot(t.path(), "0b0b0b0b-1111-4000-8000-000000000000");
         add(&c, "c2", "eth0", "").unwrap();
         assert_eq!(leases(t.path()), ["10.1.0.2", "10.1.0.3"]);
         // The boot is recorded all the same.

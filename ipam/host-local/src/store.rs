@@ -78,6 +78,17 @@ pub trait Store {
     /// `id` hold (the reference's rule). Returns the addresses released.
     fn release_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>>;
 
+    /// Before an ADD of (`id`, `ifname`) allocates: from now on the ADD `token` holds the
+    /// attachment. An undo of an earlier ADD of the attachment releases nothing of what it
+    /// holds now, and an undo of this one releases only what it reserves after this point.
+    fn claim(&mut self, id: &str, ifname: &str, token: &str) -> Result<()>;
+
+    /// The DEL that undoes the failed ADD `token` of (`id`, `ifname`): releases the leases
+    /// that ADD reserved, unless another ADD of the attachment claimed it since; puts back the
+    /// round-robin pointers the ADD moved (disk). Returns what it released. A lease that
+    /// existed before that ADD, or that another call holds, is never released here.
+    fn release_for_undo(&mut self, id: &str, ifname: &str, token: &str) -> Result<Vec<IpAddr>>;
+
     /// Releases every lease whose owner `keep` refuses, and empty leases.
     fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<GcReport>;
 
@@ -110,16 +121,10 @@ pub trait Store {
         Ok(())
     }
 
-    /// After a successful ADD of (`id`, `ifname`): records what it moved, for
-    /// [`Store::undo_add`] (disk). The etcd store keeps no such record: its round robin is
+    /// After a successful ADD of (`id`, `ifname`): records the round-robin pointers it moved,
+    /// which [`Store::release_for_undo`] puts back (disk). The etcd store keeps no such record: its round robin is
     /// shared by the hosts, and moves on.
     fn record_add(&mut self, _id: &str, _ifname: &str) -> Result<()> {
-        Ok(())
-    }
-
-    /// The DEL that undoes a failed ADD (`released`: what it released) puts the round-robin
-    /// pointers back as that ADD found them (disk).
-    fn undo_add(&mut self, _id: &str, _ifname: &str, _released: &[IpAddr]) -> Result<()> {
         Ok(())
     }
 

@@ -39,6 +39,33 @@ pub fn is_symlink_refusal(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR))
 }
 
+/// What opening a store file that is not a regular file gives: `InvalidData`, naming its kind.
+pub fn not_regular(mode: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}, not a regular file", kind_of(mode)),
+    )
+}
+
+/// Whether `e` is [`not_regular`]'s refusal.
+pub fn is_not_regular(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData && e.to_string().ends_with("not a regular file")
+}
+
+/// "a FIFO", "a socket", ... for a file mode.
+pub fn kind_of(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFLNK => "a symlink",
+        libc::S_IFREG => "a regular file",
+        _ => "not a file",
+    }
+}
+
 /// What [`Dir::stat_at`] tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
@@ -108,55 +135,78 @@ impl Dir {
         }
     }
 
-    /// Opens the file `name` with `flags` (`O_NOFOLLOW | O_CLOEXEC` are added).
+    /// Opens the file `name` with `flags` (`O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC` are added), and
+    /// refuses it unless it is a regular file. Nothing at a name of the store can make us wait:
+    /// a FIFO opens at once (or fails with `ENXIO` for writing, with no reader), and is then
+    /// refused like a socket, a device or a directory ([`is_not_regular`]); a symlink fails with
+    /// `ELOOP`.
     pub fn open_file(&self, name: &str, flags: libc::c_int, mode: u32) -> io::Result<File> {
         let c = cstr(name)?;
         // SAFETY: valid dirfd and C string; the fd returned is owned below.
-        let fd = check(unsafe {
+        let fd = unsafe {
             libc::openat(
                 self.raw(),
                 c.as_ptr(),
-                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
                 mode as libc::c_uint,
             )
-        })?;
+        };
+        let fd = match check(fd) {
+            Ok(fd) => fd,
+            // A FIFO opened for writing without a reader, a directory opened for writing.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO) | Some(libc::EISDIR)) => {
+                let mode = self.stat_at(name).ok().flatten().map(|s| s.mode);
+                return Err(not_regular(mode.unwrap_or(0)));
+            }
+            Err(e) => return Err(e),
+        };
         // SAFETY: fd is a new descriptor we own.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let f = unsafe { File::from_raw_fd(fd) };
+        let m = f.metadata()?;
+        if !m.file_type().is_file() {
+            use std::os::unix::fs::MetadataExt;
+            return Err(not_regular(m.mode()));
+        }
+        Ok(f)
     }
 
     /// Reads the regular file `name`, at most `max` bytes; `None` when it does not exist.
     /// Symlinks, FIFOs and other non-regular files are refused without blocking.
     pub fn read_small(&self, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
-        let f = match self.open_file(name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+        let f = match self.open_file(name, libc::O_RDONLY, 0) {
             Ok(f) => f,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if !f.metadata()?.is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
-        }
         let mut buf = Vec::new();
         f.take(max).read_to_end(&mut buf)?;
         Ok(Some(buf))
     }
 
-    /// Writes `data` as the whole content of `name`, creating it with `mode`. A symlink at
-    /// `name` is removed and replaced by a file (never followed).
-    ///
-    /// The file is overwritten from offset 0 and then cut to length, never truncated to zero
-    /// first: on ext4 a truncate-to-zero-and-rewrite makes `close` start writeback of the file
-    /// (`auto_da_alloc`), which costs milliseconds per file.
-    pub fn write_file(&self, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
-        let flags = libc::O_WRONLY | libc::O_CREAT;
-        let f = match self.open_file(name, flags, mode) {
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                self.unlink(name)?;
-                self.open_file(name, flags | libc::O_EXCL, mode)?
+    /// Writes `data` as the whole content of `name`, atomically: into the new temp file `tmp`
+    /// (which must not exist), renamed over `name` only once it is whole. A reader sees the old
+    /// content or the new one, never a part; a failed write (a full disk) leaves `name` as it
+    /// was and no temp file behind. A symlink at `name` is replaced (never followed); a FIFO,
+    /// socket, device or directory there is refused ([`is_not_regular`]).
+    pub fn write_atomic(&self, name: &str, tmp: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        if let Some(st) = self.stat_at(name)? {
+            if !matches!(st.mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFLNK) {
+                return Err(not_regular(st.mode));
             }
-            r => r?,
-        };
-        f.write_all_at(data, 0)?;
-        f.set_len(data.len() as u64)
+        }
+        self.create_new(tmp, data, mode)?;
+        if let Err(e) = self.rename(tmp, name) {
+            let _ = self.unlink(tmp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Renames `from` to `to` in this directory, replacing the file `to`.
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (cstr(from)?, cstr(to)?);
+        // SAFETY: valid dirfd and C strings.
+        check(unsafe { libc::renameat(self.raw(), a.as_ptr(), self.raw(), b.as_ptr()) }).map(|_| ())
     }
 
     /// Overwrites the start of an existing file `name` with `data` (no truncation); a missing
@@ -280,5 +330,57 @@ impl Dir {
 
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_regular_files_are_refused_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        let fifo = std::ffi::CString::new(t.path().join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::fs::create_dir(t.path().join("dir")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(t.path().join("sock")).unwrap();
+        for (name, kind) in [("fifo", "a FIFO"), ("dir", "a directory"), ("sock", "a socket")] {
+            for flags in [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDONLY | libc::O_CREAT] {
+                let e = d.open_file(name, flags, 0o644).unwrap_err();
+                assert!(
+                    is_not_regular(&e) || e.raw_os_error() == Some(libc::ENXIO),
+                    "{name}: {e}"
+                );
+                if is_not_regular(&e) {
+                    assert_eq!(e.to_string(), format!("{kind}, not a regular file"));
+                }
+            }
+            let e = d.read_small(name, 10).unwrap_err();
+            assert!(is_not_regular(&e), "{name}: {e}");
+            let e = d.write_atomic(name, ".tmp-x", b"x", 0o644).unwrap_err();
+            assert!(is_not_regular(&e), "{name}: {e}");
+            assert!(d.stat_at(".tmp-x").unwrap().is_none());
+        }
+        let e = d.open_file("/dev/null", libc::O_RDONLY, 0).unwrap_err();
+        assert!(is_not_regular(&e), "{e}");
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files_and_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap();
+        d.write_atomic("f", ".tmp-1", b"one", 0o644).unwrap();
+        d.write_atomic("f", ".tmp-1", b"two!", 0o644).unwrap();
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"two!");
+        std::fs::write(t.path().join("target"), "keep").unwrap();
+        std::os::unix::fs::symlink(t.path().join("target"), t.path().join("l")).unwrap();
+        d.write_atomic("l", ".tmp-1", b"new", 0o644).unwrap();
+        assert_eq!(std::fs::read(t.path().join("target")).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(t.path().join("l")).unwrap().is_file());
+        let mut names = d.names().unwrap();
+        names.sort();
+        assert_eq!(names, ["f", "l", "target"]);
     }
 }

@@ -29,6 +29,8 @@ impl Plugin for Bridge {
         step("load config");
         let host = Nl::current()?;
         step("host socket");
+        // One call of the attachment at a time, held until the undo below has run.
+        let _attachment = iface::lock_attachment(call)?;
         // Every change below registers its undo; they all run, newest first, unless the ADD
         // gets to the end (an error returned or a panic: see `cni::txn`).
         let mut txn = Txn::new("bridge");
@@ -39,6 +41,10 @@ impl Plugin for Bridge {
 
     fn del(&self, call: &Call) -> Result<()> {
         let conf = BridgeConf::decode(call)?;
+        // A DEL goes on without the lock when it cannot be had: a teardown must not fail for it.
+        let attachment = iface::lock_attachment(call)
+            .inspect_err(|e| eprintln!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
+            .ok();
         let mut errs = Errors::new();
         // 1. The lease and the container interface (also what a killed ADD left).
         iface::del_attachment(call, conf.net.ipam_type(), &mut errs);
@@ -57,6 +63,9 @@ impl Plugin for Bridge {
                 &call.env.container_id,
                 &call.env.ifname,
             ));
+        }
+        if let Some(a) = attachment {
+            a.remove();
         }
         errs.into_result()
     }
@@ -389,17 +398,7 @@ fn ensure_bridge<'a>(host: &'a Nl, conf: &BridgeConf, txn: &mut Txn<'a>) -> Resu
 }
 
 fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom writes at most 4 bytes into our buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
-    if n != 4 {
-        // Fall back to time and pid: uniqueness is still checked by the kernel (EEXIST).
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        return t.subsec_nanos() ^ std::process::id().rotate_left(16);
-    }
-    u32::from_ne_bytes(b)
+    u32::from_ne_bytes(cni::ids::random_bytes::<4>())
 }
 
 /// Creates the pair — the host end here, the container end directly inside the netns under

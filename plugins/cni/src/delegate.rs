@@ -32,10 +32,7 @@ pub fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf> {
     )))
 }
 
-/// Set (to `1`) in the environment of the IPAM DEL that a plugin runs to undo its own failed
-/// ADD: our host-local then also puts back the round-robin pointers that ADD moved, so that the
-/// failed call leaves the store as it found it. Other IPAM plugins ignore it.
-pub const UNDO_ENV: &str = "CNI_RS_UNDO_FAILED_ADD";
+pub use crate::env::{TOKEN_ENV, UNDO_ENV};
 
 /// Runs `plugin_type` for `cmd` with the call's config; returns its parsed result for ADD.
 pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniResult>> {
@@ -45,13 +42,20 @@ pub fn exec(plugin_type: &str, cmd: Command, call: &Call) -> Result<Option<CniRe
 /// The IPAM DEL that undoes the IPAM ADD of this call, which failed after IPAM succeeded.
 pub fn undo_add(plugin_type: &str, call: &Call) -> Result<()> {
     let found = find_plugin(plugin_type, &call.env.path)?;
-    let (run, bin) = launch(plugin_type, &found, Command::Del, &call.stdin, true)?;
+    run_undo(plugin_type, &found, &call.stdin, &call.env.token)
+}
+
+/// Runs the IPAM DEL that undoes the ADD `token` of this call (see [`UNDO_ENV`]) and waits
+/// for it: the one runner of an undo, for a failed ADD and for a dropped [`Pending`].
+fn run_undo(plugin_type: &str, bin: &Path, stdin: &[u8], token: &str) -> Result<()> {
+    let (run, bin) = launch(plugin_type, bin, Command::Del, stdin, token, true)?;
     Pending {
         run: Some(run),
         plugin_type: plugin_type.to_string(),
         cmd: Command::Del,
         bin,
         stdin: Vec::new(),
+        token: token.to_string(),
     }
     .wait()
     .map(|_| ())
@@ -99,6 +103,8 @@ pub struct Pending {
     bin: PathBuf,
     /// The config, for the DEL that releases what a dropped ADD may have reserved.
     stdin: Vec<u8>,
+    /// The call's token, which the ADD was given and its undo names.
+    token: String,
 }
 
 /// A delegated plugin: a child process, or the same plugin run in this process on a thread.
@@ -111,7 +117,7 @@ enum Running {
 /// plugin's process start and its work overlap with ours. [`Pending::wait`] collects it.
 pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
     let found = find_plugin(plugin_type, &call.env.path)?;
-    let (run, bin) = launch(plugin_type, &found, cmd, &call.stdin, false)?;
+    let (run, bin) = launch(plugin_type, &found, cmd, &call.stdin, &call.env.token, false)?;
     Ok(Pending {
         run: Some(run),
         plugin_type: plugin_type.to_string(),
@@ -122,47 +128,70 @@ pub fn start(plugin_type: &str, cmd: Command, call: &Call) -> Result<Pending> {
         } else {
             Vec::new()
         },
+        token: call.env.token.clone(),
     })
 }
 
+/// What a delegation adds to the environment: `CNI_COMMAND`, and the call's token, as
+/// [`TOKEN_ENV`] for an ADD or as [`UNDO_ENV`] for the DEL that undoes it.
+struct Extra<'a> {
+    cmd: Command,
+    token: &'a str,
+    undo: bool,
+}
+
+impl Extra<'_> {
+    fn vars(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("CNI_COMMAND", Some(self.cmd.as_str())),
+            (TOKEN_ENV, (self.cmd == Command::Add).then_some(self.token)),
+            (UNDO_ENV, self.undo.then_some(self.token)),
+        ]
+    }
+}
+
 /// Starts `bin` (found for `plugin_type`) for `cmd`, in-process when it is this executable
-/// and registered; `undo`: a DEL that undoes a failed ADD of this call ([`UNDO_ENV`]).
-/// Returns it with the program that runs: `bin`, or the one a registered plugin hands this
-/// config over to (see [`Plugin::exec_instead`]), which messages then name.
-fn launch(plugin_type: &str, bin: &Path, cmd: Command, stdin_bytes: &[u8], undo: bool) -> Result<(Running, PathBuf)> {
-    let child = |prog: &Path| spawn(prog, cmd, stdin_bytes, undo).map(|c| (Running::Child(c), prog.to_path_buf()));
+/// and registered, giving it the call's `token` (see [`Extra`]); `undo`: a DEL that undoes a
+/// failed ADD of this call. Returns it with the program that runs: `bin`, or the one a
+/// registered plugin hands this config over to (see [`Plugin::exec_instead`]), which messages
+/// then name.
+fn launch(
+    plugin_type: &str,
+    bin: &Path,
+    cmd: Command,
+    stdin_bytes: &[u8],
+    token: &str,
+    undo: bool,
+) -> Result<(Running, PathBuf)> {
+    let extra = Extra { cmd, token, undo };
+    let child = |prog: &Path| spawn(prog, &extra, stdin_bytes).map(|c| (Running::Child(c), prog.to_path_buf()));
     match builtin(plugin_type, bin) {
         Some((name, plugin)) => match plugin.exec_instead(stdin_bytes, &crate::env::process_var)? {
             Some(other) => child(&other),
-            None => spawn_thread(name, plugin, bin, cmd, stdin_bytes, undo).map(|t| (t, bin.to_path_buf())),
+            None => spawn_thread(name, plugin, bin, &extra, stdin_bytes).map(|t| (t, bin.to_path_buf())),
         },
         None => child(bin),
     }
 }
 
 /// Runs the registered `plugin` on a thread with the environment the child would get: this
-/// process's, with `CNI_COMMAND` (and [`UNDO_ENV`]) set.
-fn spawn_thread(
-    name: &'static str,
-    plugin: Builtin,
-    bin: &Path,
-    cmd: Command,
-    stdin_bytes: &[u8],
-    undo: bool,
-) -> Result<Running> {
+/// process's, with the [`Extra`] variables set.
+fn spawn_thread(name: &'static str, plugin: Builtin, bin: &Path, extra: &Extra, stdin_bytes: &[u8]) -> Result<Running> {
+    let vars: Vec<(&'static str, Option<String>)> = extra
+        .vars()
+        .into_iter()
+        .map(|(k, v)| (k, v.map(str::to_string)))
+        .collect();
     let stdin = stdin_bytes.to_vec();
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
             crate::trace::set_lane(name);
             let get = |k: &str| -> Option<String> {
-                if k == "CNI_COMMAND" {
-                    return Some(cmd.as_str().to_string());
+                match vars.iter().find(|(name, _)| *name == k) {
+                    Some((_, v)) => v.clone(),
+                    None => crate::env::process_var(k),
                 }
-                if undo && k == UNDO_ENV {
-                    return Some("1".to_string());
-                }
-                crate::env::process_var(k)
             };
             let out = crate::skel::run_in_process(name, plugin, &get, stdin);
             crate::trace::step("exit");
@@ -172,14 +201,17 @@ fn spawn_thread(
         .map_err(|e| Error::io(format!("running IPAM plugin {} in-process", bin.display()), e))
 }
 
-/// Starts `bin` for `cmd`; `undo`: a DEL that undoes a failed ADD of this call ([`UNDO_ENV`]).
-fn spawn(bin: &std::path::Path, cmd: Command, stdin_bytes: &[u8], undo: bool) -> Result<std::process::Child> {
+/// Starts `bin` with the [`Extra`] variables set (and unset where they do not apply: ours, not
+/// the runtime's, say what a call is).
+fn spawn(bin: &std::path::Path, extra: &Extra, stdin_bytes: &[u8]) -> Result<std::process::Child> {
     let mut proc = Proc::new(bin);
-    if undo {
-        proc.env(UNDO_ENV, "1");
+    for (k, v) in extra.vars() {
+        match v {
+            Some(v) => proc.env(k, v),
+            None => proc.env_remove(k),
+        };
     }
     let mut child = proc
-        .env("CNI_COMMAND", cmd.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -323,20 +355,9 @@ impl Drop for Pending {
             return;
         }
         // It may have reserved an address before it was killed.
-        // The ADD failed (it was dropped): its DEL undoes it, pointers included.
-        let released = launch(&self.plugin_type, &self.bin, Command::Del, &self.stdin, true).and_then(|(r, _)| {
-            collect(r, &self.bin)
-                .map_err(|e| e.context("waiting for IPAM DEL"))
-                .and_then(|(status, stdout)| {
-                    if status.success() {
-                        Ok(())
-                    } else {
-                        Err(parse_error(&stdout)
-                            .unwrap_or_else(|| Error::internal(format!("IPAM DEL failed ({status})"))))
-                    }
-                })
-        });
-        if let Err(e) = released {
+        // The ADD failed (it was dropped): its undo DEL releases what it reserved, pointers
+        // included.
+        if let Err(e) = run_undo(&self.plugin_type, &self.bin, &self.stdin, &self.token) {
             eprintln!(
                 "releasing what IPAM plugin \"{}\" may have reserved: {e}",
                 self.plugin_type

@@ -55,10 +55,26 @@ pub struct Env {
     /// `CNI_ARGS`, raw.
     pub args: String,
     pub path: Vec<PathBuf>,
-    /// [`UNDO_ENV`](crate::delegate::UNDO_ENV) is `1`: this IPAM DEL undoes the failed ADD of
-    /// the plugin that runs it.
-    pub undo_failed_add: bool,
+    /// The token of this call ([`TOKEN_ENV`] when a plugin that delegates to us gave one, else
+    /// a new random one): an IPAM ADD records it with what it reserves, and the DEL that may
+    /// undo the ADD names it.
+    pub token: String,
+    /// [`UNDO_ENV`]: this IPAM DEL undoes the failed ADD of the plugin that runs it, the ADD
+    /// whose token this is.
+    pub undo_of: Option<String>,
 }
+
+/// Set in the environment of the IPAM ADD a plugin delegates: the token of the plugin's call
+/// ([`Env::token`]), which the IPAM plugin keeps with what it reserves. Other IPAM plugins
+/// ignore it.
+pub const TOKEN_ENV: &str = "CNI_RS_ADD_TOKEN";
+
+/// Set in the environment of the IPAM DEL that a plugin runs to undo its own failed ADD, to
+/// the token that ADD was given ([`TOKEN_ENV`]): our host-local then releases only what that
+/// very ADD reserved (never a lease held before it, or claimed since by another ADD of the
+/// attachment), and puts back the round-robin pointers it moved, so that the failed call
+/// leaves the store as it found it. Other IPAM plugins ignore it.
+pub const UNDO_ENV: &str = "CNI_RS_UNDO_FAILED_ADD";
 
 /// The spec's rule for container ids: a letter or digit, then letters, digits, `_`, `.`, `-`.
 pub fn valid_container_id(id: &str) -> bool {
@@ -161,7 +177,12 @@ impl Env {
             ifname,
             args: get("CNI_ARGS").unwrap_or_default(),
             path,
-            undo_failed_add: get(crate::delegate::UNDO_ENV).is_some_and(|v| v == "1"),
+            token: get(TOKEN_ENV)
+                .filter(|t| crate::ids::valid_token(t))
+                .unwrap_or_else(crate::ids::random_token),
+            // A value that cannot be a token (the `1` of older versions) names no ADD: such an
+            // undo releases nothing it cannot prove its own.
+            undo_of: get(UNDO_ENV).map(|t| if crate::ids::valid_token(&t) { t } else { String::new() }),
         })
     }
 }

@@ -19,11 +19,7 @@ use crate::types::CniResult;
 /// the DEL of the same attachment finds (and a later ADD replaces). 15 bytes: `cni` and 12 hex
 /// digits of FNV-1a over the pair.
 pub fn temp_ifname(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::ids::fnv1a(&[container_id.as_bytes(), ifname.as_bytes()]);
     format!("cni{:012x}", h & 0xffff_ffff_ffff)
 }
 
@@ -55,6 +51,92 @@ pub fn ensure_ifname_free(nl: &Nl, ifname: &str, netns: &Netns) -> Result<()> {
         return Err(ifname_taken(ifname, netns));
     }
     Ok(())
+}
+
+/// Where the attachment locks live (see [`lock_attachment`]).
+pub const ATTACHMENT_LOCK_DIR: &str = "/run/cni-rs/attachments";
+
+/// How long an ADD or DEL waits for another call of the same attachment to finish: longer
+/// than any call takes (its IPAM lock wait, the carrier and DAD waits).
+pub const ATTACHMENT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The lock of one attachment (container id and ifname), held for a whole ADD or DEL of it.
+/// Two ADDs of one attachment at once (a runtime that retries while its first call still runs)
+/// would otherwise race on the container's interface names; under the lock the second one
+/// finds `CNI_IFNAME` made and fails with code 103 before IPAM runs.
+pub struct AttachmentLock {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+/// Takes the lock of the call's attachment: `<ATTACHMENT_LOCK_DIR>/<FNV-1a of id and ifname>`,
+/// a file that the DEL of the attachment removes ([`AttachmentLock::remove`]). Code 11 when
+/// another call holds it for more than [`ATTACHMENT_LOCK_WAIT`].
+pub fn lock_attachment(call: &Call) -> Result<AttachmentLock> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let (id, ifname) = (call.env.container_id.as_str(), call.env.ifname.as_str());
+    let dir = std::path::Path::new(ATTACHMENT_LOCK_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join(format!(
+        "{:016x}",
+        crate::ids::fnv1a(&[id.as_bytes(), ifname.as_bytes()])
+    ));
+    let started = std::time::Instant::now();
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening the attachment lock {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("opening the attachment lock {}", path.display()), e))?;
+        if !meta.is_file() {
+            return Err(Error::io_failure(format!(
+                "the attachment lock {} is not a regular file",
+                path.display()
+            )));
+        }
+        let left = ATTACHMENT_LOCK_WAIT.saturating_sub(started.elapsed());
+        let locked = crate::lockfile::lock_within(&file, left)
+            .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+        if !locked {
+            let holders = crate::lockfile::flock_holders(&file);
+            return Err(Error::try_again_later(format!(
+                "another call of container {id} interface {ifname} has been running for more than {}s{} (lock {})",
+                ATTACHMENT_LOCK_WAIT.as_secs(),
+                match holders.as_slice() {
+                    [] => String::new(),
+                    p => format!(
+                        " (pid {})",
+                        p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                },
+                path.display()
+            )));
+        }
+        // A DEL that held it may have removed the file meanwhile: ours must still be the one
+        // at the path, or another call could lock a new file at the same time.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.ino() == meta.ino() && m.dev() == meta.dev() => return Ok(AttachmentLock { file, path }),
+            _ => continue,
+        }
+    }
+}
+
+impl AttachmentLock {
+    /// At the end of a DEL: removes the lock file (while still holding it) and unlocks.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+        drop(self.file);
+    }
 }
 
 /// Code 103: `ifname` is taken in the container's namespace.

@@ -10,6 +10,7 @@
 //!   follow the calling thread's namespace)
 //! - [`netlink`]: the only module that speaks rtnetlink
 //! - [`iface`]: the shared steps of bridge and macvlan on a container interface
+//! - [`ids`]: stable hashes of names, random call tokens; [`lockfile`]: `flock` with a deadline
 //! - [`firewall`]: masquerade rules (iptables or nftables)
 //! - [`spoofchk`]: the `macspoofchk` rules (nftables)
 //! - [`trace`]: step timings on stderr (`CNI_RS_TRACE=1`)
@@ -20,7 +21,9 @@ pub mod error;
 pub mod fault;
 pub mod firewall;
 pub mod gojson;
+pub mod ids;
 pub mod iface;
+pub mod lockfile;
 pub mod netlink;
 pub mod netns;
 pub mod skel;

@@ -32,6 +32,8 @@ impl Plugin for Macvlan {
         step("load config");
         let cont = opening.finish()?;
         step("open netns socket");
+        // One call of the attachment at a time, held until the undo below has run.
+        let _attachment = iface::lock_attachment(call)?;
         // Every change below registers its undo; they all run, newest first, unless the ADD
         // gets to the end (an error returned or a panic: see `cni::txn`).
         let mut txn = Txn::new("macvlan");
@@ -42,6 +44,10 @@ impl Plugin for Macvlan {
 
     fn del(&self, call: &Call) -> Result<()> {
         let conf = MacvlanConf::decode(call)?;
+        // A DEL goes on without the lock when it cannot be had: a teardown must not fail for it.
+        let attachment = iface::lock_attachment(call)
+            .inspect_err(|e| eprintln!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
+            .ok();
         let mut errs = Errors::new();
         // 1. The lease and the container interface (also what a killed ADD left).
         iface::del_attachment(call, conf.net.ipam_type(), &mut errs);
@@ -50,6 +56,9 @@ impl Plugin for Macvlan {
         let (net, id, ifname) = (&conf.net.name, &call.env.container_id, &call.env.ifname);
         if conf.host_shim || shim::has_record(net, id, ifname) {
             errs.note(Nl::current().and_then(|host| shim::remove(&host, net, id, ifname)));
+        }
+        if let Some(a) = attachment {
+            a.remove();
         }
         errs.into_result()
     }
