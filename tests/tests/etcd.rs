@@ -3,6 +3,8 @@
 //! has its own host name (a private UTS namespace) and data dir; host-local touches no
 //! interface, so for the store-only tests it runs in this namespace, where the members listen.
 
+mod macvlan_common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -1218,4 +1220,229 @@ fn the_indexes_survive_calls_killed_at_random_points() {
     }
     eprintln!("{killed} calls killed");
     assert!(killed > 0);
+}
+
+/// The addresses of `dev` in `ns` (global scope, without prefix), IPv4 first.
+fn addrs_of(ns: &cni_tests::Netns, dev: &str) -> Vec<String> {
+    let out = ns.exec(&["ip", "-j", "addr", "show", "dev", dev]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+    let mut a: Vec<String> = v[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["scope"] == "global")
+                .filter_map(|i| i["local"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    a.sort_by_key(|s| s.contains(':'));
+    a
+}
+
+/// `n` ADDs of one attachment (`id`, eth0) into a new container at once, through `plugin`
+/// with host-local on etcd: one interface, whose addresses are exactly the leases in etcd
+/// naming the attachment (one per family), every successful ADD reporting them, the others
+/// code 103 (`eth0` exists); then a DEL frees them.
+#[allow(clippy::too_many_arguments)]
+fn concurrent_adds_on_etcd(
+    what: &str,
+    c: &Cluster,
+    host: &cni_tests::Netns,
+    plugin: &str,
+    conf: &Value,
+    (prefix, net): (&str, &str),
+    id: &str,
+    n: usize,
+    families: usize,
+) {
+    let ctr = cni_tests::Netns::new();
+    let calls: Vec<_> = (0..n)
+        .map(|_| Cni::call(plugin, host, "ADD", id, Some(&ctr.path()), conf).spawn())
+        .collect();
+    let outs: Vec<Output> = calls
+        .into_iter()
+        .map(|r| r.wait_within(Duration::from_secs(30)))
+        .collect();
+    for o in &outs {
+        if !o.success() {
+            assert_eq!(o.error_code(), Some(103), "{what}: a losing ADD: {}", o.error_msg());
+        }
+    }
+    assert!(outs.iter().any(|o| o.success()), "{what}: no ADD succeeded");
+    let mut leased: Vec<String> = lease_map(c, prefix, net)
+        .into_iter()
+        .filter(|(_, l)| l["containerId"] == id && l["ifname"] == "eth0")
+        .map(|(ip, _)| ip)
+        .collect();
+    leased.sort_by_key(|s| s.contains(':'));
+    assert_eq!(
+        leased.len(),
+        families,
+        "{what}: one lease per family names the attachment: {leased:?}"
+    );
+    let links: Vec<String> = ctr.links().into_iter().filter(|l| l != "lo").collect();
+    assert_eq!(links.len(), 1, "{what}: one interface: {links:?}");
+    assert_eq!(
+        addrs_of(&ctr, "eth0"),
+        leased,
+        "{what}: the interface's addresses are leased to it"
+    );
+    for o in outs.iter().filter(|o| o.success()) {
+        let got: Vec<String> = o.expect_ok()["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(got, leased, "{what}: a successful ADD reported the leased addresses");
+    }
+    Cni::call(plugin, host, "DEL", id, Some(&ctr.path()), conf)
+        .run()
+        .expect_ok();
+    let left: Vec<String> = lease_map(c, prefix, net)
+        .into_iter()
+        .filter(|(_, l)| l["containerId"] == id)
+        .map(|(ip, _)| ip)
+        .collect();
+    assert!(left.is_empty(), "{what}: DEL freed the leases: {left:?}");
+    assert!(!ctr.links().iter().any(|l| l == "eth0"), "{what}: DEL removed eth0");
+}
+
+/// Issue 19 item 1a on etcd: a runtime that retries sends ADDs of one attachment at once;
+/// the losers' interface step fails and their plugin undoes its IPAM ADD. The undo releases
+/// only what its own call reserved (the token of the call in the lease, the latest claimant
+/// beside it), never the winner's lease: bridge and macvlan, 2 and 8 at once, 10 rounds each.
+#[test]
+fn concurrent_adds_of_one_attachment_keep_its_lease_on_etcd() {
+    if skip() {
+        return;
+    }
+    let host = cni_tests::Netns::new();
+    let c = Cluster::start_with(3, Some(&host), None);
+    let data = TempDir::new("etcd-1a");
+    let store = json!({"type": "etcd", "endpoints": c.endpoints(), "prefix": "/t14", "timeout": 10});
+    let br = json!({
+        "cniVersion": "1.0.0", "name": "br1a", "type": "bridge", "bridge": "cni1a0", "isGateway": true,
+        "ipam": {"type": "host-local", "dataDir": data.path(), "store": store,
+                 "ranges": [[{"subnet": "10.95.0.0/24"}], [{"subnet": "fd95::/64"}]]}
+    });
+    host.ip(&["link", "add", "m0", "type", "veth", "peer", "name", "m1"]);
+    host.ip(&["link", "set", "m0", "up"]);
+    host.ip(&["link", "set", "m1", "up"]);
+    let mv = json!({
+        "cniVersion": "1.0.0", "name": "mv1a", "type": "macvlan", "master": "m0",
+        "ipam": {"type": "host-local", "dataDir": data.path(), "store": store,
+                 "ranges": [[{"subnet": "10.96.0.0/24"}]]}
+    });
+    for n in [2, 8] {
+        for round in 0..10 {
+            let id = format!("c{n}-{round}");
+            concurrent_adds_on_etcd(
+                &format!("bridge, {n} at once, round {round}"),
+                &c,
+                &host,
+                "bridge",
+                &br,
+                ("/t14", "br1a"),
+                &id,
+                n,
+                2,
+            );
+            concurrent_adds_on_etcd(
+                &format!("macvlan, {n} at once, round {round}"),
+                &c,
+                &host,
+                "macvlan",
+                &mv,
+                ("/t14", "mv1a"),
+                &id,
+                n,
+                1,
+            );
+        }
+    }
+    assert!(
+        !data.join("br1a").exists() && !data.join("mv1a").exists(),
+        "fell back to the disk store"
+    );
+}
+
+/// Issue 19 item 1a on etcd, host-local alone with the undo a delegating plugin runs: ADDs of
+/// one attachment at once, each the call of its own token, then the undo of all but one of
+/// them at once: the lease stays, whichever call is the one left; a plain DEL frees it, and
+/// the undo of an ADD that reserved the lease (the last claimant) frees it too.
+#[test]
+fn concurrent_host_local_adds_and_undos_of_one_attachment_on_etcd() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let a = Host::new("a");
+    let (prefix, net) = ("/t15", "hl1a");
+    let conf = a.conf(&c, net, prefix, json!({}));
+    let held = |id: &str| -> usize {
+        lease_map(&c, prefix, net)
+            .values()
+            .filter(|l| l["containerId"] == id)
+            .count()
+    };
+    for n in [2, 8] {
+        for round in 0..10 {
+            let id = format!("c{n}-{round}");
+            let tokens: Vec<String> = (0..n).map(|i| format!("tok{i}r{round}n{n}")).collect();
+            let adds: Vec<_> = tokens
+                .iter()
+                .map(|t| a.cni("ADD", &id).env("CNI_RS_ADD_TOKEN", t).config(&conf).spawn())
+                .collect();
+            let outs: Vec<Output> = adds
+                .into_iter()
+                .map(|r| r.wait_within(Duration::from_secs(30)))
+                .collect();
+            let first = outs[0].expect_ok();
+            for o in &outs {
+                assert_eq!(
+                    o.expect_ok()["ips"],
+                    first["ips"],
+                    "every ADD of the attachment got the same lease"
+                );
+            }
+            assert_eq!(
+                held(&id),
+                2,
+                "{n} at once, round {round}: {:?}",
+                lease_map(&c, prefix, net)
+            );
+            let keep = round % n;
+            let undos: Vec<_> = tokens
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != keep)
+                .map(|(_, t)| a.cni("DEL", &id).env("CNI_RS_UNDO_FAILED_ADD", t).config(&conf).spawn())
+                .collect();
+            for u in undos {
+                u.wait_within(Duration::from_secs(30)).expect_ok();
+            }
+            assert_eq!(held(&id), 2, "{n} at once, round {round}: the lease stays");
+            a.cni("DEL", &id).config(&conf).run().expect_ok();
+            assert_eq!(held(&id), 0);
+        }
+    }
+    // The undo of the call that reserved the lease, with no ADD since: it goes.
+    a.cni("ADD", "u1")
+        .env("CNI_RS_ADD_TOKEN", "tu1")
+        .config(&conf)
+        .run()
+        .expect_ok();
+    a.cni("DEL", "u1")
+        .env("CNI_RS_UNDO_FAILED_ADD", "tother")
+        .config(&conf)
+        .run()
+        .expect_ok();
+    assert_eq!(held("u1"), 2, "an undo of another call releases nothing");
+    a.cni("DEL", "u1")
+        .env("CNI_RS_UNDO_FAILED_ADD", "tu1")
+        .config(&conf)
+        .run()
+        .expect_ok();
+    assert_eq!(held("u1"), 0, "the undo of the call that reserved it releases it");
 }

@@ -22,7 +22,7 @@ use v2::Layout;
 
 /// Links the etcd store into host-local's verbs (see `host_local::etcd::register`).
 pub fn register() {
-    host_local::etcd::register(|conf, network| open(conf, network, None));
+    host_local::etcd::register(open);
 }
 
 /// Opens the etcd store of `network`, in the layout its keys follow: this version's, or

@@ -32,7 +32,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cni::{Error, Result};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
-use serde::{Deserialize, Serialize};
 
 pub use crate::conn::Conn;
 use crate::conn::{Outcome, Refusal};
@@ -44,31 +43,8 @@ const MAX_SPREAD: u64 = 64;
 /// At most this many lost races in one call.
 const MAX_ROUNDS: usize = 200;
 
-/// A lease as stored in etcd.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    #[serde(rename = "containerId")]
-    pub container_id: String,
-    /// `None` for leases imported from the reference's old format (container id only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ifname: Option<String>,
-    pub host: String,
-    /// The call that wrote it.
-    #[serde(default)]
-    pub token: String,
-    /// Unix time (seconds) it was written.
-    #[serde(default)]
-    pub time: u64,
-}
-
-impl Lease {
-    pub fn owner(&self) -> Owner {
-        Owner {
-            container_id: self.container_id.clone(),
-            ifname: self.ifname.clone(),
-        }
-    }
-}
+/// A lease as stored in etcd (this layout leaves out its `ip`: the key has it).
+pub use crate::layout::Lease;
 
 /// A lease read from etcd.
 #[derive(Debug, Clone)]
@@ -212,6 +188,8 @@ pub struct EtcdStore {
     new: BTreeMap<IpAddr, (Lease, usize)>,
     /// Releases of this call: address → the revision we saw.
     gone: BTreeMap<IpAddr, i64>,
+    /// Leases of the attachment this call claims (see [`Store::claim`]).
+    claims: BTreeMap<IpAddr, Held>,
     /// After a lost race: how many free candidates the next round may skip (at most).
     spread: u64,
     rounds: usize,
@@ -241,6 +219,7 @@ impl EtcdStore {
             last,
             new: BTreeMap::new(),
             gone: BTreeMap::new(),
+            claims: BTreeMap::new(),
             spread: 0,
             rounds: 0,
             boot_rec,
@@ -317,6 +296,17 @@ impl EtcdStore {
             let key = self.conn.lease_key(&self.network, *ip);
             cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, *rev));
             ops.push(TxnOp::delete(key, None));
+        }
+        for (ip, h) in self.claims.iter().filter(|(ip, _)| !self.gone.contains_key(ip)) {
+            let key = self.conn.lease_key(&self.network, *ip);
+            cmp.push(Compare::mod_revision(key.clone(), CompareOp::Equal, h.mod_revision));
+            let mut l = h.lease.clone();
+            l.claim = Some(self.token.clone());
+            ops.push(TxnOp::put(
+                key,
+                serde_json::to_vec(&l).expect("a lease serializes"),
+                None,
+            ));
         }
         let mut lasts: BTreeMap<usize, IpAddr> = BTreeMap::new();
         for (ip, (_, idx)) in &self.new {
@@ -397,10 +387,12 @@ impl Store for EtcdStore {
             }
         }
         let lease = Lease {
+            ip: None,
             container_id: id.trim().to_string(),
             ifname: Some(ifname.to_string()),
             host: self.host().to_string(),
             token: self.token.clone(),
+            claim: None,
             time: now_secs(),
         };
         self.new.insert(ip, (lease, range_set));
@@ -514,12 +506,34 @@ impl Store for EtcdStore {
 
     /// Interim: the etcd store does not yet tell the calls of one attachment apart, so an undo
     /// releases what the attachment holds (as before the claim was introduced).
-    fn claim(&mut self, _id: &str, _ifname: &str, _token: &str) -> Result<()> {
+    /// As in this version's layout ([`crate::v2`]): the call `token` claims the attachment's
+    /// leases (`claim` in each, under its `mod_revision`), and its new leases carry it.
+    fn claim(&mut self, id: &str, ifname: &str, token: &str) -> Result<()> {
+        self.token = token.to_string();
+        let mut ips = self.matching(id, Some(ifname));
+        ips.extend(self.matching(id, None));
+        for ip in ips {
+            if let Some(h) = self.leases.get(&ip) {
+                if h.lease.claim.as_deref() != Some(token) {
+                    self.claims.insert(ip, h.clone());
+                }
+            }
+        }
         Ok(())
     }
 
-    fn release_for_undo(&mut self, id: &str, ifname: &str, _token: &str) -> Result<Vec<IpAddr>> {
-        self.release_by_id(id, ifname)
+    /// Releases the attachment's leases that the ADD `token` made, unless claimed since.
+    fn release_for_undo(&mut self, id: &str, ifname: &str, token: &str) -> Result<Vec<IpAddr>> {
+        let mut released = Vec::new();
+        for ip in self.matching(id, Some(ifname)) {
+            let Some(h) = self.leases.get(&ip) else { continue };
+            if h.lease.token == token && h.lease.claim.as_deref().is_none_or(|c| c == token) {
+                self.claims.remove(&ip);
+                self.gone.insert(ip, h.mod_revision);
+                released.push(ip);
+            }
+        }
+        Ok(released)
     }
 
     fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<GcReport> {
@@ -551,8 +565,24 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    /// `f`, then the call's transaction; after a lost race, `f` again on the store as it is
+    /// now (at most [`MAX_ROUNDS`] rounds, within the deadline).
+    fn transact(&mut self, f: &mut dyn FnMut(&mut dyn Store) -> Result<()>) -> Result<()> {
+        loop {
+            f(self)?;
+            if self.try_commit()? {
+                return Ok(());
+            }
+            self.refresh()?;
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Writes what the call staged. `Ok(false)`: another call changed what it relied on
+    /// first; nothing was written, and [`EtcdStore::refresh`] starts the next round.
     fn try_commit(&mut self) -> Result<bool> {
-        if self.new.is_empty() && self.gone.is_empty() && self.boot_new.is_none() {
+        if self.new.is_empty() && self.gone.is_empty() && self.claims.is_empty() && self.boot_new.is_none() {
             return Ok(true);
         }
         let ok = self.write()?;
@@ -560,21 +590,13 @@ impl Store for EtcdStore {
         if ok {
             self.new.clear();
             self.gone.clear();
+            self.claims.clear();
             self.boot_new = None;
         }
         Ok(ok)
     }
 
-    fn commit(&mut self) -> Result<()> {
-        if self.try_commit()? {
-            Ok(())
-        } else {
-            Err(Error::try_again_later(
-                "etcd: the leases changed while this call ran; try again",
-            ))
-        }
-    }
-
+    /// After a lost race: drops what the call staged and takes in the store as it is now.
     fn refresh(&mut self) -> Result<()> {
         self.rounds += 1;
         if self.rounds > MAX_ROUNDS {
@@ -591,6 +613,7 @@ impl Store for EtcdStore {
         self.boot_rec = boot_rec;
         self.new.clear();
         self.gone.clear();
+        self.claims.clear();
         if let Some((boot, release)) = self.boot_new.take() {
             self.reconcile_boot(&boot, release)?;
         }

@@ -187,8 +187,10 @@ pub struct EtcdStore {
     layout: Layout,
     /// The revision of the call's first read.
     rev0: i64,
-    /// The container whose attachment index was read, and its leases (all its interfaces).
+    /// The container whose attachment index was read, and its leases (all its interfaces),
+    /// and the revision of that read.
     att_id: Option<String>,
+    att_rev: i64,
     att: BTreeMap<IpAddr, Held>,
     /// Addresses read one by one: whether a key is there, and its lease (`None` also for a
     /// value that is not a lease).
@@ -273,6 +275,7 @@ impl EtcdStore {
     fn apply(&mut self, reads: &[Read], resp: &TxnResponse) {
         let mut marker = None;
         let mut old = false;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         for (r, op) in reads.iter().zip(resp.op_responses()) {
             let TxnOpResponse::Get(g) = op else { continue };
             let kvs = g.kvs();
@@ -281,6 +284,7 @@ impl EtcdStore {
                 Read::OldProbe => old = !kvs.is_empty(),
                 Read::Att(id) => {
                     self.att_id = Some(id.clone());
+                    self.att_rev = rev;
                     self.att.clear();
                     for kv in kvs {
                         let key = String::from_utf8_lossy(kv.key());
@@ -348,6 +352,7 @@ impl EtcdStore {
             layout: Layout::Fresh,
             rev0: 0,
             att_id: None,
+            att_rev: 0,
             att: BTreeMap::new(),
             point: BTreeMap::new(),
             windows: Windows::default(),
@@ -560,6 +565,13 @@ impl EtcdStore {
     /// the other branch read what [`Store::refresh`] takes in.
     fn write(&mut self) -> Result<bool> {
         let mut cmp = self.marker_cmp();
+        // What the call decided from the attachment's index still holds: no entry of the
+        // container changed since it was read (two ADDs of one attachment at once: one
+        // reserves, the other finds its lease in the next round).
+        if let Some(id) = &self.att_id {
+            let p = self.keys.att_prefix(id);
+            cmp.push(Compare::mod_revision(p.clone(), CompareOp::Less, self.att_rev + 1).with_range(prefix_end(&p)));
+        }
         let mut ops = Vec::new();
         if self.layout == Layout::Fresh {
             ops.push(TxnOp::put(self.keys.marker(), LAYOUT_V2, None));
@@ -897,6 +909,46 @@ impl Store for EtcdStore {
         Ok(ips)
     }
 
+    /// The call `token` holds the attachment's leases from now on: each gets `claim: token`
+    /// (under its `mod_revision`), so that the undo of an earlier call of the attachment
+    /// releases nothing of it. The token is also the one the call's new leases carry.
+    fn claim(&mut self, id: &str, ifname: &str, token: &str) -> Result<()> {
+        let id = id.trim();
+        self.token = token.to_string();
+        self.need_att(id)?;
+        for ip in self
+            .matching(id, Some(ifname))
+            .into_iter()
+            .chain(self.matching(id, None))
+        {
+            if let Some(h) = self.att.get(&ip) {
+                if h.lease.claim.as_deref() != Some(token) {
+                    self.claims.insert(ip, h.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The undo of the failed ADD `token`: releases the attachment's leases that call made
+    /// (`token` is their creator) unless a later call claimed them (`claim` is another's);
+    /// each under its `mod_revision`, in the call's one transaction.
+    fn release_for_undo(&mut self, id: &str, ifname: &str, token: &str) -> Result<Vec<IpAddr>> {
+        let id = id.trim();
+        self.need_att(id)?;
+        let mut released = Vec::new();
+        for ip in self.matching(id, Some(ifname)) {
+            let Some(h) = self.att.get(&ip) else { continue };
+            let l = &h.lease;
+            if l.token == token && l.claim.as_deref().is_none_or(|c| c == token) {
+                self.claims.remove(&ip);
+                self.gone.insert(ip, h.clone());
+                released.push(ip);
+            }
+        }
+        Ok(released)
+    }
+
     fn gc(&mut self, keep: &dyn Fn(&Owner) -> bool) -> Result<GcReport> {
         let mut report = GcReport::default();
         for (ip, h) in self.host_leases()? {
@@ -922,6 +974,22 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    /// `f`, then the call's transaction; after a lost race, `f` again on the store as it is
+    /// now (at most [`MAX_ROUNDS`] rounds, within the deadline).
+    fn transact(&mut self, f: &mut dyn FnMut(&mut dyn Store) -> Result<()>) -> Result<()> {
+        loop {
+            f(self)?;
+            if self.try_commit()? {
+                return Ok(());
+            }
+            self.refresh()?;
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Writes what the call staged. `Ok(false)`: another call changed what it relied on
+    /// first; nothing was written, and [`EtcdStore::refresh`] starts the next round.
     fn try_commit(&mut self) -> Result<bool> {
         if !self.write_sweep()? {
             self.reread = None;
@@ -944,16 +1012,7 @@ impl Store for EtcdStore {
         Ok(ok)
     }
 
-    fn commit(&mut self) -> Result<()> {
-        if self.try_commit()? {
-            Ok(())
-        } else {
-            Err(Error::try_again_later(
-                "etcd: the leases changed while this call ran; try again",
-            ))
-        }
-    }
-
+    /// After a lost race: drops what the call staged and takes in the store as it is now.
     fn refresh(&mut self) -> Result<()> {
         self.rounds += 1;
         if self.rounds > MAX_ROUNDS {

@@ -280,6 +280,29 @@ impl DiskStore {
         Ok(Some(store))
     }
 
+    /// Finishes the bookkeeping of the call (the lease index); the lock is released when the
+    /// store is dropped.
+    pub fn commit(&mut self) -> Result<()> {
+        self.drop_tmp();
+        if self.index.is_none() || !self.dir_changed {
+            return Ok(());
+        }
+        if !self.complete {
+            // The directory changed in a call that did not need the index (a first call, a
+            // static address): bring the index up to date now, once.
+            if let Err(e) = self.ensure_index() {
+                eprintln!("host-local: rebuilding the lease index: {e}");
+                return Ok(());
+            }
+        }
+        let r = self.flush_index().and_then(|_| self.write_stamp());
+        if let Err(e) = r {
+            self.note_index_error(e);
+        }
+        self.dir_changed = false;
+        Ok(())
+    }
+
     /// The network directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -843,25 +866,11 @@ impl Store for DiskStore {
         DiskStore::release_for_undo(self, id, ifname, token)
     }
 
-    fn commit(&mut self) -> Result<()> {
-        self.drop_tmp();
-        if self.index.is_none() || !self.dir_changed {
-            return Ok(());
-        }
-        if !self.complete {
-            // The directory changed in a call that did not need the index (a first call, a
-            // static address): bring the index up to date now, once.
-            if let Err(e) = self.ensure_index() {
-                eprintln!("host-local: rebuilding the lease index: {e}");
-                return Ok(());
-            }
-        }
-        let r = self.flush_index().and_then(|_| self.write_stamp());
-        if let Err(e) = r {
-            self.note_index_error(e);
-        }
-        self.dir_changed = false;
-        Ok(())
+    /// `f` once, under the lock this store holds since it was opened; then the bookkeeping.
+    fn transact(&mut self, f: &mut dyn FnMut(&mut dyn Store) -> Result<()>) -> Result<()> {
+        let r = f(self);
+        let c = self.commit();
+        r.and(c)
     }
 }
 

@@ -204,8 +204,9 @@ impl EtcdConfig {
 /// The program with the etcd client linked in: a complete host-local, installed beside it.
 pub const HELPER: &str = "host-local-etcd";
 
-/// Opens a network's etcd store: `(config, network name)`.
-pub type Opener = fn(&EtcdConfig, &str) -> Result<Box<dyn Store>>;
+/// Opens a network's etcd store: `(config, network name, the container the call is about)`
+/// (its attachment index comes with the store's first read).
+pub type Opener = fn(&EtcdConfig, &str, Option<&str>) -> Result<Box<dyn Store>>;
 
 static OPENER: OnceLock<Opener> = OnceLock::new();
 
@@ -217,9 +218,9 @@ pub fn register(open: Opener) {
 /// Opens the etcd store with the registered [`Opener`]. A program without one never gets
 /// here for a config it recognised (it hands the call over first); one that did not recognise
 /// the config as etcd's (an escaped `"type"`) gets a clear error.
-pub fn open(conf: &EtcdConfig, network: &str) -> Result<Box<dyn Store>> {
+pub fn open(conf: &EtcdConfig, network: &str, att: Option<&str>) -> Result<Box<dyn Store>> {
     match OPENER.get() {
-        Some(open) => open(conf, network),
+        Some(open) => open(conf, network, att),
         None => Err(Error::invalid_config(format!(
             "ipam.store selects etcd, whose client is in {HELPER}, not in this host-local: write \"type\": \"etcd\" plainly"
         ))),
