@@ -298,7 +298,7 @@ impl Conn {
         self.cur.set((self.cur.get() + 1) % self.conf.endpoints.len());
     }
 
-    /// One attempt of a request, bounded by the deadline and [`ATTEMPT_CAP`].
+    /// One attempt of a request, bounded by the deadline and `ATTEMPT_CAP`.
     pub fn attempt<T, F, Fut>(&self, f: &mut F) -> Outcome<T>
     where
         F: FnMut(Client) -> Fut,
@@ -391,7 +391,7 @@ impl Conn {
         }
     }
 
-    /// The KV client of `c` (replies up to [`MAX_REPLY`]).
+    /// The KV client of `c` (replies up to `MAX_REPLY`).
     pub fn kv(c: Client) -> KvClient {
         c.kv_client().max_decoding_message_size(MAX_REPLY)
     }

@@ -1,15 +1,18 @@
-//! The etcd lease store (`ipam.store.type` `"etcd"`): every host that allocates from one
-//! network draws from one address space.
+//! The etcd lease store in the key layout of the versions before the address-sorted one
+//! ([`crate::v2`]): it serves a network whose keys are still in this layout until
+//! `host-local migrate` moves them (see the crate's module doc), with the same protocol as
+//! those versions, so that hosts can be upgraded one by one. Its writes also compare that the
+//! network has no layout marker (a migration started stops them).
 //!
 //! ```text
-//! <prefix>/<network>/ips/<ip>      a lease: {"containerId","ifname","host","token","time"}
+//! <prefix>/<network>/ips/<ip>      a lease: {"containerId","ifname","host","token","claim","time"}
 //! <prefix>/<network>/last/<n>      the address last reserved in range set n (shared round robin)
 //! <prefix>/<network>/boot/<host>   the boot id of the host's last call (reboot handling)
 //! ```
 //!
 //! **One transaction per call, no lock.** A call reads the network's leases once (one
 //! linearizable read), decides in memory as the on-disk store does, and writes everything it
-//! decided at [`Store::try_commit`] in one transaction: each new lease under the compare
+//! decided at the end of [`Store::transact`] in one transaction: each new lease under the compare
 //! `create_revision == 0` (nobody holds it), each release under `mod_revision == <seen>` (it is
 //! still the lease we saw). A dual-stack ADD is one transaction. When a compare fails another
 //! call won a race: nothing was written, the call reads again and moves on to the next free
@@ -566,7 +569,7 @@ impl Store for EtcdStore {
     }
 
     /// `f`, then the call's transaction; after a lost race, `f` again on the store as it is
-    /// now (at most [`MAX_ROUNDS`] rounds, within the deadline).
+    /// now (at most `MAX_ROUNDS` rounds, within the deadline).
     fn transact(&mut self, f: &mut dyn FnMut(&mut dyn Store) -> Result<()>) -> Result<()> {
         loop {
             f(self)?;

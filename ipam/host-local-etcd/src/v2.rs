@@ -975,7 +975,7 @@ impl Store for EtcdStore {
     }
 
     /// `f`, then the call's transaction; after a lost race, `f` again on the store as it is
-    /// now (at most [`MAX_ROUNDS`] rounds, within the deadline).
+    /// now (at most `MAX_ROUNDS` rounds, within the deadline).
     fn transact(&mut self, f: &mut dyn FnMut(&mut dyn Store) -> Result<()>) -> Result<()> {
         loop {
             f(self)?;

@@ -40,7 +40,7 @@
 //! Index entries are verified against the lease files they name before they are used.
 //!
 //! **Crash safety of the index.** Index files are rewritten in place, once per call (the
-//! changes are buffered until [`Store::commit`]), and always after the stamp has been made
+//! changes are buffered until [`DiskStore::commit`]), and always after the stamp has been made
 //! invalid in that call (by a change to the network directory, or by truncating `.stamp`). A
 //! crash at any point therefore leaves an index that the next call rebuilds.
 //!
