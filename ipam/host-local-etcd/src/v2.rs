@@ -191,6 +191,12 @@ pub struct EtcdStore {
     /// and the revision of that read.
     att_id: Option<String>,
     att_rev: i64,
+    /// Every key of the container's attachment index as read, with its `mod_revision`.
+    att_keys: BTreeMap<Vec<u8>, i64>,
+    /// Whether the attachment index was read through the cluster (linearizable), or only
+    /// from one member (the first read): then the call's transaction checks it, and a call
+    /// that writes nothing checks it with a read-only transaction.
+    att_checked: bool,
     att: BTreeMap<IpAddr, Held>,
     /// Addresses read one by one: whether a key is there, and its lease (`None` also for a
     /// value that is not a lease).
@@ -230,18 +236,21 @@ impl EtcdStore {
         &self.conn.conf().host
     }
 
-    fn op(&self, r: &Read) -> TxnOp {
+    /// The request of read `r`; `ser`: served by the member from its own state (no round of
+    /// the cluster), for the first read, whose decisions every write checks anyway.
+    fn op(&self, r: &Read, ser: bool) -> TxnOp {
+        let o = |g: GetOptions| Some(if ser { g.with_serializable() } else { g });
         let k = &self.keys;
         match r {
-            Read::Marker => TxnOp::get(k.marker(), None),
+            Read::Marker => TxnOp::get(k.marker(), o(GetOptions::new())),
             Read::OldProbe => TxnOp::get(
                 k.old_prefix(),
-                Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+                o(GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
             ),
-            Read::Att(id) => TxnOp::get(k.att_prefix(id), Some(GetOptions::new().with_prefix())),
-            Read::Last => TxnOp::get(k.last_prefix(), Some(GetOptions::new().with_prefix())),
-            Read::Boot => TxnOp::get(k.boot(self.host()), None),
-            Read::Point(ip) => TxnOp::get(k.lease(*ip), None),
+            Read::Att(id) => TxnOp::get(k.att_prefix(id), o(GetOptions::new().with_prefix())),
+            Read::Last => TxnOp::get(k.last_prefix(), o(GetOptions::new().with_prefix())),
+            Read::Boot => TxnOp::get(k.boot(self.host()), o(GetOptions::new())),
+            Read::Point(ip) => TxnOp::get(k.lease(*ip), o(GetOptions::new())),
             Read::Window(ip, end, limit) => {
                 let f = Fam::of(*ip);
                 let end_key = if *end >= f.max() {
@@ -251,12 +260,10 @@ impl EtcdStore {
                 };
                 TxnOp::get(
                     k.lease(*ip),
-                    Some(
-                        GetOptions::new()
-                            .with_range(end_key)
-                            .with_keys_only()
-                            .with_limit(*limit),
-                    ),
+                    o(GetOptions::new()
+                        .with_range(end_key)
+                        .with_keys_only()
+                        .with_limit(*limit)),
                 )
             }
         }
@@ -285,7 +292,9 @@ impl EtcdStore {
                 Read::Att(id) => {
                     self.att_id = Some(id.clone());
                     self.att_rev = rev;
+                    self.att_checked = true;
                     self.att.clear();
+                    self.att_keys = kvs.iter().map(|kv| (kv.key().to_vec(), kv.mod_revision())).collect();
                     for kv in kvs {
                         let key = String::from_utf8_lossy(kv.key());
                         match (Keys::parse_index(&key), lease_of(kv)) {
@@ -353,6 +362,8 @@ impl EtcdStore {
             rev0: 0,
             att_id: None,
             att_rev: 0,
+            att_keys: BTreeMap::new(),
+            att_checked: true,
             att: BTreeMap::new(),
             point: BTreeMap::new(),
             windows: Windows::default(),
@@ -370,10 +381,11 @@ impl EtcdStore {
             last_full: false,
         };
         let reads = first_reads(att);
-        let ops = reads.iter().map(|r| s.op(r)).collect();
+        let ops = reads.iter().map(|r| s.op(r, true)).collect();
         let resp = Self::read(&s.conn, ops)?;
         s.rev0 = resp.header().map(|h| h.revision()).unwrap_or(0);
         s.apply(&reads, &resp);
+        s.att_checked = att.is_none();
         cni::trace::step("etcd read");
         match s.layout {
             Layout::V2 | Layout::Fresh => Ok(Ok(s)),
@@ -388,7 +400,7 @@ impl EtcdStore {
 
     /// Reads `reads` now and takes them in.
     fn read_now(&mut self, reads: Vec<Read>) -> Result<()> {
-        let ops = reads.iter().map(|r| self.op(r)).collect();
+        let ops = reads.iter().map(|r| self.op(r, false)).collect();
         let resp = Self::read(&self.conn, ops)?;
         self.apply(&reads, &resp);
         Ok(())
@@ -503,6 +515,49 @@ impl EtcdStore {
         }
     }
 
+    /// What the call decided from the container's attachment index still holds: every entry
+    /// read is unchanged and none appeared since (two ADDs of one attachment at once: one
+    /// reserves, the other finds its lease in the next round; a first read served by a member
+    /// that lagged behind is found out).
+    fn att_cmp(&self) -> Vec<Compare> {
+        let Some(id) = &self.att_id else { return Vec::new() };
+        let p = self.keys.att_prefix(id);
+        let mut cmp =
+            vec![Compare::mod_revision(p.clone(), CompareOp::Less, self.att_rev + 1).with_range(prefix_end(&p))];
+        for (k, rev) in &self.att_keys {
+            cmp.push(Compare::mod_revision(k.clone(), CompareOp::Equal, *rev));
+        }
+        cmp
+    }
+
+    /// The reads that the other branch of a transaction makes for the next round.
+    fn next_round_reads(&self) -> Vec<Read> {
+        let mut reads = vec![Read::Marker, Read::OldProbe, Read::Last, Read::Boot];
+        if let Some(id) = &self.att_id {
+            reads.push(Read::Att(id.clone()));
+        }
+        reads
+    }
+
+    /// A call that writes nothing checks, through the cluster, what it read from one member:
+    /// `Ok(false)` when the attachment index changed (the other branch read it again).
+    fn verify(&mut self) -> Result<bool> {
+        let reads = self.next_round_reads();
+        let other: Vec<TxnOp> = reads.iter().map(|r| self.op(r, false)).collect();
+        let txn = Txn::new().when(self.att_cmp()).or_else(other);
+        let resp = self.conn.retry("checking the leases", |c| {
+            let mut c = Conn::kv(c);
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })?;
+        if resp.succeeded() {
+            self.att_checked = true;
+            return Ok(true);
+        }
+        self.reread = Some((reads, resp));
+        Ok(false)
+    }
+
     /// The sweeps: releases that stand alone, in batches of sub-transactions (each lease
     /// under its own compare), before the call's own transaction. A reboot's sweep applies
     /// only while the boot record is still the one read.
@@ -565,13 +620,7 @@ impl EtcdStore {
     /// the other branch read what [`Store::refresh`] takes in.
     fn write(&mut self) -> Result<bool> {
         let mut cmp = self.marker_cmp();
-        // What the call decided from the attachment's index still holds: no entry of the
-        // container changed since it was read (two ADDs of one attachment at once: one
-        // reserves, the other finds its lease in the next round).
-        if let Some(id) = &self.att_id {
-            let p = self.keys.att_prefix(id);
-            cmp.push(Compare::mod_revision(p.clone(), CompareOp::Less, self.att_rev + 1).with_range(prefix_end(&p)));
-        }
+        cmp.extend(self.att_cmp());
         let mut ops = Vec::new();
         if self.layout == Layout::Fresh {
             ops.push(TxnOp::put(self.keys.marker(), LAYOUT_V2, None));
@@ -630,10 +679,7 @@ impl EtcdStore {
             ops.push(TxnOp::put(key, boot.clone(), None));
         }
         // The other branch: what the next round needs.
-        let mut reads = vec![Read::Marker, Read::OldProbe, Read::Last, Read::Boot];
-        if let Some(id) = &self.att_id {
-            reads.push(Read::Att(id.clone()));
-        }
+        let mut reads = self.next_round_reads();
         for ip in self.new.keys() {
             let f = Fam::of(*ip);
             reads.push(Read::Point(*ip));
@@ -645,7 +691,7 @@ impl EtcdStore {
                 reads.push(Read::Point(*ip));
             }
         }
-        let other: Vec<TxnOp> = reads.iter().map(|r| self.op(r)).collect();
+        let other: Vec<TxnOp> = reads.iter().map(|r| self.op(r, false)).collect();
         let txn = Txn::new().when(cmp).and_then(ops).or_else(other);
 
         let what = "writing the leases";
@@ -996,7 +1042,7 @@ impl EtcdStore {
             return Ok(false);
         }
         if self.new.is_empty() && self.gone.is_empty() && self.claims.is_empty() && self.boot_new.is_none() {
-            return Ok(true);
+            return if self.att_checked { Ok(true) } else { self.verify() };
         }
         let ok = self.write()?;
         cni::trace::step("etcd write");
@@ -1005,6 +1051,7 @@ impl EtcdStore {
             self.gone.clear();
             self.claims.clear();
             self.boot_new = None;
+            self.att_checked = true;
             if self.layout == Layout::Fresh {
                 self.layout = Layout::V2;
             }
@@ -1029,10 +1076,7 @@ impl EtcdStore {
         match self.reread.take() {
             Some((reads, resp)) => self.apply(&reads, &resp),
             None => {
-                let mut reads = vec![Read::Marker, Read::OldProbe, Read::Last, Read::Boot];
-                if let Some(id) = &self.att_id {
-                    reads.push(Read::Att(id.clone()));
-                }
+                let reads = self.next_round_reads();
                 self.read_now(reads)?;
             }
         }
