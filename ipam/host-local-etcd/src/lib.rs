@@ -37,7 +37,10 @@
 //! # A call
 //!
 //! **One read, one transaction, no lock.** The first read (one request) fetches the marker,
-//! the container's attachment-index entries, the pointers and this host's boot record. ADD
+//! the container's attachment-index entries, the pointers and this host's boot record; it is
+//! served by the member from its own state (serializable), since the transaction checks
+//! every decision made from it (a call that writes nothing, such as CHECK, checks the
+//! attachment's entries with a read-only transaction through the cluster). ADD
 //! then reserves the address after the pointer *on speculation*: the transaction creates it
 //! under `create_revision == 0`; when the address is held (or another call took it first),
 //! nothing is written and the transaction's other branch has read the window of lease keys
