@@ -220,6 +220,7 @@ pub fn classify(e: &etcd_client::Error) -> std::result::Result<Trouble, Refusal>
 pub struct Conn {
     rt: tokio::runtime::Runtime,
     opts: ConnectOptions,
+    tls: Option<etcd_client::TlsOptions>,
     /// One client per endpoint, made when first used: a call talks to one member at a time
     /// (a client balanced over all of them connects to every one first, which costs more
     /// than the request) and moves on to the next after a failure.
@@ -238,10 +239,8 @@ impl Conn {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the etcd client runtime", e))?;
-        let mut opts = ConnectOptions::new()
-            .with_require_leader(true)
-            .with_connect_timeout(ATTEMPT_CAP.min(conf.timeout))
-            .with_keep_alive(Duration::from_secs(2), ATTEMPT_CAP.min(conf.timeout));
+        let opts = ConnectOptions::new().with_require_leader(true);
+        let mut tls_opts = None;
         if let Some(t) = &conf.tls {
             let read = |what: &str, p: &std::path::Path| {
                 std::fs::read(p).map_err(|e| Error::io(format!("reading ipam.store.tls.{what} {}", p.display()), e))
@@ -253,12 +252,13 @@ impl Conn {
             if let (Some(c), Some(k)) = (&t.cert, &t.key) {
                 tls = tls.identity(etcd_client::Identity::from_pem(read("cert", c)?, read("key", k)?));
             }
-            opts = opts.with_tls(tls);
+            tls_opts = Some(tls);
         }
         let n = conf.endpoints.len();
         Ok(Conn {
             rt,
             opts,
+            tls: tls_opts,
             clients: RefCell::new(vec![None; n]),
             // Concurrent calls start on different members.
             cur: Cell::new(std::process::id() as usize % n.max(1)),
@@ -281,14 +281,40 @@ impl Conn {
         self.conf.endpoints.join(",")
     }
 
-    /// The client of the endpoint in use (made lazily: the first request connects).
-    fn client(&self) -> std::result::Result<Client, etcd_client::Error> {
+    /// The client of the endpoint in use, made when first used: one HTTP/2 connection to that
+    /// member (no balancer), connected here within `left` (TCP, TLS, HTTP/2: the trace step
+    /// "etcd connect").
+    fn client(&self, left: Duration) -> std::result::Result<Client, etcd_client::Error> {
         let i = self.cur.get();
         if let Some(c) = &self.clients.borrow()[i] {
             return Ok(c.clone());
         }
-        let ep = self.conf.endpoints[i].clone();
-        let c = self.rt.block_on(Client::connect([ep], Some(self.opts.clone())))?;
+        let cap = ATTEMPT_CAP.min(self.conf.timeout).min(left);
+        let mut ep = tonic::transport::Endpoint::from_shared(self.conf.endpoints[i].clone())?
+            .connect_timeout(cap)
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(ATTEMPT_CAP.min(self.conf.timeout))
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.clone())?;
+        }
+        let c = self.rt.block_on(async {
+            let ch = match tokio::time::timeout(cap, ep.connect()).await {
+                Ok(ch) => ch?,
+                Err(_) => {
+                    // Nothing was sent.
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connecting to {}: no connection within {cap:?}", self.conf.endpoints[i]),
+                    );
+                    return Err(etcd_client::Error::GRpcStatus(tonic::Status::from_error(Box::new(
+                        tonic::ConnectError(Box::new(e)),
+                    ))));
+                }
+            };
+            Client::from_channel(etcd_client::Channel::Tonic(ch), Some(self.opts.clone())).await
+        })?;
+        cni::trace::step("etcd connect");
         self.clients.borrow_mut()[i] = Some(c.clone());
         Ok(c)
     }
@@ -308,7 +334,7 @@ impl Conn {
         if left.is_zero() {
             return Outcome::Deadline;
         }
-        let r = match self.client() {
+        let r = match self.client(left) {
             Ok(client) => {
                 let fut = f(client);
                 self.rt

@@ -104,7 +104,6 @@ pub fn register() {
 /// about, whose attachment index the first read fetches.
 pub fn open(conf: &EtcdConfig, network: &str, att: Option<&str>) -> Result<Box<dyn Store>> {
     let conn = Conn::open(conf)?;
-    cni::trace::step("etcd connect");
     match v2::EtcdStore::open(conn, network, att)? {
         Ok(s) => Ok(Box::new(s)),
         Err((conn, Layout::Old)) => Ok(Box::new(store::EtcdStore::open_with(conn, network)?)),

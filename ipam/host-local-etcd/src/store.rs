@@ -206,7 +206,6 @@ pub struct EtcdStore {
 impl EtcdStore {
     pub fn open(conf: &EtcdConfig, network: &str) -> Result<EtcdStore> {
         let conn = Conn::open(conf)?;
-        cni::trace::step("etcd connect");
         Self::open_with(conn, network)
     }
 
