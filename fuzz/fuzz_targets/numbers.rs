@@ -47,7 +47,12 @@ fn decoded(which: &str, key: usize, conf: &str) -> Result<Vec<Option<i128>>, Err
             let c = BridgeConf::load(&call)?;
             // What is handed to the kernel is the number, or nothing (0: the default).
             assert_eq!(c.mtu(), u32::try_from(c.mtu).ok().filter(|m| *m > 0), "mtu {}", c.mtu);
-            assert_eq!(c.vlan_id(), u16::try_from(c.vlan).ok().filter(|v| *v > 0), "vlan {}", c.vlan);
+            assert_eq!(
+                c.vlan_id(),
+                u16::try_from(c.vlan).ok().filter(|v| *v > 0),
+                "vlan {}",
+                c.vlan
+            );
             match key {
                 0 => vec![Some(c.mtu.into())],
                 1 => vec![Some(c.vlan.into())],
