@@ -452,8 +452,8 @@ fn setup_port_vlans(host: &Nl, port: &Link, conf: &BridgeConf) -> Result<()> {
     if !conf.preserve_default_vlan {
         host.bridge_vlan_del(port.index, 1)?;
     }
-    if conf.vlan != 0 {
-        host.bridge_vlan_add(port.index, conf.vlan as u16, true, true)?;
+    if let Some(vlan) = conf.vlan_id() {
+        host.bridge_vlan_add(port.index, vlan, true, true)?;
     }
     for v in &conf.vlans {
         host.bridge_vlan_add(port.index, *v, false, false)?;
