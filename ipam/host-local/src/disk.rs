@@ -40,7 +40,7 @@
 //! Index entries are verified against the lease files they name before they are used.
 //!
 //! **Crash safety of the index.** Index files are rewritten in place, once per call (the
-//! changes are buffered until [`Store::commit`]), and always after the stamp has been made
+//! changes are buffered until [`DiskStore::commit`]), and always after the stamp has been made
 //! invalid in that call (by a change to the network directory, or by truncating `.stamp`). A
 //! crash at any point therefore leaves an index that the next call rebuilds.
 //!
@@ -278,6 +278,29 @@ impl DiskStore {
         store.complete = store.stamp_matches();
         store.stamp_invalid = !store.complete;
         Ok(Some(store))
+    }
+
+    /// Finishes the bookkeeping of the call (the lease index); the lock is released when the
+    /// store is dropped.
+    pub fn commit(&mut self) -> Result<()> {
+        self.drop_tmp();
+        if self.index.is_none() || !self.dir_changed {
+            return Ok(());
+        }
+        if !self.complete {
+            // The directory changed in a call that did not need the index (a first call, a
+            // static address): bring the index up to date now, once.
+            if let Err(e) = self.ensure_index() {
+                cni::log!("host-local: rebuilding the lease index: {e}");
+                return Ok(());
+            }
+        }
+        let r = self.flush_index().and_then(|_| self.write_stamp());
+        if let Err(e) = r {
+            self.note_index_error(e);
+        }
+        self.dir_changed = false;
+        Ok(())
     }
 
     /// The network directory.
@@ -843,25 +866,11 @@ impl Store for DiskStore {
         DiskStore::release_for_undo(self, id, ifname, token)
     }
 
-    fn commit(&mut self) -> Result<()> {
-        self.drop_tmp();
-        if self.index.is_none() || !self.dir_changed {
-            return Ok(());
-        }
-        if !self.complete {
-            // The directory changed in a call that did not need the index (a first call, a
-            // static address): bring the index up to date now, once.
-            if let Err(e) = self.ensure_index() {
-                cni::log!("host-local: rebuilding the lease index: {e}");
-                return Ok(());
-            }
-        }
-        let r = self.flush_index().and_then(|_| self.write_stamp());
-        if let Err(e) = r {
-            self.note_index_error(e);
-        }
-        self.dir_changed = false;
-        Ok(())
+    /// `f` once, under the lock this store holds since it was opened; then the bookkeeping.
+    fn transact(&mut self, f: &mut dyn FnMut(&mut dyn Store) -> Result<()>) -> Result<()> {
+        let r = f(self);
+        let c = self.commit();
+        r.and(c)
     }
 }
 
