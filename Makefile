@@ -2,6 +2,7 @@
 CARGO        ?= cargo
 DESTDIR      ?=
 CNI_BIN_DIR  ?= $(DESTDIR)/opt/cni/bin
+CNITOOL_DIR  ?= $(DESTDIR)/usr/local/bin
 BINS         := bridge macvlan host-local
 # Release binaries are linked statically and not position-independent (glibc, static, non-PIE):
 # no dynamic loader and no self-relocation at each process start a plugin call costs (a static-pie
@@ -29,8 +30,11 @@ build:
 # One multicall binary under the three names (hard links): bridge and macvlan then run
 # host-local in their own process (see plugins/multicall). Beside it host-local-etcd, the
 # host-local with the etcd client (ipam.store) and the operator commands, installed first so
-# that a new host-local finds it. Each name is replaced atomically.
+# that a new host-local finds it. Each name is replaced atomically. cnitool goes to CNITOOL_DIR.
 install: build
+	install -d $(CNITOOL_DIR)
+	install -m 0755 $(RELEASE_DIR)/cnitool $(CNITOOL_DIR)/.cnitool.new
+	mv -f $(CNITOOL_DIR)/.cnitool.new $(CNITOOL_DIR)/cnitool
 	install -d $(CNI_BIN_DIR)
 	install -m 0755 $(RELEASE_DIR)/host-local-etcd $(CNI_BIN_DIR)/.host-local-etcd.new
 	mv -f $(CNI_BIN_DIR)/.host-local-etcd.new $(CNI_BIN_DIR)/host-local-etcd
@@ -38,9 +42,10 @@ install: build
 	for b in $(filter-out bridge,$(BINS)); do ln -f $(CNI_BIN_DIR)/.bridge.new $(CNI_BIN_DIR)/.$$b.new; done
 	for b in $(BINS); do mv -f $(CNI_BIN_DIR)/.$$b.new $(CNI_BIN_DIR)/$$b; done
 
-# First run: build, install into /opt/cni/bin, ADD and DEL a conf-example in scratch namespaces.
+# First run: build, install into /opt/cni/bin (cnitool into /usr/local/bin), then cnitool ADDs and
+# DELs a conf-example in scratch namespaces and runs a command on it with `cnitool exec`.
 demo: deps install
-	CNI_BIN_DIR=$(CNI_BIN_DIR) scripts/demo.sh conf-examples/bridge.conflist
+	CNI_BIN_DIR=$(CNI_BIN_DIR) CNITOOL=$(CNITOOL_DIR)/cnitool scripts/demo.sh conf-examples/bridge.conflist
 
 # What the tests, demo and benchmark need from Debian (as root; skipped when all are present).
 deps:

@@ -5,7 +5,8 @@
 //! cni-bench [--quick] [--cycles N] [--ours DIR] [--reference DIR] [--out DIR] [--only LIST]
 //! ```
 //! Environment: QUICK=1, BENCH_CYCLES, BENCH_WARMUP, BENCH_CONC, BENCH_CONC_ROUNDS,
-//! BENCH_LEASES (comma separated), BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES, BENCH_TRACE_CYCLES, BENCH_ONLY,
+//! BENCH_LEASES (comma separated), BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES, BENCH_TRACE_CYCLES,
+//! BENCH_BIGCONF_CYCLES, BENCH_ONLY,
 //! BENCH_OURS, BENCH_REFERENCE, BENCH_OUT, BENCH_TMPDIR. See BENCHMARKS.md for what is measured.
 
 mod bench;
@@ -19,7 +20,16 @@ use std::path::PathBuf;
 use sys::Res;
 
 /// The parts of a run, in the order they run (`--only` takes a comma-separated subset).
-pub const PARTS: &[&str] = &["version", "host-local", "bridge", "trace", "macvlan", "conc", "scale"];
+pub const PARTS: &[&str] = &[
+    "version",
+    "host-local",
+    "bridge",
+    "trace",
+    "macvlan",
+    "bigconf",
+    "conc",
+    "scale",
+];
 
 #[derive(Debug, Clone)]
 pub struct Opts {
@@ -32,6 +42,7 @@ pub struct Opts {
     pub scale_cycles: usize,
     pub scale_bridge_cycles: usize,
     pub trace_cycles: usize,
+    pub bigconf_cycles: usize,
     pub ours: PathBuf,
     pub reference: PathBuf,
     pub out: PathBuf,
@@ -56,7 +67,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cni-bench [--quick] [--cycles N] [--ours DIR] [--reference DIR] [--out DIR] [--only {}]\n\
          env: QUICK=1 BENCH_CYCLES BENCH_WARMUP BENCH_CONC BENCH_CONC_ROUNDS BENCH_LEASES=0,1000,... \
-         BENCH_SCALE_CYCLES BENCH_TRACE_CYCLES BENCH_ONLY BENCH_OURS BENCH_REFERENCE BENCH_OUT BENCH_TMPDIR",
+         BENCH_SCALE_CYCLES BENCH_TRACE_CYCLES BENCH_BIGCONF_CYCLES BENCH_ONLY BENCH_OURS BENCH_REFERENCE BENCH_OUT BENCH_TMPDIR",
         PARTS.join(",")
     );
     std::process::exit(2)
@@ -124,6 +135,7 @@ fn parse_opts() -> Res<Opts> {
         scale_cycles: env_usize("BENCH_SCALE_CYCLES")?.unwrap_or(cycles).max(1),
         scale_bridge_cycles: env_usize("BENCH_SCALE_BRIDGE_CYCLES")?.unwrap_or(cycles.min(20)).max(1),
         trace_cycles: env_usize("BENCH_TRACE_CYCLES")?.unwrap_or(cycles).max(1),
+        bigconf_cycles: env_usize("BENCH_BIGCONF_CYCLES")?.unwrap_or(cycles.min(10)).max(1),
         ours: ours.unwrap_or_else(|| "target/release".into()),
         reference: reference.unwrap_or_else(|| "/usr/lib/cni".into()),
         out: out.unwrap_or_else(|| if quick { "target/bench-quick".into() } else { ".".into() }),

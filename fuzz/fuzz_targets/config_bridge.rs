@@ -1,8 +1,9 @@
-//! The bridge config: the skeleton's common keys, then `BridgeConf::load`.
+//! The bridge config: the skeleton's common keys, then `BridgeConf::load` (ADD), and what DEL
+//! reads (`BridgeTeardown`), which never fails on a config the skeleton took.
 #![no_main]
 
 use cni::env::Command;
-use cni_fuzz::bridge_config::BridgeConf;
+use cni_fuzz::bridge_config::{BridgeConf, BridgeTeardown};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,6 +21,11 @@ fuzz_target!(|data: &[u8]| {
                 let _ = c.net.prev_result();
             }
             Err(e) => cni_fuzz::check_error(&e, &[4, 6, 7]),
+        }
+        if command == Command::Del {
+            if let Err(e) = BridgeTeardown::decode(&call) {
+                panic!("DEL refused a config the skeleton took: {e}");
+            }
         }
     }
 });

@@ -1,4 +1,6 @@
-//! host-local's `ipam` section and `CNI_ARGS`, as `IpamConfig::load` reads them.
+//! host-local's `ipam` section and `CNI_ARGS`, as `IpamConfig::load` reads them, and as DEL
+//! and GC read them (`IpamConfig::load_for_teardown`): whatever ADD takes, a teardown takes and
+//! reads alike.
 #![no_main]
 
 use host_local::config::IpamConfig;
@@ -6,8 +8,16 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let (args, stdin) = cni_fuzz::split_args(data);
+    let teardown = IpamConfig::load_for_teardown(stdin);
+    if let Err(e) = &teardown {
+        cni_fuzz::check_error(e, &[6, 7]);
+    }
     match IpamConfig::load(stdin, &args) {
         Ok(c) => {
+            let t = teardown.expect("a teardown takes what an ADD takes");
+            assert_eq!((&t.name, &t.data_dir, &t.etcd), (&c.name, &c.data_dir, &c.etcd));
+            assert_eq!(t.range_sets, c.range_sets);
+            assert_eq!(t.release_on_reboot, c.release_on_reboot);
             assert!(!c.range_sets.is_empty());
             for set in &c.range_sets {
                 let v4 = set.is_ipv4();

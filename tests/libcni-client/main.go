@@ -2,7 +2,8 @@
 //
 //	cnirt add|check|del <conflist file> <netns path>
 //
-// Environment: CNI_PATH (plugin dirs, ':'-separated), CNI_CONTAINERID (required),
+// Environment: CNI_PATH (plugin dirs, ':'-separated), CNI_CONTAINERID (default: the upstream
+// cnitool's, "cnitool-" + hex of the first 10 bytes of the SHA-512 of the absolute netns path),
 // CNI_IFNAME (default eth0), CNI_ARGS ("K=V;..."), CAP_ARGS (JSON object of capability args,
 // i.e. runtimeConfig), CNI_CACHE_DIR (libcni's result cache; default a libcni default).
 // ADD prints the result JSON on stdout; errors go to stderr with exit status 1.
@@ -10,6 +11,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha512"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -35,7 +37,14 @@ func main() {
 	}
 	id := os.Getenv("CNI_CONTAINERID")
 	if id == "" {
-		fail("CNI_CONTAINERID is required")
+		// As the upstream cnitool derives it.
+		abs, err := filepath.Abs(netns)
+		if err != nil {
+			fail("netns %s: %v", netns, err)
+		}
+		netns = abs
+		s := sha512.Sum512([]byte(netns))
+		id = fmt.Sprintf("cnitool-%x", s[:10])
 	}
 	ifname := os.Getenv("CNI_IFNAME")
 	if ifname == "" {

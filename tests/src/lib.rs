@@ -348,6 +348,20 @@ pub struct Cni {
     via_ip_netns_exec: bool,
     wrapper: Vec<String>,
     own_group: bool,
+    stderr: StderrTo,
+}
+
+/// Where a call's stderr goes ([`Cni::stderr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StderrTo {
+    /// A pipe the test reads: [`Output::stderr`].
+    #[default]
+    Piped,
+    /// A pipe whose read end is closed before the plugin starts: every write to stderr fails
+    /// with EPIPE (as when the runtime stopped reading it).
+    BrokenPipe,
+    /// No descriptor 2 at all: closed between fork and exec.
+    Closed,
 }
 
 impl Cni {
@@ -360,6 +374,7 @@ impl Cni {
             via_ip_netns_exec: false,
             wrapper: Vec::new(),
             own_group: false,
+            stderr: StderrTo::Piped,
         };
         let cni_path = format!("{}:{REFERENCE_DIR}", bin_dir().display());
         c = c
@@ -464,6 +479,12 @@ impl Cni {
         self
     }
 
+    /// Where the plugin's stderr goes (default: a pipe the test reads).
+    pub fn stderr(mut self, to: StderrTo) -> Cni {
+        self.stderr = to;
+        self
+    }
+
     fn command_line(&self) -> (Command, Option<File>) {
         let mut argv: Vec<OsString> = Vec::new();
         if self.via_ip_netns_exec {
@@ -485,7 +506,26 @@ impl Cni {
                 cmd.env(k, v);
             }
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        match self.stderr {
+            StderrTo::Piped => {
+                cmd.stderr(Stdio::piped());
+            }
+            StderrTo::BrokenPipe => {
+                cmd.stderr(broken_pipe());
+            }
+            StderrTo::Closed => {
+                cmd.stderr(Stdio::null());
+                // SAFETY: close(2) between fork and exec is async-signal-safe; fd 2 of the child
+                // is its own.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::close(2);
+                        Ok(())
+                    });
+                }
+            }
+        }
         if self.own_group {
             cmd.process_group(0);
         }
@@ -530,6 +570,20 @@ impl Cni {
     pub fn run(&self) -> Output {
         self.spawn().wait()
     }
+}
+
+/// The write end of a pipe whose read end is already closed: a write to it fails with EPIPE
+/// (SIGPIPE for a process that does not ignore it), deterministically.
+fn broken_pipe() -> Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just made by pipe2 and nothing else owns them.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Stdio::from(write)
 }
 
 /// One call in one line: plugin `bin`, `CNI_COMMAND=command`, the [`Cni`] defaults overridden

@@ -72,7 +72,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(code) => code,
         Err(e) => {
             let _ = out.flush();
-            eprintln!("host-local: {e}");
+            cni::log!("host-local: {e}");
             1
         }
     }
@@ -130,7 +130,7 @@ fn run(args: &[String], out: &mut dyn Write) -> Result<i32> {
             Ok(0)
         }
         _ => {
-            eprintln!("{USAGE}");
+            cni::log!("{USAGE}");
             Ok(1)
         }
     }

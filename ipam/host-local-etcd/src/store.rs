@@ -158,7 +158,7 @@ impl Conn {
                                 },
                             );
                         }
-                        Err(e) => eprintln!("host-local: ignoring etcd key {key}: not a lease: {e}"),
+                        Err(e) => cni::log!("host-local: ignoring etcd key {key}: not a lease: {e}"),
                     }
                 } else if i == 3 {
                     return Err(Error::try_again_later(format!(
@@ -345,12 +345,12 @@ impl EtcdStore {
                 Outcome::Fatal(r) => return Err(fail(self.conn.refused(what, &r))),
                 Outcome::Deadline => return Err(fail(self.conn.trouble(what, "deadline reached"))),
                 Outcome::Retry(t) if !t.sent => {
-                    eprintln!("host-local: etcd write not sent ({}); trying the next member", t.text);
+                    cni::log!("host-local: etcd write not sent ({}); trying the next member", t.text);
                 }
                 Outcome::Retry(t) => {
                     // The reply is lost: the write may have committed. Our token in the leases
                     // says it did; without reservations the compares make a repeat harmless.
-                    eprintln!(
+                    cni::log!(
                         "host-local: etcd write failed ({}); checking whether it committed",
                         t.text
                     );
@@ -452,7 +452,7 @@ impl Store for EtcdStore {
                 self.gone.insert(*ip, rev);
             }
             if !released.is_empty() {
-                eprintln!(
+                cni::log!(
                     "host-local: host {host} rebooted since its last call on network {}; releasing its {} lease(s)",
                     self.network,
                     released.len()

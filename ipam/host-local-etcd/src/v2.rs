@@ -301,7 +301,7 @@ impl EtcdStore {
                             (Some(ip), Some(h)) => {
                                 self.att.insert(ip, h);
                             }
-                            _ => eprintln!("host-local: ignoring etcd key {key}: not an index entry"),
+                            _ => cni::log!("host-local: ignoring etcd key {key}: not an index entry"),
                         }
                     }
                 }
@@ -716,13 +716,13 @@ impl EtcdStore {
                 Outcome::Fatal(r) => return Err(fail(self.conn.refused(what, &r))),
                 Outcome::Deadline => return Err(fail(self.conn.trouble(what, "deadline reached"))),
                 Outcome::Retry(t) if !t.sent => {
-                    eprintln!("host-local: etcd write not sent ({}); trying the next member", t.text);
+                    cni::log!("host-local: etcd write not sent ({}); trying the next member", t.text);
                 }
                 Outcome::Retry(t) => {
                     // The reply is lost: the write may have committed. Our token in a new
                     // lease says it did; without reservations the compares make a repeat
                     // harmless.
-                    eprintln!(
+                    cni::log!(
                         "host-local: etcd write failed ({}); checking whether it committed",
                         t.text
                     );
@@ -898,7 +898,7 @@ impl Store for EtcdStore {
                 }
             }
             if !released.is_empty() {
-                eprintln!(
+                cni::log!(
                     "host-local: host {} rebooted since its last call on network {}; releasing its {} lease(s)",
                     self.host(),
                     self.network,

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use cni::env::valid_container_id;
+use cni::teardown::Lenient;
 use cni::version::Version;
 use cni::{Error, Result, Route};
 use ipnet::IpNet;
@@ -388,7 +389,138 @@ fn parse_ip_list(list: &Option<Vec<String>>, field: &str) -> Result<Vec<Requeste
     Ok(out)
 }
 
+/// The range sets, checked one by one: as the reference, runtime ranges first, then the flat
+/// (old-style) range, then `ranges`. The index of a set in this list names its
+/// last_reserved_ip file.
+fn range_sets(
+    runtime: Option<&[Vec<RawRange>]>,
+    flat: &RawRange,
+    ranges: Option<&[Vec<RawRange>]>,
+) -> Result<Vec<RangeSet>> {
+    let mut range_sets = Vec::new();
+    for (i, set) in runtime.into_iter().flatten().enumerate() {
+        range_sets.push(canonicalize_set(set, format!("runtimeConfig.ipRanges[{i}]"), false)?);
+    }
+    if flat.subnet.as_deref().is_some_and(|s| !s.is_empty()) {
+        range_sets.push(canonicalize_set(std::slice::from_ref(flat), "ipam".into(), true)?);
+    }
+    for (i, set) in ranges.into_iter().flatten().enumerate() {
+        range_sets.push(canonicalize_set(set, format!("ipam.ranges[{i}]"), false)?);
+    }
+    if range_sets.is_empty() {
+        return Err(invalid(
+            "no IP ranges specified: set ipam.ranges (or ipam.subnet)".into(),
+        ));
+    }
+    Ok(range_sets)
+}
+
+/// The `ipam` section as DEL and GC read it ([`IpamConfig::load_for_teardown`]): every key
+/// lenient.
+#[derive(Debug, Default, Deserialize)]
+struct TeardownIpam {
+    #[serde(default)]
+    subnet: Lenient<Option<String>>,
+    #[serde(rename = "rangeStart", default)]
+    range_start: Lenient<Option<String>>,
+    #[serde(rename = "rangeEnd", default)]
+    range_end: Lenient<Option<String>>,
+    #[serde(default)]
+    gateway: Lenient<Option<String>>,
+    #[serde(default)]
+    ranges: Lenient<Option<Vec<Vec<RawRange>>>>,
+    #[serde(rename = "dataDir", default)]
+    data_dir: Lenient<Option<String>>,
+    #[serde(default)]
+    store: Lenient<Option<serde_json::Value>>,
+    #[serde(rename = "releaseOnReboot", default)]
+    release_on_reboot: Lenient<Option<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TeardownRuntime {
+    #[serde(rename = "ipRanges", default)]
+    ip_ranges: Lenient<Option<Vec<Vec<RawRange>>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TeardownNet {
+    #[serde(default)]
+    name: Lenient<String>,
+    #[serde(rename = "cniVersion", default)]
+    cni_version: Lenient<String>,
+    #[serde(default)]
+    ipam: Lenient<Option<TeardownIpam>>,
+    #[serde(rename = "runtimeConfig", default)]
+    runtime_config: Lenient<Option<TeardownRuntime>>,
+}
+
 impl IpamConfig {
+    /// Reads the config on stdin as DEL and GC need it: only the network name, the store
+    /// (`ipam.dataDir`, or `ipam.store`), `releaseOnReboot` and the number of range sets.
+    /// Any other key (`routes`, `resolvConf`, requested addresses, gateways, `CNI_ARGS`) is not
+    /// read, and the range sets only leniently, so that a config that went bad since the ADD
+    /// still releases its lease. `range_sets` holds the range sets when they all read and
+    /// check, else nothing (DEL then makes two passes: new-format leases, then old-format
+    /// ones). A `releaseOnReboot` that does not read counts as false: a teardown never releases
+    /// others' leases on the strength of a value it cannot read. The name and the store must
+    /// read: code 6 or 7 naming the key otherwise.
+    pub fn load_for_teardown(stdin: &[u8]) -> Result<IpamConfig> {
+        let n: TeardownNet = cni::types::decode(stdin)?;
+        let name = n.name.required("name")?.unwrap_or_default();
+        if name.is_empty() {
+            return Err(invalid(
+                "missing network name (key \"name\"): host-local keeps its leases in a directory named after it".into(),
+            ));
+        }
+        if !valid_container_id(&name) {
+            return Err(invalid(format!(
+                "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+                name.escape_debug()
+            )));
+        }
+        let Some(ipam) = n.ipam.required("ipam")?.flatten() else {
+            return Err(invalid("IPAM config missing 'ipam' key".into()));
+        };
+        let data_dir = match ipam.data_dir.required("ipam.dataDir")?.flatten().as_deref() {
+            None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
+            Some(d) => PathBuf::from(d),
+        };
+        let etcd = match ipam.store.required("ipam.store")?.flatten() {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => crate::etcd::EtcdConfig::from_json(&v)?,
+        };
+        let range_sets = (|| {
+            let runtime = n.runtime_config.value().ok()?.flatten().unwrap_or_default();
+            let flat = RawRange {
+                subnet: ipam.subnet.value().ok()?.flatten(),
+                range_start: ipam.range_start.value().ok()?.flatten(),
+                range_end: ipam.range_end.value().ok()?.flatten(),
+                gateway: ipam.gateway.value().ok()?.flatten(),
+            };
+            let ip_ranges = runtime.ip_ranges.value().ok()?.flatten();
+            let ranges = ipam.ranges.value().ok()?.flatten();
+            range_sets(ip_ranges.as_deref(), &flat, ranges.as_deref()).ok()
+        })()
+        .unwrap_or_default();
+        let release_on_reboot = match ipam.release_on_reboot {
+            Lenient::Absent => true,
+            Lenient::Ok(v) => v.unwrap_or(true),
+            Lenient::Bad(_) => false,
+        };
+        Ok(IpamConfig {
+            name,
+            cni_version: n.cni_version.ok().unwrap_or_default(),
+            range_sets,
+            routes: Vec::new(),
+            data_dir,
+            resolv_conf: None,
+            requested: Vec::new(),
+            etcd,
+            release_on_reboot,
+        })
+    }
+
     /// Reads the config on stdin and `CNI_ARGS` as the reference's `LoadIPAMConfig`.
     pub fn load(stdin: &[u8], env_args: &str) -> Result<IpamConfig> {
         let n: RawNet = cni::types::decode(stdin)?;
@@ -415,29 +547,13 @@ impl IpamConfig {
         let runtime = n.runtime_config.unwrap_or_default();
         requested.extend(parse_ip_list(&runtime.ips, "runtimeConfig.ips")?);
 
-        // As the reference: runtime ranges first, then the flat (old-style) range, then
-        // `ranges`. The index of a set in this list names its last_reserved_ip file.
-        let mut range_sets = Vec::new();
-        for (i, set) in runtime.ip_ranges.iter().flatten().enumerate() {
-            range_sets.push(canonicalize_set(set, format!("runtimeConfig.ipRanges[{i}]"), false)?);
-        }
         let flat = RawRange {
             subnet: ipam.subnet,
             range_start: ipam.range_start,
             range_end: ipam.range_end,
             gateway: ipam.gateway,
         };
-        if flat.subnet.as_deref().is_some_and(|s| !s.is_empty()) {
-            range_sets.push(canonicalize_set(std::slice::from_ref(&flat), "ipam".into(), true)?);
-        }
-        for (i, set) in ipam.ranges.iter().flatten().enumerate() {
-            range_sets.push(canonicalize_set(set, format!("ipam.ranges[{i}]"), false)?);
-        }
-        if range_sets.is_empty() {
-            return Err(invalid(
-                "no IP ranges specified: set ipam.ranges (or ipam.subnet)".into(),
-            ));
-        }
+        let range_sets = range_sets(runtime.ip_ranges.as_deref(), &flat, ipam.ranges.as_deref())?;
 
         // CNI 0.2.0 and earlier results hold one address per family.
         let v4 = range_sets.iter().filter(|s| s.is_ipv4()).count();
@@ -629,6 +745,193 @@ mod tests {
         let e = load(net(json!({"Ranges": 5}))).unwrap_err();
         assert_eq!(e.code(), 6, "{e}");
         assert!(e.to_string().contains("ipam.ranges"), "{e}");
+    }
+
+    fn teardown(v: serde_json::Value) -> Result<IpamConfig> {
+        IpamConfig::load_for_teardown(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn teardown_reads_only_the_name_the_store_and_the_range_sets() {
+        let good = json!({"subnet": "10.1.0.0/24", "dataDir": "/tmp/x"});
+        let c = teardown(net(good.clone())).unwrap();
+        assert_eq!((c.name.as_str(), c.data_dir.to_str()), ("n", Some("/tmp/x")));
+        assert_eq!(c.range_sets.len(), 1);
+        assert!(c.release_on_reboot && c.etcd.is_none());
+        // Broken in what only ADD reads: still read, with the range sets.
+        for broken in [
+            json!({"routes": [{"gw": "10.1.0.1"}]}),
+            json!({"routes": 5}),
+            json!({"resolvConf": 7}),
+            json!({"dns": "x"}),
+        ] {
+            let mut ipam = good.clone();
+            set_keys(&mut ipam, broken.clone());
+            let c = teardown(net(ipam)).unwrap_or_else(|e| panic!("{broken}: {e}"));
+            assert_eq!(
+                (c.range_sets.len(), c.data_dir.to_str()),
+                (1, Some("/tmp/x")),
+                "{broken}"
+            );
+        }
+        let requests = json!({"cniVersion": "1.0.0", "name": "n", "ipam": good,
+            "args": {"cni": {"ips": ["nope"]}}, "runtimeConfig": {"ips": [5]}});
+        assert_eq!(teardown(requests).unwrap().range_sets.len(), 1);
+        // Range sets that do not read or check: none (DEL makes two passes).
+        for broken in [
+            json!({"subnet": "10.1.0.5/24"}),
+            json!({"subnet": 5}),
+            json!({"rangeStart": "10.2.0.1"}),
+            json!({"gateway": "fd00::1"}),
+            json!({"ranges": 5}),
+            json!({"ranges": [[{"subnet": "bogus"}]]}),
+        ] {
+            let mut ipam = good.clone();
+            set_keys(&mut ipam, broken.clone());
+            let c = teardown(net(ipam)).unwrap_or_else(|e| panic!("{broken}: {e}"));
+            assert!(c.range_sets.is_empty(), "{broken}");
+            assert_eq!(c.data_dir.to_str(), Some("/tmp/x"), "{broken}");
+        }
+        let c = teardown(json!({"cniVersion": "1.0.0", "name": "n", "ipam": good, "runtimeConfig": 5})).unwrap();
+        assert!(c.range_sets.is_empty());
+        // releaseOnReboot: a value that does not read releases nothing.
+        let c = teardown(net(json!({"releaseOnReboot": "yes"}))).unwrap();
+        assert!(!c.release_on_reboot);
+        assert!(
+            !teardown(net(json!({"releaseOnReboot": false})))
+                .unwrap()
+                .release_on_reboot
+        );
+        assert!(
+            teardown(net(json!({"releaseOnReboot": null})))
+                .unwrap()
+                .release_on_reboot
+        );
+        assert_eq!(
+            teardown(net(json!({}))).unwrap().data_dir,
+            PathBuf::from(DEFAULT_DATA_DIR)
+        );
+    }
+
+    #[test]
+    fn teardown_needs_the_name_and_the_store() {
+        let e = teardown(json!({"cniVersion": "1.0.0", "ipam": {}})).unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        assert!(e.to_string().contains("\"name\""), "{e}");
+        let e = teardown(json!({"cniVersion": "1.0.0", "name": "a/b", "ipam": {}})).unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        let e = teardown(json!({"cniVersion": "1.0.0", "name": "n"})).unwrap_err();
+        assert!(e.to_string().contains("'ipam'"), "{e}");
+        let e = teardown(net(json!({"dataDir": 5}))).unwrap_err();
+        assert_eq!(e.code(), 6, "{e}");
+        assert!(e.to_string().contains("ipam.dataDir"), "{e}");
+        let e = teardown(net(json!({"store": {"type": "zookeeper"}}))).unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        assert!(e.to_string().contains("ipam.store"), "{e}");
+        let e = teardown(json!({"cniVersion": "1.0.0", "name": "n", "ipam": 5})).unwrap_err();
+        assert_eq!(e.code(), 6, "{e}");
+    }
+
+    /// Whatever ADD takes, a teardown takes and reads alike (the invariant of the fuzz target
+    /// `config_host_local`, here on its seeds and on the conf-examples).
+    #[test]
+    fn teardown_agrees_with_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for dir in ["fuzz/seeds/config_host_local", "conf-examples"] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                // A conflist's plugins, each as the runtime passes it.
+                match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(v) if v["plugins"].is_array() => {
+                        for p in v["plugins"].as_array().unwrap() {
+                            let mut p = p.clone();
+                            p["name"] = v["name"].clone();
+                            p["cniVersion"] = v["cniVersion"].clone();
+                            inputs.push(p.to_string().into_bytes());
+                        }
+                    }
+                    _ => inputs.push(bytes),
+                }
+            }
+        }
+        let mut loaded = 0;
+        for bytes in &inputs {
+            let Ok(c) = IpamConfig::load(bytes, "") else { continue };
+            loaded += 1;
+            let t = IpamConfig::load_for_teardown(bytes).unwrap();
+            assert_eq!((&t.name, &t.data_dir, &t.etcd), (&c.name, &c.data_dir, &c.etcd));
+            assert_eq!(t.range_sets, c.range_sets);
+            assert_eq!(t.release_on_reboot, c.release_on_reboot);
+        }
+        assert!(loaded >= 5, "{loaded} of {} inputs loaded", inputs.len());
+    }
+
+    /// Merges object `extra` into object `base`, key by key (one level).
+    fn set_keys(base: &mut serde_json::Value, extra: serde_json::Value) {
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+    }
+
+    /// Every integer key of the `ipam` section (the route attributes): a number the attribute
+    /// holds is taken exactly; any other is code 7 naming the key and the number as written,
+    /// never wrapped. The timeout of the etcd store (seconds, a float) is refused out of its range.
+    #[test]
+    fn numbers_are_refused_never_wrapped() {
+        let conf = |route: &str| {
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","ipam":{{"subnet":"10.1.0.0/24","routes":[{{"dst":"0.0.0.0/0",{route}}}]}}}}"#
+            )
+        };
+        let out_of_range = [
+            "4294968796",
+            "99999999999",
+            "4294967296",
+            "-1",
+            "-4294967297",
+            "18446744073709551616",
+            "99999999999999999999999",
+        ];
+        for (key, max) in [
+            ("mtu", u32::MAX as u64),
+            ("advmss", u32::MAX as u64),
+            ("priority", u32::MAX as u64),
+            ("table", u32::MAX as u64),
+            ("scope", u8::MAX as u64),
+        ] {
+            let above = (max + 1).to_string();
+            for lit in out_of_range.iter().copied().chain([above.as_str()]) {
+                let c = conf(&format!(r#""{key}":{lit}"#));
+                let e = IpamConfig::load(c.as_bytes(), "").unwrap_err();
+                assert_eq!(e.code(), 7, "{c}: {e}");
+                let m = e.to_string();
+                assert!(m.contains(&format!("{lit} (key \"ipam.routes[0].{key}\")")), "{c}: {m}");
+            }
+            let c = conf(&format!(r#""{key}":{max}"#));
+            let r = &IpamConfig::load(c.as_bytes(), "").unwrap().routes[0];
+            let got = match key {
+                "mtu" => r.mtu,
+                "advmss" => r.advmss,
+                "priority" => r.priority,
+                "table" => r.table,
+                _ => r.scope.map(u32::from),
+            };
+            assert_eq!(got.map(u64::from), Some(max), "{key}");
+        }
+        let e = IpamConfig::load(conf(r#""MTU":4294968796"#).as_bytes(), "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid mtu 4294968796 (key \"ipam.routes[0].mtu\"): must be an integer between 0 and 4294967295"
+        );
+        for t in ["4294968796", "99999999999", "0", "-1", "11"] {
+            let c = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"subnet":"10.1.0.0/24","store":{{"type":"etcd","endpoints":["127.0.0.1:2379"],"host":"h","timeout":{t}}}}}}}"#
+            );
+            let e = IpamConfig::load(c.as_bytes(), "").unwrap_err();
+            assert_eq!(e.code(), 7, "{c}: {e}");
+            assert!(e.to_string().contains(&format!("ipam.store.timeout {t} ")), "{e}");
+        }
     }
 
     #[test]

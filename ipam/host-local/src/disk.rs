@@ -291,7 +291,7 @@ impl DiskStore {
             // The directory changed in a call that did not need the index (a first call, a
             // static address): bring the index up to date now, once.
             if let Err(e) = self.ensure_index() {
-                eprintln!("host-local: rebuilding the lease index: {e}");
+                cni::log!("host-local: rebuilding the lease index: {e}");
                 return Ok(());
             }
         }
@@ -431,7 +431,7 @@ impl DiskStore {
 
     /// A failed index update makes the index incomplete: the next call rebuilds it.
     fn note_index_error(&mut self, e: io::Error) {
-        eprintln!(
+        cni::log!(
             "host-local: updating the lease index in {}: {e}; it will be rebuilt",
             self.path.display()
         );
@@ -465,7 +465,7 @@ impl DiskStore {
                     ))
                 }
                 // A symlink named like a lease is skipped, never followed.
-                Err(e) => eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display()),
+                Err(e) => cni::log!("host-local: ignoring {}/{name}: {e}", self.path.display()),
             }
         }
         Ok(out)
@@ -532,7 +532,7 @@ impl DiskStore {
             match self.dir.unlink(name) {
                 Ok(()) => self.changed(),
                 Err(e) if sys::is_not_found(&e) => {}
-                Err(e) => eprintln!("host-local: removing {}/{name}: {e}", self.path.display()),
+                Err(e) => cni::log!("host-local: removing {}/{name}: {e}", self.path.display()),
             }
         }
         Ok(())
@@ -705,7 +705,7 @@ impl Store for DiskStore {
                 // record. Taking it for another boot would release every living container's
                 // lease on a guess.
                 None => {
-                    eprintln!(
+                    cni::log!(
                         "host-local: {}/{BOOT_FILE} holds no boot id; adopting the store, releasing nothing",
                         self.path.display()
                     );
@@ -718,7 +718,7 @@ impl Store for DiskStore {
             }
             // Unreadable (a symlink planted there, say): no record, replaced below.
             Err(e) => {
-                eprintln!("host-local: ignoring {}/{BOOT_FILE}: {e}", self.path.display());
+                cni::log!("host-local: ignoring {}/{BOOT_FILE}: {e}", self.path.display());
                 None
             }
         };
@@ -731,7 +731,7 @@ impl Store for DiskStore {
             released = report.released;
             released.extend(report.empty_removed);
             if !released.is_empty() {
-                eprintln!(
+                cni::log!(
                     "host-local: {} was last used in another boot; released its {} lease(s)",
                     self.path.display(),
                     released.len()
@@ -758,7 +758,7 @@ impl Store for DiskStore {
             Err(e) if sys::is_not_regular(&e) => Err(io_err(format!("reading {}/{name}", self.path.display()), e)),
             // As the reference: a bad last-reserved file only costs the round robin.
             Err(e) => {
-                eprintln!("host-local: ignoring {}/{name}: {e}", self.path.display());
+                cni::log!("host-local: ignoring {}/{name}: {e}", self.path.display());
                 Ok(None)
             }
         }
@@ -947,7 +947,7 @@ impl DiskStore {
                         Some(_) => "another ADD of the attachment claimed it since",
                         None => "no record of that ADD",
                     };
-                    eprintln!(
+                    cni::log!(
                         "host-local: undoing a failed ADD of {} {ifname} in {}: keeping the attachment's lease ({why})",
                         id.trim(),
                         self.path.display()

@@ -126,16 +126,16 @@ pub fn add_with(stdin: &[u8], id: &str, ifname: &str, env_args: &str, token: &st
         // pointers are put back: the store is as the call found it.
         for ip in &reserved {
             if let Err(re) = store.release(id, ifname, *ip) {
-                eprintln!("host-local: rolling back {ip}: {re}");
+                cni::log!("host-local: rolling back {ip}: {re}");
             }
         }
         for (set, ip) in &replaced {
             if let Err(re) = store.reserve(id, ifname, *ip, *set) {
-                eprintln!("host-local: restoring the lease of {ip}: {re}");
+                cni::log!("host-local: restoring the lease of {ip}: {re}");
             }
         }
         if let Err(re) = store.restore_last_reserved() {
-            eprintln!("host-local: rolling back: {re}");
+            cni::log!("host-local: rolling back: {re}");
         }
         Err(e)
     })?;
@@ -156,21 +156,28 @@ pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
 
 /// [`del`]; with `undo_of`, the DEL that a plugin runs to undo its failed ADD, whose token
 /// it names ([`cni::delegate::UNDO_ENV`]): it releases only what that ADD reserved, and puts
-/// back the round-robin pointers that ADD moved (see [`Store::release_for_undo`]).
+/// back the round-robin pointers that ADD moved (see [`Store::release_for_undo`]). Reads only
+/// what it needs of the config ([`IpamConfig::load_for_teardown`]): a config that went bad
+/// since the ADD still releases.
 pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> Result<()> {
-    let conf = IpamConfig::load(stdin, "")?;
+    let conf = IpamConfig::load_for_teardown(stdin)?;
     let Some(mut store) = open_store(&conf, false, Some(id))? else {
         return Ok(());
     };
     // As the reference, once per range set: a second pass also releases old-format leases
-    // of the container when the first released new-format ones.
+    // of the container when the first released new-format ones. Range sets that do not read:
+    // two passes, so that both formats go.
+    let passes = match conf.range_sets.len() {
+        0 => 2,
+        n => n,
+    };
     store.transact(&mut |store| {
         match undo_of {
             Some(token) => {
                 store.release_for_undo(id, ifname, token)?;
             }
             None => {
-                for _ in &conf.range_sets {
+                for _ in 0..passes {
                     store.release_by_id(id, ifname)?;
                 }
             }
@@ -204,7 +211,8 @@ pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()>
 /// GC: releases every lease whose attachment is not in `keep` (old-format leases: whose
 /// container id is not), and empty leases left by a crashed writer.
 pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcReport> {
-    let conf = IpamConfig::load(stdin, "")?;
+    // Only what GC needs: the store ([`IpamConfig::load_for_teardown`]).
+    let conf = IpamConfig::load_for_teardown(stdin)?;
     let Some(mut store) = open_store(&conf, false, None)? else {
         return Ok(Default::default());
     };
@@ -285,9 +293,10 @@ impl cni::Plugin for HostLocal {
     fn gc(&self, call: &cni::Call) -> Result<()> {
         let report = gc(&call.stdin, &call.conf.gc_keep())?;
         if !report.released.is_empty() || !report.empty_removed.is_empty() {
-            eprintln!(
+            cni::log!(
                 "host-local: GC released {:?}, removed empty leases {:?}",
-                report.released, report.empty_removed
+                report.released,
+                report.empty_removed
             );
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! The `bridge` CNI plugin: parse and dispatch; the steps live in `plugin.rs`. Its binary is
 //! the multicall binary of `plugins/multicall`.
 
-mod config;
+pub mod config;
 mod plugin;
 
 pub use plugin::Bridge;

@@ -15,7 +15,7 @@ use cni::trace::step;
 use cni::txn::Txn;
 use cni::{fault, Call, CniResult, Error, Errors, Interface, Plugin, Result, Route};
 
-use crate::config::BridgeConf;
+use crate::config::{BridgeConf, BridgeTeardown};
 
 pub struct Bridge;
 
@@ -39,26 +39,29 @@ impl Plugin for Bridge {
         Ok(result)
     }
 
+    /// Reads only what the teardown needs ([`BridgeTeardown`], the common keys as
+    /// [`cni::teardown`] reads them): a config that went bad since the ADD is still torn down.
     fn del(&self, call: &Call) -> Result<()> {
-        let conf = BridgeConf::decode(call)?;
+        let conf = BridgeTeardown::decode(call)?;
+        let net = &call.conf;
         // A DEL goes on without the lock when it cannot be had: a teardown must not fail for it.
         let attachment = iface::lock_attachment(call)
-            .inspect_err(|e| eprintln!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
+            .inspect_err(|e| cni::log!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
             .ok();
         let mut errs = Errors::new();
         // 1. The lease and the container interface (also what a killed ADD left).
-        iface::del_attachment(call, conf.net.ipam_type(), &mut errs);
+        iface::del_attachment(call, net.ipam_type(), &mut errs);
         // 2. Rules: found by network and container, so this works with the netns gone.
-        if conf.ip_masq {
+        if conf.ip_masq.teardown_switch() {
             errs.note(firewall::teardown_masq(
-                &conf.net.name,
+                &net.name,
                 &call.env.container_id,
                 &call.env.ifname,
                 &[],
             ));
             step("masquerade teardown");
         }
-        if conf.mac_spoof_chk {
+        if conf.mac_spoof_chk.teardown_switch() {
             errs.note(cni::spoofchk::teardown_spoofchk(
                 &call.env.container_id,
                 &call.env.ifname,
@@ -139,19 +142,16 @@ impl Plugin for Bridge {
         Ok(())
     }
 
+    /// Reads only the common keys ([`cni::teardown`]): the IPAM type, the network and the
+    /// keep-list.
     fn gc(&self, call: &Call) -> Result<()> {
-        let conf = BridgeConf::decode(call)?;
+        let net = &call.conf;
         let mut errs = Errors::new();
-        if let Some(t) = conf.net.ipam_type() {
+        if let Some(t) = net.ipam_type() {
             errs.note(delegate::exec(t, Command::Gc, call));
         }
-        let keep: Vec<(String, String)> = conf
-            .net
-            .gc_keep()
-            .into_iter()
-            .map(|a| (a.container_id, a.ifname))
-            .collect();
-        errs.note(firewall::gc_masq(&conf.net.name, &keep));
+        let keep: Vec<(String, String)> = net.gc_keep().into_iter().map(|a| (a.container_id, a.ifname)).collect();
+        errs.note(firewall::gc_masq(&net.name, &keep));
         errs.into_result()
     }
 
@@ -452,8 +452,8 @@ fn setup_port_vlans(host: &Nl, port: &Link, conf: &BridgeConf) -> Result<()> {
     if !conf.preserve_default_vlan {
         host.bridge_vlan_del(port.index, 1)?;
     }
-    if conf.vlan != 0 {
-        host.bridge_vlan_add(port.index, conf.vlan as u16, true, true)?;
+    if let Some(vlan) = conf.vlan_id() {
+        host.bridge_vlan_add(port.index, vlan, true, true)?;
     }
     for v in &conf.vlans {
         host.bridge_vlan_add(port.index, *v, false, false)?;

@@ -358,7 +358,7 @@ impl Drop for Pending {
         // The ADD failed (it was dropped): its undo DEL releases what it reserved, pointers
         // included.
         if let Err(e) = run_undo(&self.plugin_type, &self.bin, &self.stdin, &self.token) {
-            eprintln!(
+            crate::log!(
                 "releasing what IPAM plugin \"{}\" may have reserved: {e}",
                 self.plugin_type
             );

@@ -13,7 +13,9 @@
 //! - [`ids`]: stable hashes of names, random call tokens; [`lockfile`]: `flock` with a deadline
 //! - [`firewall`]: masquerade rules (iptables or nftables)
 //! - [`spoofchk`]: the `macspoofchk` rules (nftables)
+//! - [`teardown`]: what DEL and GC read of a config (only what they need, leniently)
 //! - [`trace`]: step timings on stderr (`CNI_RS_TRACE=1`)
+//! - [`log`](mod@log): the one way to write to stderr ([`log!`]), which never fails a call
 
 pub mod delegate;
 pub mod env;
@@ -24,9 +26,11 @@ pub mod gojson;
 pub mod ids;
 pub mod iface;
 pub mod lockfile;
+pub mod log;
 pub mod netlink;
 pub mod netns;
 pub mod skel;
+pub mod teardown;
 pub use firewall::spoofchk;
 pub mod trace;
 pub mod txn;

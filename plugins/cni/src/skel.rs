@@ -100,9 +100,10 @@ pub trait Plugin {
 pub fn run(name: &str, plugin: &dyn Plugin) -> ! {
     trace::start();
     // Panics become a code-100 error below; keep the default report off stdout (it goes to
-    // stderr anyway) but short.
+    // stderr anyway) but short. The report never panics itself (a panic in the hook aborts the
+    // process: no error JSON, the undo of the ADD cut short), whatever stderr is.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("panic: {info}");
+        crate::log!("panic: {info}");
     }));
     let (code, out) = invoke(name, plugin, &crate::env::process_var, &mut read_stdin, true);
     if let Some(out) = out {
@@ -167,7 +168,7 @@ fn invoke(
         Ok(Some(out)) => (0, Some(json_line(&out))),
         Ok(None) => (0, None),
         Err(e) => {
-            eprintln!("{name}: error {}: {e}", e.code());
+            crate::log!("{name}: error {}: {e}", e.code());
             (1, Some(json_line(&e.to_json(&version_for_errors))))
         }
     }
@@ -236,7 +237,7 @@ fn dispatch(
     version_for_errors: &mut String,
 ) -> Result<Option<serde_json::Value>> {
     let Some(cmd) = get("CNI_COMMAND") else {
-        eprintln!(
+        crate::log!(
             "CNI {name} plugin {}\nCNI protocol versions supported: {}",
             env!("CARGO_PKG_VERSION"),
             version::SUPPORTED.join(", ")
@@ -274,12 +275,17 @@ fn dispatch(
     }
 }
 
-/// Decodes the common keys of the config and checks the verb against its version.
+/// Decodes the common keys of the config and checks the verb against its version. DEL and GC
+/// read only what their teardown needs ([`crate::teardown`]).
 pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> Result<Call> {
     if stdin.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::decode("no network config on stdin"));
     }
-    let conf: NetConf = crate::types::decode(&stdin)?;
+    let conf: NetConf = match env.command {
+        Command::Del => NetConf::decode_for_teardown(&stdin)?,
+        Command::Gc => NetConf::decode_for_gc(&stdin)?,
+        _ => crate::types::decode(&stdin)?,
+    };
     let version = Version::of_config(&conf.cni_version)?;
     // Errors are printed in the config's version: 0.1.0 when it names none.
     *version_for_errors = version.to_string();

@@ -66,7 +66,7 @@ pub fn report() {
         };
         let mine: Vec<_> = steps.iter().filter(|s| s.0 == lane).collect();
         for w in mine.windows(2) {
-            eprintln!("TRACE {who} {} {}", w[1].1, w[1].2.duration_since(w[0].2).as_micros());
+            crate::log!("TRACE {who} {} {}", w[1].1, w[1].2.duration_since(w[0].2).as_micros());
         }
     }
 }

@@ -63,7 +63,7 @@ impl<'a> Txn<'a> {
             errs.note(r.map_err(|e| e.context(format!("undoing {what}"))));
         }
         if let Err(e) = errs.into_result() {
-            eprintln!("{}: cleaning up after a failed ADD: {e}", self.plugin);
+            crate::log!("{}: cleaning up after a failed ADD: {e}", self.plugin);
         }
     }
 }

@@ -10,7 +10,7 @@ use cni::trace::step;
 use cni::txn::Txn;
 use cni::{fault, Call, CniResult, Error, Errors, Interface, Plugin, Result};
 
-use crate::config::MacvlanConf;
+use crate::config::{MacvlanConf, MacvlanTeardown};
 use crate::shim;
 
 pub struct Macvlan;
@@ -42,19 +42,21 @@ impl Plugin for Macvlan {
         Ok(result)
     }
 
+    /// Reads only what the teardown needs ([`MacvlanTeardown`], the common keys as
+    /// [`cni::teardown`] reads them): a config that went bad since the ADD is still torn down.
     fn del(&self, call: &Call) -> Result<()> {
-        let conf = MacvlanConf::decode(call)?;
+        let conf = MacvlanTeardown::decode(call)?;
         // A DEL goes on without the lock when it cannot be had: a teardown must not fail for it.
         let attachment = iface::lock_attachment(call)
-            .inspect_err(|e| eprintln!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
+            .inspect_err(|e| cni::log!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
             .ok();
         let mut errs = Errors::new();
         // 1. The lease and the container interface (also what a killed ADD left).
-        iface::del_attachment(call, conf.net.ipam_type(), &mut errs);
+        iface::del_attachment(call, call.conf.ipam_type(), &mut errs);
         // 2. `hostShim`: the host routes of the attachment, and the shim if they were its last.
         //    Also when the config no longer asks for it but a record says an ADD made them.
-        let (net, id, ifname) = (&conf.net.name, &call.env.container_id, &call.env.ifname);
-        if conf.host_shim || shim::has_record(net, id, ifname) {
+        let (net, id, ifname) = (&call.conf.name, &call.env.container_id, &call.env.ifname);
+        if conf.host_shim.teardown_switch() || shim::has_record(net, id, ifname) {
             errs.note(Nl::current().and_then(|host| shim::remove(&host, net, id, ifname)));
         }
         if let Some(a) = attachment {
@@ -151,16 +153,18 @@ impl Plugin for Macvlan {
         Ok(())
     }
 
+    /// Reads only the common keys ([`cni::teardown`]): the IPAM type, the network and the
+    /// keep-list.
     fn gc(&self, call: &Call) -> Result<()> {
-        let conf = MacvlanConf::decode(call)?;
+        let net = &call.conf;
         let mut errs = Errors::new();
-        if let Some(t) = conf.net.ipam_type() {
+        if let Some(t) = net.ipam_type() {
             errs.note(delegate::exec(t, Command::Gc, call));
         }
         // `hostShim`: the host routes of the attachments that are gone (when this network has
         // records of them).
-        if shim::has_records(&conf.net.name) {
-            errs.note(Nl::current().and_then(|host| shim::gc(&host, &conf.net.name, &conf.net.gc_keep())));
+        if shim::has_records(&net.name) {
+            errs.note(Nl::current().and_then(|host| shim::gc(&host, &net.name, &net.gc_keep())));
         }
         errs.into_result()
     }

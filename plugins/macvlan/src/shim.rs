@@ -200,9 +200,10 @@ pub fn add(host: &Nl, master: &Link, network: &str, container_id: &str, ifname: 
             // source yet: the route goes without one, and the kernel picks the source per
             // packet (the shim's link-local address, which the container reaches).
             if e.is(libc::EINVAL) && s.is_ipv6() {
-                eprintln!(
+                cni::log!(
                     "macvlan: hostShim: {s} of {} is no source yet (tentative?): route to {} without one",
-                    master.name, r.dst
+                    master.name,
+                    r.dst
                 );
                 added = host.add_marked_route(&MarkedRoute { src: None, ..r.clone() });
             }

@@ -84,7 +84,7 @@ pub fn exec_ops() -> i32 {
         Ok(p) => cni::skel::exec_in_place(&p, None),
         Err(e) => e,
     };
-    eprintln!("host-local: the operator commands are in {HELPER}: {e}");
+    cni::log!("host-local: the operator commands are in {HELPER}: {e}");
     1
 }
 
