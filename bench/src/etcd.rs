@@ -210,6 +210,141 @@ fn start_cluster(ns: &Ns, dir: &Path) -> Res<Cluster> {
     }
 }
 
+/// A CA and a certificate for 127.0.0.1 (server and client use) signed by it, made with
+/// openssl in `dir`: (ca, cert, key).
+fn make_certs(dir: &Path, ec: bool) -> Res<(PathBuf, PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let (ca, cakey, key, csr, cert, ext) = (
+        p("ca.pem"),
+        p("ca-key.pem"),
+        p("key.pem"),
+        p("csr.pem"),
+        p("cert.pem"),
+        p("ext.cnf"),
+    );
+    let alg: &[&str] = if ec {
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    } else {
+        &["-newkey", "rsa:2048"]
+    };
+    let cmd = |head: &[&'static str], tail: Vec<&str>| -> Vec<String> {
+        head.iter()
+            .map(|s| s.to_string())
+            .chain(alg.iter().map(|s| s.to_string()))
+            .chain(tail.into_iter().map(String::from))
+            .collect()
+    };
+    for args in [
+        cmd(
+            &["openssl", "req", "-x509"],
+            vec![
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bench-ca",
+                "-keyout",
+                &cakey,
+                "-out",
+                &ca,
+            ],
+        ),
+        cmd(
+            &["openssl", "req"],
+            vec!["-nodes", "-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr],
+        ),
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &cakey,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh(&a)?;
+    }
+    Ok((ca.into(), cert.into(), key.into()))
+}
+
+/// One etcd member serving TLS with client certificates, in `ns`: (the member, its URL).
+fn start_tls_member(ns: &Ns, dir: &Path, certs: &(PathBuf, PathBuf, PathBuf), port: u16) -> Res<(Cluster, String)> {
+    let (ca, cert, key) = certs;
+    let client = format!("https://127.0.0.1:{port}");
+    let peer = format!("http://127.0.0.1:{}", port + 1);
+    let name = format!("t{port}");
+    let log = File::create(dir.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "etcd", "--name", &name, "--data-dir"])
+        .arg(dir.join(&name))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args([
+            "--initial-cluster",
+            &format!("{name}={peer}"),
+            "--initial-cluster-state",
+            "new",
+        ])
+        .arg("--cert-file")
+        .arg(cert)
+        .arg("--key-file")
+        .arg(key)
+        .arg("--trusted-ca-file")
+        .arg(ca)
+        .args(["--client-cert-auth", "--log-level", "warn", "--logger", "zap"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| format!("starting etcd: {e}"))?;
+    let c = Cluster {
+        children: vec![child],
+        endpoints: vec![client.clone()],
+        ports: Vec::new(),
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "etcdctl", "--dial-timeout=1s"])
+            .arg(format!("--endpoints={client}"))
+            .arg(format!("--cacert={}", ca.display()))
+            .arg(format!("--cert={}", cert.display()))
+            .arg(format!("--key={}", key.display()))
+            .args(["endpoint", "health"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok((c, client));
+        }
+        if Instant::now() > end {
+            return Err("the TLS etcd member not healthy within 30s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// One plugin call inside the namespace (setns between fork and exec, as a runtime does);
 /// with `host`, in a UTS namespace of its own with that host name (a simulated host).
 fn call_on(bin: &Path, ns: &File, cmd: &str, id: &str, netns: &str, host: Option<&str>) -> Command {
@@ -687,26 +822,38 @@ fn run() -> Res<(String, Option<String>)> {
                 "config (stdin, parse, ipam)",
                 &["read stdin", "parse config", "load ipam config"],
             ),
-            ("etcd connect (TCP, HTTP/2)", &["etcd connect"]),
+            ("etcd connect (TCP, TLS, HTTP/2)", &["etcd connect"]),
             ("etcd read (one request)", &["etcd read"]),
             ("boot record, allocation", &["boot record", "allocate"]),
             ("etcd write (one transaction)", &["etcd write"]),
         ];
         let mut breakdown: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
-        let paths: Vec<(&str, usize, &PathBuf)> = if direct {
-            vec![
-                ("hand-over (`type: host-local`)", 1, &hl),
-                ("direct (`type: host-local-etcd`)", 2, &helper),
-            ]
-        } else {
-            vec![("hand-over (`type: host-local`)", 1, &hl)]
-        };
-        for (name, mode, bin) in &paths {
+        let mut paths: Vec<(String, &PathBuf, Value)> =
+            vec![("hand-over (`type: host-local`)".into(), &hl, hl_conf(1))];
+        if direct {
+            paths.push(("direct (`type: host-local-etcd`)".into(), &helper, hl_conf(2)));
+        }
+        // The same, direct, on one member that serves TLS with client certificates (RSA 2048
+        // and ECDSA P-256 keys).
+        let mut tls_members = Vec::new();
+        if direct {
+            for (ec, port, label) in [(false, 23810u16, "RSA 2048"), (true, 23812, "ECDSA P-256")] {
+                let certs = make_certs(&dir.join(format!("tls{port}")), ec)?;
+                let (m, url) = start_tls_member(&host, &dir, &certs, port)?;
+                let mut c = hl_conf(2);
+                c["name"] = json!(format!("hltls{port}"));
+                c["ipam"]["store"] = json!({"type": "etcd", "endpoints": [url], "prefix": "/bench", "host": "node-a",
+                    "tls": {"ca": certs.0, "cert": certs.1, "key": certs.2}});
+                paths.push((format!("direct, TLS {label} (one member)"), &helper, c));
+                tls_members.push(m);
+            }
+        }
+        for (k, (name, bin, conf)) in paths.iter().enumerate() {
             let mut cols: Vec<Vec<f64>> = vec![Vec::new(); groups.len() + 2];
             for i in 0..cycles + warm {
-                let id = format!("t{mode}-{i}");
-                let (wall, steps) = traced(bin, &nsf, "ADD", &id, &hl_conf(*mode))?;
-                timed(bin, &nsf, "DEL", &id, "/x", &hl_conf(*mode))?;
+                let id = format!("t{k}-{i}");
+                let (wall, steps) = traced(bin, &nsf, "ADD", &id, conf)?;
+                timed(bin, &nsf, "DEL", &id, "/x", conf)?;
                 if i < warm {
                     continue;
                 }
@@ -726,6 +873,7 @@ fn run() -> Res<(String, Option<String>)> {
             }
             breakdown.push((name.to_string(), cols));
         }
+        drop(tls_members);
 
         // Concurrent ADDs split over two hosts (host names node-a and node-b), then their DELs.
         let mut conc_rows = Vec::new();
