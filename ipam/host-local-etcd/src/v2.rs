@@ -337,6 +337,12 @@ impl EtcdStore {
                         *end
                     };
                     self.windows.add(f, num(*ip), hi, &ks);
+                    // What a window says is newer than an address read alone earlier.
+                    let (lo, held) = (num(*ip), &self.windows.held);
+                    self.point.retain(|p, (exists, _)| {
+                        let v = num(*p);
+                        Fam::of(*p) != f || v < lo || v > hi || *exists == held.contains(&(f, v))
+                    });
                 }
             }
         }
