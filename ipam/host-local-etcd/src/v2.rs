@@ -23,7 +23,10 @@ const WINDOW: i64 = 64;
 /// A window read after a full one holds up to this many.
 const MAX_WINDOW: i64 = 4096;
 /// After lost races, the allocator skips at most this many free candidates.
-const MAX_SPREAD: u64 = 64;
+const MAX_SPREAD: u64 = 1024;
+/// A window read covers at most this many addresses (its keys at most [`WINDOW`], or more
+/// after a full one): in a sparse range one window tells about all of them.
+const SPAN: u128 = 1024;
 /// At most this many lost races in one call.
 const MAX_ROUNDS: usize = 200;
 /// Sub-transactions per transaction of a sweep (releases that stand alone: GC, a reboot).
@@ -441,7 +444,7 @@ impl EtcdStore {
     fn read_window(&mut self, ip: IpAddr) -> Result<()> {
         let f = Fam::of(ip);
         let limit = self.window;
-        let end = num(ip).saturating_add(4 * limit as u128 - 1).min(f.max());
+        let end = num(ip).saturating_add(SPAN.max(4 * limit as u128) - 1).min(f.max());
         self.read_now(vec![Read::Window(ip, end, limit)])?;
         // The next read after a window that came back full is larger.
         self.window = if self.last_full {
@@ -689,7 +692,7 @@ impl EtcdStore {
         for ip in self.new.keys() {
             let f = Fam::of(*ip);
             reads.push(Read::Point(*ip));
-            let end = num(*ip).saturating_add(4 * WINDOW as u128 - 1).min(f.max());
+            let end = num(*ip).saturating_add(SPAN - 1).min(f.max());
             reads.push(Read::Window(*ip, end, WINDOW));
         }
         for ip in self.gone.keys().chain(self.claims.keys()) {
@@ -1093,7 +1096,9 @@ impl EtcdStore {
         if let Some((boot, release)) = self.boot_new.take() {
             self.reconcile_boot(&boot, release)?;
         }
-        self.spread = (1u64 << (2 * self.rounds.min(3))).max(2 * appeared).min(MAX_SPREAD);
+        // The losers of a round spread over more free candidates each round (4, 16, 64, ...),
+        // and over at least four times as many as won since the call began.
+        self.spread = (4u64 << (2 * self.rounds.min(4) - 2)).max(4 * appeared).min(MAX_SPREAD);
         Ok(())
     }
 }
