@@ -1137,6 +1137,9 @@ fn run() -> Res<(String, Option<String>)> {
             ));
         }
         md.push_str(&format!(
+            "\n![host-local ADD and DEL on etcd against the number of leases in the network]({CHART})\n"
+        ));
+        md.push_str(&format!(
             "\n### The storm: {} ADDs from {storm_hosts} hosts at once\n\n{per_host} ADDs per host, each call in a UTS namespace of its own with its host's name (`storm…-<n>`), at most {storm_inflight} in flight, then the {} DELs the same way; `ipam.store.timeout` 10 (the longest allowed). On etcd, on the network of {} leases above (one address space for all hosts); on disk, for scale, each host its own store (so the hosts' addresses overlap there by design: its duplicates count those). The latency is one call's, from its start to its end; etcd's memory is the three members' resident memory summed, sampled every 0.1 s.\n\n| store | ADDs ok | ADD wall | ADD p50 | ADD p99 | in flight (peak / mean) | duplicate addresses | DELs ok | DEL wall | DEL p50 | DEL p99 | leases left | etcd memory (before → peak) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             etcd_storm.adds, etcd_storm.adds, levels[top]
         ));
