@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cni_tests::etcd::{make_certs, Cluster};
-use cni_tests::{bin, is_root, unique_name, Cni, Output, TempDir};
+use cni_tests::{bin, concurrent_adds_of_one_attachment, is_root, unique_name, Cni, Output, SameAttachment, TempDir};
 use serde_json::{json, Value};
 
 /// One "host": its host name and data dir.
@@ -1222,90 +1222,15 @@ fn the_indexes_survive_calls_killed_at_random_points() {
     assert!(killed > 0);
 }
 
-/// The addresses of `dev` in `ns` (global scope, without prefix), IPv4 first.
-fn addrs_of(ns: &cni_tests::Netns, dev: &str) -> Vec<String> {
-    let out = ns.exec(&["ip", "-j", "addr", "show", "dev", dev]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
-    let mut a: Vec<String> = v[0]["addr_info"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|i| i["scope"] == "global")
-                .filter_map(|i| i["local"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    a.sort_by_key(|s| s.contains(':'));
-    a
-}
-
-/// `n` ADDs of one attachment (`id`, eth0) into a new container at once, through `plugin`
-/// with host-local on etcd: one interface, whose addresses are exactly the leases in etcd
-/// naming the attachment (one per family), every successful ADD reporting them, the others
-/// code 103 (`eth0` exists); then a DEL frees them.
-#[allow(clippy::too_many_arguments)]
-fn concurrent_adds_on_etcd(
-    what: &str,
-    c: &Cluster,
-    host: &cni_tests::Netns,
-    plugin: &str,
-    conf: &Value,
-    (prefix, net): (&str, &str),
-    id: &str,
-    n: usize,
-    families: usize,
-) {
-    let ctr = cni_tests::Netns::new();
-    let calls: Vec<_> = (0..n)
-        .map(|_| Cni::call(plugin, host, "ADD", id, Some(&ctr.path()), conf).spawn())
-        .collect();
-    let outs: Vec<Output> = calls
-        .into_iter()
-        .map(|r| r.wait_within(Duration::from_secs(30)))
-        .collect();
-    for o in &outs {
-        if !o.success() {
-            assert_eq!(o.error_code(), Some(103), "{what}: a losing ADD: {}", o.error_msg());
-        }
-    }
-    assert!(outs.iter().any(|o| o.success()), "{what}: no ADD succeeded");
-    let mut leased: Vec<String> = lease_map(c, prefix, net)
+/// The leases in etcd naming attachment (`id`, eth0), IPv4 first.
+fn leases_naming(c: &Cluster, (prefix, net): (&str, &str), id: &str) -> Vec<String> {
+    let mut l: Vec<String> = lease_map(c, prefix, net)
         .into_iter()
         .filter(|(_, l)| l["containerId"] == id && l["ifname"] == "eth0")
         .map(|(ip, _)| ip)
         .collect();
-    leased.sort_by_key(|s| s.contains(':'));
-    assert_eq!(
-        leased.len(),
-        families,
-        "{what}: one lease per family names the attachment: {leased:?}"
-    );
-    let links: Vec<String> = ctr.links().into_iter().filter(|l| l != "lo").collect();
-    assert_eq!(links.len(), 1, "{what}: one interface: {links:?}");
-    assert_eq!(
-        addrs_of(&ctr, "eth0"),
-        leased,
-        "{what}: the interface's addresses are leased to it"
-    );
-    for o in outs.iter().filter(|o| o.success()) {
-        let got: Vec<String> = o.expect_ok()["ips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().to_string())
-            .collect();
-        assert_eq!(got, leased, "{what}: a successful ADD reported the leased addresses");
-    }
-    Cni::call(plugin, host, "DEL", id, Some(&ctr.path()), conf)
-        .run()
-        .expect_ok();
-    let left: Vec<String> = lease_map(c, prefix, net)
-        .into_iter()
-        .filter(|(_, l)| l["containerId"] == id)
-        .map(|(ip, _)| ip)
-        .collect();
-    assert!(left.is_empty(), "{what}: DEL freed the leases: {left:?}");
-    assert!(!ctr.links().iter().any(|l| l == "eth0"), "{what}: DEL removed eth0");
+    l.sort_by_key(|s| s.contains(':'));
+    l
 }
 
 /// Issue 19 item 1a on etcd: a runtime that retries sends ADDs of one attachment at once;
@@ -1337,28 +1262,28 @@ fn concurrent_adds_of_one_attachment_keep_its_lease_on_etcd() {
     for n in [2, 8] {
         for round in 0..10 {
             let id = format!("c{n}-{round}");
-            concurrent_adds_on_etcd(
-                &format!("bridge, {n} at once, round {round}"),
-                &c,
-                &host,
-                "bridge",
-                &br,
-                ("/t14", "br1a"),
-                &id,
+            let what = format!("bridge, {n} at once, round {round}");
+            let r = SameAttachment {
+                what: &what,
+                host: &host,
+                plugin: "bridge",
+                conf: &br,
+                id: &id,
                 n,
-                2,
-            );
-            concurrent_adds_on_etcd(
-                &format!("macvlan, {n} at once, round {round}"),
-                &c,
-                &host,
-                "macvlan",
-                &mv,
-                ("/t14", "mv1a"),
-                &id,
+                families: 2,
+            };
+            concurrent_adds_of_one_attachment(&r, |id| leases_naming(&c, ("/t14", "br1a"), id));
+            let what = format!("macvlan, {n} at once, round {round}");
+            let r = SameAttachment {
+                what: &what,
+                host: &host,
+                plugin: "macvlan",
+                conf: &mv,
+                id: &id,
                 n,
-                1,
-            );
+                families: 1,
+            };
+            concurrent_adds_of_one_attachment(&r, |id| leases_naming(&c, ("/t14", "mv1a"), id));
         }
     }
     assert!(
