@@ -37,6 +37,11 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// The plugin whose ADD this is.
+    pub fn plugin(&self) -> &'static str {
+        self.plugin
+    }
+
     /// Registers the undo of a step that has just changed the node.
     pub fn undo(&mut self, what: impl Into<String>, f: impl FnOnce() -> Result<()> + 'a) {
         self.steps.push((what.into(), Box::new(f)));
