@@ -206,13 +206,7 @@ fn add<'a>(
             fault::point("bridge:after-masq");
         }
     } else if !conf.disable_container_interface {
-        cont.set_link(
-            cont_link.index,
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )?;
+        cont.set_up(cont_link.index)?;
     }
     // The port must carry traffic before the container is told it may: wait (bounded) for the
     // host veth's carrier, as the reference does, and for the bridge's (which it gets once a
@@ -256,15 +250,8 @@ fn setup_links<'a>(
     let (host_veth, cont_link) = setup_veth(host, &cont, netns, call, conf.mtu(), conf.mac, txn)?;
     step("veth");
     fault::point("bridge:after-veth");
-    host.set_link(
-        host_veth.index,
-        &LinkChange {
-            master: Some(br.index),
-            up: Some(true),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
+    attach_port(host, host_veth.index, br)
+        .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
     if conf.hairpin || conf.port_isolation {
         host.set_bridge_port(host_veth.index, Some(conf.hairpin), Some(conf.port_isolation))?;
     }
@@ -384,6 +371,18 @@ fn setup_veth<'a>(
     Ok((host_veth, cont_link))
 }
 
+/// Makes link `index` a port of bridge `br`, up.
+fn attach_port(host: &Nl, index: u32, br: &Link) -> cni::netlink::NlResult<()> {
+    host.set_link(
+        index,
+        &LinkChange {
+            master: Some(br.index),
+            up: Some(true),
+            ..Default::default()
+        },
+    )
+}
+
 fn setup_port_vlans(host: &Nl, port: &Link, conf: &BridgeConf) -> Result<()> {
     if conf.vlan == 0 && conf.vlans.is_empty() {
         return Ok(());
@@ -416,14 +415,7 @@ fn ensure_vlan_gateway(host: &Nl, br: &Link, conf: &BridgeConf) -> Result<Link> 
     let port = host
         .link(&port_name)?
         .ok_or_else(|| Error::netlink(format!("{port_name} vanished")))?;
-    host.set_link(
-        port.index,
-        &LinkChange {
-            master: Some(br.index),
-            up: Some(true),
-            ..Default::default()
-        },
-    )?;
+    attach_port(host, port.index, br)?;
     setup_port_vlans(
         host,
         &port,
@@ -435,13 +427,7 @@ fn ensure_vlan_gateway(host: &Nl, br: &Link, conf: &BridgeConf) -> Result<Link> 
     let l = host
         .link(&name)?
         .ok_or_else(|| Error::netlink(format!("{name} vanished")))?;
-    host.set_link(
-        l.index,
-        &LinkChange {
-            up: Some(true),
-            ..Default::default()
-        },
-    )?;
+    host.set_up(l.index)?;
     Ok(l)
 }
 

@@ -1,6 +1,6 @@
 //! The steps bridge and macvlan share on a container interface: the IPAM choreography of an
 //! ADD ([`with_ipam`]), putting an IPAM result on the interface ([`configure`], the
-//! reference's `ipam.ConfigureIface`), the teardown of DEL ([`del_attachment`]), the common
+//! reference's `ipam.ConfigureIface`), the teardown of DEL ([`del`]), the common
 //! part of CHECK ([`check_preamble`], [`check_mac`], [`check_addrs`], [`check_routes`]: the
 //! reference's `ValidateExpected*` checks) and of GC ([`gc`]).
 
@@ -187,7 +187,7 @@ pub fn transaction<'a, T>(
 
 /// DEL: under the attachment lock (without it when it cannot be had: a teardown must not fail
 /// for it), the lease and the container interface with what a killed ADD left
-/// ([`del_attachment`]), then the plugin's own teardown `own`, which notes its errors. Every
+/// (`del_attachment`), then the plugin's own teardown `own`, which notes its errors. Every
 /// step runs; the lock file goes at the end.
 pub fn del(call: &Call, own: impl FnOnce(&mut Errors)) -> Result<()> {
     let attachment = lock_attachment(call)
@@ -369,14 +369,8 @@ pub fn configure(nl: &Nl, link: &Link, result: &CniResult, if_index: usize, noda
         }
     }
     if !link.up {
-        nl.set_link(
-            link.index,
-            &crate::netlink::LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::from(e).context(format!("setting {} up", link.name)))?;
+        nl.set_up(link.index)
+            .map_err(|e| Error::from(e).context(format!("setting {} up", link.name)))?;
     }
     if added_v6 && !nodad {
         settle(nl, link.index, Duration::from_secs(10))?;

@@ -4,7 +4,7 @@
 use cni::delegate;
 use cni::env::Command;
 use cni::iface;
-use cni::netlink::{Link, LinkChange, MacvlanMode, Nl};
+use cni::netlink::{Link, MacvlanMode, MacvlanOptions, Nl};
 use cni::netns::Netns;
 use cni::trace::step;
 use cni::txn::Txn;
@@ -205,14 +205,8 @@ fn add<'a>(call: &'a Call, conf: &'a MacvlanConf, netns: &Netns, cont: &'a Nl, t
         step("container addresses and routes");
     } else {
         iface::container_sysctls(netns, ifname, &result, None)?;
-        cont.set_link(
-            link.index,
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::from(e).context(format!("setting {ifname} up")))?;
+        cont.set_up(link.index)
+            .map_err(|e| Error::from(e).context(format!("setting {ifname} up")))?;
     }
 
     // 4. `hostShim`: the host's routes to the container through the shim on the master.
@@ -312,18 +306,17 @@ fn create_macvlan<'a>(
     let tmp = iface::temp_ifname(&call.env.container_id, ifname);
     cont.del_link_by_name(&tmp)?;
     let target = (!conf.link_in_container).then_some(netns);
+    let options = MacvlanOptions {
+        mode: conf.parsed_mode,
+        netns: target,
+        mac: conf.parsed_mac,
+        mtu: conf.mtu(),
+        bcqueuelen: conf.bcqueuelen(),
+        source_macs: &conf.parsed_source_macs,
+    };
     master
         .nl
-        .add_macvlan(
-            &tmp,
-            master.link.index,
-            conf.parsed_mode,
-            target,
-            conf.parsed_mac,
-            conf.mtu(),
-            conf.bcqueuelen(),
-            &conf.parsed_source_macs,
-        )
+        .add_macvlan(&tmp, master.link.index, &options)
         .map_err(|e| create_error(conf, &master.link, e))?;
     let made = cont
         .link(&tmp)?

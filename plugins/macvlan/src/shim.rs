@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde_json::json;
 
-use cni::netlink::{Link, MacvlanMode, MarkedRoute, Nl, RouteEntry};
+use cni::netlink::{Link, MacvlanMode, MacvlanOptions, MarkedRoute, Nl, RouteEntry};
 use cni::netns::{read_sysctl, write_sysctl};
 use cni::types::Attachment;
 use cni::{Error, IpConfig, Result};
@@ -366,8 +366,15 @@ fn ensure_shim(host: &Nl, master: &Link, name: &str) -> Result<Link> {
             l
         }
         None => {
-            host.add_macvlan(name, master.index, MacvlanMode::Bridge, None, None, None, None, &[])
-                .map_err(|e| Error::from(e).context(format!("hostShim: creating shim {name} on {}", master.name)))?;
+            host.add_macvlan(
+                name,
+                master.index,
+                &MacvlanOptions {
+                    mode: MacvlanMode::Bridge,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| Error::from(e).context(format!("hostShim: creating shim {name} on {}", master.name)))?;
             host.link(name)?
                 .ok_or_else(|| Error::netlink(format!("hostShim: new shim {name} not found")))?
         }
@@ -377,14 +384,8 @@ fn ensure_shim(host: &Nl, master: &Link, name: &str) -> Result<Link> {
     }
     shim_sysctls(name)?;
     if !shim.up {
-        host.set_link(
-            shim.index,
-            &cni::netlink::LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::from(e).context(format!("hostShim: setting {name} up")))?;
+        host.set_up(shim.index)
+            .map_err(|e| Error::from(e).context(format!("hostShim: setting {name} up")))?;
     }
     Ok(shim)
 }
