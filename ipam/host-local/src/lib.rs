@@ -262,7 +262,7 @@ impl cni::Plugin for HostLocal {
 
     /// A config on the etcd store goes to `host-local-etcd` when this program lacks it (see
     /// [`etcd`]).
-    fn exec_instead(&self, stdin: &[u8], get: &dyn Fn(&str) -> Option<String>) -> Result<Option<std::path::PathBuf>> {
+    fn exec_instead(&self, stdin: &[u8], get: &cni::env::Lookup<'_>) -> Result<Option<std::path::PathBuf>> {
         etcd::helper_for(stdin, get("CNI_PATH").as_deref())
     }
 

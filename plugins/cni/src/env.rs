@@ -76,6 +76,37 @@ pub const TOKEN_ENV: &str = "CNI_RS_ADD_TOKEN";
 /// leaves the store as it found it. Other IPAM plugins ignore it.
 pub const UNDO_ENV: &str = "CNI_RS_UNDO_FAILED_ADD";
 
+/// Where a call's variables are looked up: the process's environment ([`process_var`]) or,
+/// for a plugin run in-process by another, the one it was given.
+pub type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// The flags of this process beside a call's variables, for tests and diagnosis; each is read
+/// from the process's environment once ([`process_flags`]).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFlags {
+    /// [`FAULT_ENV`]: the fault point that panics (see [`crate::fault`]; debug builds only).
+    pub fault: Option<String>,
+    /// [`TRACE_ENV`] is `1`: step timings on stderr (see [`crate::trace`]).
+    pub trace: bool,
+}
+
+/// Names the fault point of a debug build that panics (see [`crate::fault`]).
+pub const FAULT_ENV: &str = "CNI_RS_FAULT";
+
+/// `1`: step timings on stderr (see [`crate::trace`]).
+pub const TRACE_ENV: &str = "CNI_RS_TRACE";
+
+/// This process's [`ProcessFlags`], read on first use. (An in-process plugin shares them with
+/// the plugin that runs it, as a child inherits them; [`UNDO_ENV`] and [`TOKEN_ENV`] are a
+/// call's, read with its other variables by [`Env::from_lookup`].)
+pub fn process_flags() -> &'static ProcessFlags {
+    static FLAGS: std::sync::OnceLock<ProcessFlags> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| ProcessFlags {
+        fault: process_var(FAULT_ENV),
+        trace: process_var(TRACE_ENV).is_some_and(|v| v == "1"),
+    })
+}
+
 /// The spec's rule for container ids: a letter or digit, then letters, digits, `_`, `.`, `-`.
 pub fn valid_container_id(id: &str) -> bool {
     let mut b = id.bytes();
