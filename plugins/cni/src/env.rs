@@ -107,11 +107,43 @@ pub fn process_flags() -> &'static ProcessFlags {
     })
 }
 
-/// The spec's rule for container ids: a letter or digit, then letters, digits, `_`, `.`, `-`.
-pub fn valid_container_id(id: &str) -> bool {
-    let mut b = id.bytes();
+/// The spec's rule for network names and container ids, as [`valid_name`] checks it: the
+/// one wording of every message that refuses a name.
+pub const NAME_RULE: &str = "must start with a letter or digit and hold only letters, digits, '_', '.' and '-'";
+
+/// The spec's rule for network names and container ids ([`NAME_RULE`]): a letter or digit,
+/// then letters, digits, `_`, `.`, `-`.
+pub fn valid_name(s: &str) -> bool {
+    let mut b = s.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
         && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A container id follows [`valid_name`] (the same rule, under the name its callers know).
+pub fn valid_container_id(id: &str) -> bool {
+    valid_name(id)
+}
+
+/// A network name (the config's `name`) that follows [`valid_name`]; else code 7.
+pub fn check_network_name(name: &str) -> Result<()> {
+    if valid_name(name) {
+        return Ok(());
+    }
+    Err(Error::invalid_config(format!(
+        "invalid network name \"{}\": {NAME_RULE}",
+        name.escape_debug()
+    )))
+}
+
+/// A container id (`CNI_CONTAINERID`) that follows [`valid_name`]; else code 4.
+pub fn check_container_id(id: &str) -> Result<()> {
+    if valid_name(id) {
+        return Ok(());
+    }
+    Err(Error::invalid_env(format!(
+        "invalid CNI_CONTAINERID \"{}\": {NAME_RULE}",
+        id.escape_debug()
+    )))
 }
 
 /// The spec's rule for interface names: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or
@@ -178,11 +210,8 @@ impl Env {
             )));
         }
         let container_id = container_id.unwrap_or_default();
-        if !container_id.is_empty() && !valid_container_id(&container_id) {
-            return Err(Error::invalid_env(format!(
-                "invalid CNI_CONTAINERID \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-                container_id.escape_debug()
-            )));
+        if !container_id.is_empty() {
+            check_container_id(&container_id)?;
         }
         let ifname = ifname.unwrap_or_default();
         if !ifname.is_empty() {

@@ -111,17 +111,12 @@ pub fn lock_attachment(call: &Call) -> Result<AttachmentLock> {
         let locked = crate::lockfile::lock_within(&file, left)
             .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
         if !locked {
-            let holders = crate::lockfile::flock_holders(&file);
             return Err(Error::try_again_later(format!(
                 "another call of container {id} interface {ifname} has been running for more than {}s{} (lock {})",
                 ATTACHMENT_LOCK_WAIT.as_secs(),
-                match holders.as_slice() {
-                    [] => String::new(),
-                    p => format!(
-                        " (pid {})",
-                        p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-                    ),
-                },
+                crate::lockfile::held_by(&file)
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default(),
                 path.display()
             )));
         }

@@ -298,11 +298,8 @@ pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> 
             )));
         }
     }
-    if !conf.name.is_empty() && !crate::env::valid_container_id(&conf.name) {
-        return Err(Error::invalid_config(format!(
-            "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-            conf.name.escape_debug()
-        )));
+    if !conf.name.is_empty() {
+        crate::env::check_network_name(&conf.name)?;
     }
     Ok(Call {
         env,
