@@ -41,11 +41,28 @@ pub fn boot_id() -> Result<String> {
         .map_err(|e| Error::io(format!("reading {BOOT_ID_PATH}"), e))
 }
 
+/// Opens the network's store, making an on-disk one that does not exist yet (ADD, STATUS).
+fn open_store(conf: &IpamConfig) -> Result<Box<dyn Store>> {
+    open_store_if(conf, true)?.ok_or_else(|| {
+        Error::internal(format!(
+            "the lease store of network {} under {} was not made on open",
+            conf.name,
+            conf.data_dir.display()
+        ))
+    })
+}
+
+/// Opens the network's store if it exists (DEL, CHECK, GC): `None` when an on-disk store does
+/// not (it holds nothing then).
+fn existing_store(conf: &IpamConfig) -> Result<Option<Box<dyn Store>>> {
+    open_store_if(conf, false)
+}
+
 /// Opens the network's store, on disk (see [`DiskStore::open`]) unless `ipam.store` selects
 /// etcd (linked in by `host-local-etcd`, see [`etcd::register`]), and does its boot bookkeeping: leases from an
 /// earlier boot are released first (see [`Store::reconcile_boot`]). Without `create`,
 /// `Ok(None)` when an on-disk store does not exist.
-fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<Box<dyn Store>>> {
+fn open_store_if(conf: &IpamConfig, create: bool) -> Result<Option<Box<dyn Store>>> {
     let mut store: Box<dyn Store> = match &conf.etcd {
         Some(e) => etcd::open(e, &conf.name)?,
         None => match DiskStore::open(&conf.data_dir, &conf.name, create)? {
@@ -97,7 +114,7 @@ pub fn add_with(stdin: &[u8], id: &str, ifname: &str, env_args: &str, token: &st
         )));
     }
 
-    let mut store = open_store(&conf, true)?.expect("created on open");
+    let mut store = open_store(&conf)?;
     let mut result = CniResult::default();
     loop {
         // New leases of this call, and held ones a static request replaced: what a failure
@@ -165,7 +182,7 @@ pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
 /// since the ADD still releases.
 pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> Result<()> {
     let conf = IpamConfig::load_for_teardown(stdin)?;
-    let Some(mut store) = open_store(&conf, false)? else {
+    let Some(mut store) = existing_store(&conf)? else {
         return Ok(());
     };
     // As the reference, once per range set: a second pass also releases old-format leases
@@ -196,7 +213,7 @@ pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> 
 /// CHECK: (`id`, `ifname`) must still hold a lease.
 pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
-    let found = match open_store(&conf, false)? {
+    let found = match existing_store(&conf)? {
         Some(mut store) => {
             let ips = store.get_by_id(id, ifname)?;
             store.commit()?;
@@ -217,7 +234,7 @@ pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()>
 pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcReport> {
     // Only what GC needs: the store ([`IpamConfig::load_for_teardown`]).
     let conf = IpamConfig::load_for_teardown(stdin)?;
-    let Some(mut store) = open_store(&conf, false)? else {
+    let Some(mut store) = existing_store(&conf)? else {
         return Ok(Default::default());
     };
     let pairs: HashSet<(&str, &str)> = keep
@@ -242,7 +259,7 @@ pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcRepo
 pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
     let unavailable = |e: Error| Error::plugin_not_available(e.to_string());
-    let mut store = open_store(&conf, true).map_err(unavailable)?.expect("created on open");
+    let mut store = open_store(&conf).map_err(unavailable)?;
     store.check_writable().map_err(unavailable)?;
     for (idx, set) in conf.range_sets.iter().enumerate() {
         if !allocator::has_free_address(store.as_mut(), set, idx).map_err(unavailable)? {

@@ -88,6 +88,9 @@ pub struct ProcessFlags {
     pub fault: Option<String>,
     /// [`TRACE_ENV`] is `1`: step timings on stderr (see [`crate::trace`]).
     pub trace: bool,
+    /// [`CI_ENV`] is set and not empty, `false` or `0`: a CI run, where a test that lacks what
+    /// it needs fails instead of skipping (this crate's tests and the test bed's, `cni_tests`).
+    pub ci: bool,
 }
 
 /// Names the fault point of a debug build that panics (see [`crate::fault`]).
@@ -95,6 +98,9 @@ pub const FAULT_ENV: &str = "CNI_RS_FAULT";
 
 /// `1`: step timings on stderr (see [`crate::trace`]).
 pub const TRACE_ENV: &str = "CNI_RS_TRACE";
+
+/// Set in CI runs (see [`ProcessFlags::ci`]).
+pub const CI_ENV: &str = "CI";
 
 /// This process's [`ProcessFlags`], read on first use. (An in-process plugin shares them with
 /// the plugin that runs it, as a child inherits them; [`UNDO_ENV`] and [`TOKEN_ENV`] are a
@@ -104,6 +110,7 @@ pub fn process_flags() -> &'static ProcessFlags {
     FLAGS.get_or_init(|| ProcessFlags {
         fault: process_var(FAULT_ENV),
         trace: process_var(TRACE_ENV).is_some_and(|v| v == "1"),
+        ci: process_var(CI_ENV).is_some_and(|v| !v.is_empty() && v != "false" && v != "0"),
     })
 }
 

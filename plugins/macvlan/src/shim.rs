@@ -68,7 +68,16 @@ pub fn shim_name(master: &str) -> String {
 /// FNV-1a over the three, NUL-separated ([`cni::ids::fnv1a32`]); never 0 (the kernel turns an
 /// IPv6 metric 0 into 1024).
 pub fn metric(network: &str, container_id: &str, ifname: &str) -> u32 {
-    cni::ids::fnv1a32(&[network.as_bytes(), container_id.as_bytes(), ifname.as_bytes()]).max(1)
+    nonzero_metric(cni::ids::fnv1a32(&[
+        network.as_bytes(),
+        container_id.as_bytes(),
+        ifname.as_bytes(),
+    ]))
+}
+
+/// The metric of hash `h`: `h`, but 1 for 0.
+fn nonzero_metric(h: u32) -> u32 {
+    h.max(1)
 }
 
 fn record_path(network: &str, metric: u32) -> PathBuf {
@@ -504,6 +513,9 @@ mod tests {
         assert_eq!(metric("n", "c", "e"), cni::ids::fnv1a32(&[b"n\0c\0e"]));
         // Pinned: routes made by an earlier version are found by the same metric.
         assert_eq!(metric("n", "c", "e"), 0xea35_ab3f);
+        // A hash of 0 becomes metric 1.
+        assert_eq!(nonzero_metric(0), 1);
+        assert_eq!(nonzero_metric(7), 7);
     }
 
     #[test]
