@@ -133,24 +133,20 @@ pub fn valid_container_id(id: &str) -> bool {
 
 /// A network name (the config's `name`) that follows [`valid_name`]; else code 7.
 pub fn check_network_name(name: &str) -> Result<()> {
-    if valid_name(name) {
-        return Ok(());
-    }
-    Err(Error::invalid_config(format!(
-        "invalid network name \"{}\": {NAME_RULE}",
-        name.escape_debug()
-    )))
+    check_name(name, "network name", Error::invalid_config)
 }
 
 /// A container id (`CNI_CONTAINERID`) that follows [`valid_name`]; else code 4.
 pub fn check_container_id(id: &str) -> Result<()> {
-    if valid_name(id) {
+    check_name(id, "CNI_CONTAINERID", Error::invalid_env)
+}
+
+/// `s` follows [`valid_name`]; else the error `refuse` makes of the one message.
+fn check_name(s: &str, what: &str, refuse: fn(String) -> Error) -> Result<()> {
+    if valid_name(s) {
         return Ok(());
     }
-    Err(Error::invalid_env(format!(
-        "invalid CNI_CONTAINERID \"{}\": {NAME_RULE}",
-        id.escape_debug()
-    )))
+    Err(refuse(format!("invalid {what} \"{}\": {NAME_RULE}", s.escape_debug())))
 }
 
 /// The spec's rule for interface names: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or
