@@ -56,9 +56,20 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Whether this is a CI run (`CI` set and not empty/`false`/`0`).
+/// Whether this is a CI run (`CI` set and not empty/`false`/`0`), judged as the plugins'
+/// own tests judge it ([`cni::env::ProcessFlags::ci`]).
 pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+    cni::env::process_flags().ci
+}
+
+/// Says that the running test is skipped, and why, where a person sees it: past the test
+/// harness's capture of its output, which shows a passing test's `eprintln!` never. In CI
+/// ([`in_ci`]) the test fails instead.
+#[track_caller]
+pub fn skip_notice(why: &str) {
+    let test = std::thread::current().name().unwrap_or("this test").to_string();
+    assert!(!in_ci(), "{test}: {why} (CI is set, so this fails instead of skipping)");
+    cni::log!("\n*** SKIPPED {test}: {why} ***\n");
 }
 
 /// The workspace root (the parent of this crate).
@@ -128,11 +139,11 @@ pub fn reference_bin(name: &str) -> Option<PathBuf> {
         "reference plugin {} is missing in CI: `apt-get install containernetworking-plugins` (make deps)",
         p.display()
     );
-    eprintln!(
-        "\n*** SKIPPED: reference plugin {} is not installed (apt-get install containernetworking-plugins); \
-         this differential test did not run ***\n",
+    skip_notice(&format!(
+        "reference plugin {} is not installed (apt-get install containernetworking-plugins); \
+         this differential test did not run",
         p.display()
-    );
+    ));
     None
 }
 

@@ -60,7 +60,7 @@ fn lease_map(c: &Cluster, prefix: &str, net: &str) -> BTreeMap<String, Value> {
 
 fn skip() -> bool {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        cni_tests::skip_notice("needs root");
         return true;
     }
     false

@@ -203,9 +203,10 @@ impl DiskStore {
     /// Opens (with `create`, making it if needed) the store of `network` under `data_dir` and
     /// takes its lock. Without `create`, `Ok(None)` when the store does not exist.
     pub fn open(data_dir: &Path, network: &str, create: bool) -> Result<Option<DiskStore>> {
-        if !valid_container_id(network) || network.len() > 200 {
+        cni::env::check_network_name(network)?;
+        if network.len() > 200 {
             return Err(Error::invalid_config(format!(
-                "invalid network name \"{}\": must start with a letter or digit, hold only letters, digits, '_', '.' and '-', and be at most 200 bytes",
+                "invalid network name \"{}\": the lease store takes at most 200 bytes",
                 network.escape_debug()
             )));
         }
@@ -243,14 +244,9 @@ impl DiskStore {
         let locked = cni::lockfile::lock_within(&lock, LOCK_WAIT)
             .map_err(|e| io_err(format!("locking {}/{LOCK_FILE}", path.display()), e))?;
         if !locked {
-            let holders = cni::lockfile::flock_holders(&lock);
-            let by = match holders.as_slice() {
-                [] => String::new(),
-                pids => format!(
-                    " by pid {}",
-                    pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            };
+            let by = cni::lockfile::held_by(&lock)
+                .map(|p| format!(" by {p}"))
+                .unwrap_or_default();
             return Err(Error::try_again_later(format!(
                 "the lease store {} is locked{by} for more than {}s ({LOCK_FILE}): another call holds it and does not finish (stopped or hung?)",
                 path.display(),

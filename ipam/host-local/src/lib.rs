@@ -41,13 +41,31 @@ pub fn boot_id() -> Result<String> {
         .map_err(|e| Error::io(format!("reading {BOOT_ID_PATH}"), e))
 }
 
+/// Opens the network's store, making an on-disk one that does not exist yet (ADD, STATUS);
+/// `att` as for [`open_store_if`].
+fn open_store(conf: &IpamConfig, att: Option<&str>) -> Result<Box<dyn Store>> {
+    open_store_if(conf, true, att)?.ok_or_else(|| {
+        Error::internal(format!(
+            "the lease store of network {} under {} was not made on open",
+            conf.name,
+            conf.data_dir.display()
+        ))
+    })
+}
+
+/// Opens the network's store if it exists (DEL, CHECK, GC): `None` when an on-disk store does
+/// not (it holds nothing then).
+fn existing_store(conf: &IpamConfig, att: Option<&str>) -> Result<Option<Box<dyn Store>>> {
+    open_store_if(conf, false, att)
+}
+
 /// Opens the network's store, on disk (see [`DiskStore::open`]) unless `ipam.store` selects
 /// etcd (linked in by `host-local-etcd`, see [`etcd::register`]), and does its boot
 /// bookkeeping: leases from an earlier boot are released first (see
 /// [`Store::reconcile_boot`]). `att`: the container the call is about, which a store that
 /// reads over the network fetches with its first read. Without `create`, `Ok(None)` when an
 /// on-disk store does not exist.
-fn open_store(conf: &IpamConfig, create: bool, att: Option<&str>) -> Result<Option<Box<dyn Store>>> {
+fn open_store_if(conf: &IpamConfig, create: bool, att: Option<&str>) -> Result<Option<Box<dyn Store>>> {
     let mut store: Box<dyn Store> = match &conf.etcd {
         Some(e) => etcd::open(e, &conf.name, att)?,
         None => match DiskStore::open(&conf.data_dir, &conf.name, create)? {
@@ -99,7 +117,7 @@ pub fn add_with(stdin: &[u8], id: &str, ifname: &str, env_args: &str, token: &st
         )));
     }
 
-    let mut store = open_store(&conf, true, Some(id))?.expect("created on open");
+    let mut store = open_store(&conf, Some(id))?;
     let mut result = CniResult::default();
     // Every range set's address in one transaction (run again from scratch after a lost race).
     store.transact(&mut |store| {
@@ -161,7 +179,7 @@ pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
 /// since the ADD still releases.
 pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> Result<()> {
     let conf = IpamConfig::load_for_teardown(stdin)?;
-    let Some(mut store) = open_store(&conf, false, Some(id))? else {
+    let Some(mut store) = existing_store(&conf, Some(id))? else {
         return Ok(());
     };
     // As the reference, once per range set: a second pass also releases old-format leases
@@ -189,7 +207,7 @@ pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> 
 /// CHECK: (`id`, `ifname`) must still hold a lease.
 pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
-    let found = match open_store(&conf, false, Some(id))? {
+    let found = match existing_store(&conf, Some(id))? {
         Some(mut store) => {
             let mut found = false;
             store.transact(&mut |store| {
@@ -213,7 +231,7 @@ pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()>
 pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcReport> {
     // Only what GC needs: the store ([`IpamConfig::load_for_teardown`]).
     let conf = IpamConfig::load_for_teardown(stdin)?;
-    let Some(mut store) = open_store(&conf, false, None)? else {
+    let Some(mut store) = existing_store(&conf, None)? else {
         return Ok(Default::default());
     };
     let pairs: HashSet<(&str, &str)> = keep
@@ -237,9 +255,7 @@ pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcRepo
 pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
     let unavailable = |e: Error| Error::plugin_not_available(e.to_string());
-    let mut store = open_store(&conf, true, None)
-        .map_err(unavailable)?
-        .expect("created on open");
+    let mut store = open_store(&conf, None).map_err(unavailable)?;
     store.check_writable().map_err(unavailable)?;
     store.transact(&mut |store| {
         for (idx, set) in conf.range_sets.iter().enumerate() {
@@ -261,7 +277,7 @@ impl cni::Plugin for HostLocal {
 
     /// A config on the etcd store goes to `host-local-etcd` when this program lacks it (see
     /// [`etcd`]).
-    fn exec_instead(&self, stdin: &[u8], get: &dyn Fn(&str) -> Option<String>) -> Result<Option<std::path::PathBuf>> {
+    fn exec_instead(&self, stdin: &[u8], get: &cni::env::Lookup<'_>) -> Result<Option<std::path::PathBuf>> {
         etcd::helper_for(stdin, get("CNI_PATH").as_deref())
     }
 

@@ -6,7 +6,7 @@
 #[inline]
 pub fn point(name: &str) {
     #[cfg(debug_assertions)]
-    if std::env::var_os("CNI_RS_FAULT").is_some_and(|v| v == name) {
+    if crate::env::process_flags().fault.as_deref() == Some(name) {
         panic!("fault point {name}");
     }
     #[cfg(not(debug_assertions))]
