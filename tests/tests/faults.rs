@@ -136,6 +136,47 @@ fn concurrent_host_local_adds_and_undos_of_one_attachment_keep_its_lease() {
     }
 }
 
+/// The pointers and leases of a store.
+fn pointers_and_leases(store: &Path) -> Vec<(String, String)> {
+    let mut v = lease_files(store);
+    for e in std::fs::read_dir(store).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("last_reserved_ip.") {
+            v.push((n, std::fs::read_to_string(e.path()).unwrap()));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A host-local killed right after it moved a round-robin pointer (SIGKILL: no unwinding) is
+/// undone by the plugin that ran it, the pointer included: the record of what the ADD moves is
+/// written before the pointer moves.
+#[test]
+fn a_host_local_killed_after_moving_the_pointer_is_undone_pointer_included() {
+    let host = Netns::new();
+    let data = TempDir::new("flt-kill");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "fltkill", "type": "bridge", "bridge": "fltkill0", "isGateway": true,
+        "ipam": {"type": "host-local", "dataDir": data.path(),
+                 "ranges": [[{"subnet": "10.97.0.0/24"}], [{"subnet": "fd97::/64"}]]}
+    });
+    let store = data.join("fltkill");
+    let first = Netns::new();
+    Cni::call("bridge", &host, "ADD", "first", Some(&first.path()), &conf)
+        .run()
+        .expect_ok();
+    let before = pointers_and_leases(&store);
+    let ctr = Netns::new();
+    let out = Cni::call("bridge", &host, "ADD", "c1", Some(&ctr.path()), &conf)
+        .env("CNI_RS_FAULT", "host-local:pointer-moved:kill")
+        .spawn()
+        .wait_within(HANG);
+    assert!(!out.success(), "the ADD failed: {:?}", out.stdout);
+    assert_eq!(pointers_and_leases(&store), before, "the store is as before the ADD");
+    assert!(!ctr.links().iter().any(|l| l == "eth0"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1b. A boot record that is empty or truncated is no record: the living containers keep
 // their leases.

@@ -196,6 +196,8 @@ pub struct DiskStore {
     /// The `last_reserved_ip.<n>` files as they were before this call first rewrote them
     /// (`None`: there was none), and as they were when read in this call.
     prior_last: BTreeMap<usize, Option<Vec<u8>>>,
+    /// The `.last_reserved_undo` this call wrote (before it moved a pointer), if it did.
+    undo_written: Option<String>,
     seen_last: BTreeMap<usize, Option<Vec<u8>>>,
 }
 
@@ -269,6 +271,7 @@ impl DiskStore {
             tmp: None,
             counter: 0,
             prior_last: BTreeMap::new(),
+            undo_written: None,
             seen_last: BTreeMap::new(),
         };
         store.complete = store.stamp_matches();
@@ -657,12 +660,19 @@ impl Store for DiskStore {
                 None => self.dir.read_small(&last, 256).ok().flatten(),
             };
             self.prior_last.insert(range_set, before);
+            // The record of what this ADD moves goes first: an ADD killed right after the
+            // pointer moved is undone with it, pointer included.
+            if let Err(e) = self.write_undo_record(id, ifname) {
+                let _ = self.dir.unlink(&name);
+                return Err(e);
+            }
         }
         if let Err(e) = self.write_bookkeeping(&last, name.as_bytes()) {
             // Fail whole: no lease without its bookkeeping.
             let _ = self.dir.unlink(&name);
             return Err(io_err(format!("writing {}/{last}", self.path.display()), e));
         }
+        cni::fault::point("host-local:pointer-moved");
         self.hint_add(id, Some(ifname), ip);
         Ok(true)
     }
@@ -990,11 +1000,48 @@ impl DiskStore {
                 )
             })?;
         }
+        // The record written before the pointers moved has nothing left to undo.
+        if self.undo_written.take().is_some() {
+            match self.dir.unlink(UNDO_FILE) {
+                Ok(()) => self.changed(),
+                Err(e) if sys::is_not_found(&e) => {}
+                Err(e) => return Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of the pointers this ADD of (`id`, `ifname`) moved and what they held before.
+    fn undo_text(&self, id: &str, ifname: &str) -> String {
+        let mut text = format!("{UNDO_HEADER}\nattachment {id} {ifname}\n");
+        for (set, before) in &self.prior_last {
+            let before = match before {
+                Some(b) => String::from_utf8_lossy(b).trim().to_string(),
+                None => "-".into(),
+            };
+            // `before` may be anything a person wrote there: it is restored only if it is an
+            // address (or absent), as the reference reads nothing else.
+            text.push_str(&format!("{set} {before}\n"));
+        }
+        text
+    }
+
+    /// Writes [`DiskStore::undo_text`] as `.last_reserved_undo` unless this call wrote it so.
+    fn write_undo_record(&mut self, id: &str, ifname: &str) -> Result<()> {
+        let text = self.undo_text(id, ifname);
+        if self.undo_written.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        self.write_bookkeeping(UNDO_FILE, text.as_bytes())
+            .map_err(|e| io_err(format!("writing {}/{UNDO_FILE}", self.path.display()), e))?;
+        self.undo_written = Some(text);
         Ok(())
     }
 
     /// After a successful ADD of (`id`, `ifname`): records the pointers it moved and what they
     /// held before, replacing the record of an earlier ADD (also when this one moved none).
+    /// The record is written before the first pointer moves (see [`Store::reserve`]); this
+    /// writes it only if it has changed since.
     pub fn record_add(&mut self, id: &str, ifname: &str) -> Result<()> {
         if self.prior_last.is_empty() {
             return match self.dir.unlink(UNDO_FILE) {
@@ -1006,18 +1053,7 @@ impl DiskStore {
                 Err(e) => Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
             };
         }
-        let mut text = format!("{UNDO_HEADER}\nattachment {id} {ifname}\n");
-        for (set, before) in &self.prior_last {
-            let before = match before {
-                Some(b) => String::from_utf8_lossy(b).trim().to_string(),
-                None => "-".into(),
-            };
-            // `before` may be anything a person wrote there: it is restored only if it is an
-            // address (or absent), as the reference reads nothing else.
-            text.push_str(&format!("{set} {before}\n"));
-        }
-        self.write_bookkeeping(UNDO_FILE, text.as_bytes())
-            .map_err(|e| io_err(format!("writing {}/{UNDO_FILE}", self.path.display()), e))
+        self.write_undo_record(id, ifname)
     }
 
     /// DEL of a failed ADD of (`id`, `ifname`) that released `released`: puts back each pointer
@@ -1107,11 +1143,13 @@ mod tests {
         assert_eq!(std::fs::read(net.join("fd00::2")).unwrap(), b"c1\r\neth0");
         assert_eq!(std::fs::read(net.join("last_reserved_ip.0")).unwrap(), b"10.1.0.2");
         assert_eq!(std::fs::read(net.join("last_reserved_ip.1")).unwrap(), b"fd00::2");
-        // No temp file is left, and nothing is writable by others.
+        // No temp file is left, and nothing is writable by others; the record of the moved
+        // pointers is written before they move.
         assert_eq!(
             names(&net),
             [
                 ".by-id",
+                ".last_reserved_undo",
                 "10.1.0.2",
                 "fd00::2",
                 "last_reserved_ip.0",
