@@ -283,8 +283,7 @@ fn validate_plugin(r: &mut Report, list: &NetworkConfigList, i: usize, at: &str)
         token: String::new(),
         undo_of: None,
     };
-    let mut version = String::new();
-    let call = match cni::skel::parse_call(env, stdin.clone(), &mut version) {
+    let call = match cni::skel::parse_call(env, stdin.clone()) {
         Ok(c) => c,
         Err(e) => {
             if matches!(

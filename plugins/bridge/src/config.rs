@@ -68,25 +68,6 @@ pub struct BridgeConf {
     pub vlans: Vec<u16>,
 }
 
-/// What DEL reads of the bridge's own keys: the switches of the rules it removes, each
-/// leniently (see [`cni::teardown`]). A switch that does not read counts as on: removing rules
-/// that are not there does nothing. Nothing else of the bridge's keys is read: the container
-/// interface, the lease and the rules are found by the attachment, not by `bridge`, `mtu`,
-/// `vlan` or a MAC.
-#[derive(Debug, Default, Deserialize)]
-pub struct BridgeTeardown {
-    #[serde(rename = "ipMasq", default)]
-    pub ip_masq: Lenient<bool>,
-    #[serde(rename = "macspoofchk", default)]
-    pub mac_spoof_chk: Lenient<bool>,
-}
-
-impl BridgeTeardown {
-    pub fn decode(call: &Call) -> Result<BridgeTeardown> {
-        cni::types::decode(&call.stdin)
-    }
-}
-
 impl BridgeConf {
     /// Decodes and validates the config of `call`.
     pub fn load(call: &Call) -> Result<BridgeConf> {
@@ -226,27 +207,28 @@ fn collect_trunk(trunk: Option<&[VlanTrunk]>) -> Result<Vec<u16>> {
     Ok(out.into_iter().collect())
 }
 
+/// What DEL reads of the bridge's own keys: the switches of the rules it removes, each
+/// leniently (see [`cni::teardown`]). A switch that does not read counts as on: removing rules
+/// that are not there does nothing. Nothing else of the bridge's keys is read: the container
+/// interface, the lease and the rules are found by the attachment, not by `bridge`, `mtu`,
+/// `vlan` or a MAC.
+#[derive(Debug, Default, Deserialize)]
+pub struct BridgeTeardown {
+    #[serde(rename = "ipMasq", default)]
+    pub ip_masq: Lenient<bool>,
+    #[serde(rename = "macspoofchk", default)]
+    pub mac_spoof_chk: Lenient<bool>,
+}
+
+impl cni::teardown::Teardown for BridgeTeardown {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cni::env::{Command, Env};
+    use cni::env::Command;
 
     fn load(conf: &str) -> Result<BridgeConf> {
-        let env = Env::from_lookup(Command::Add, |k| {
-            Some(
-                match k {
-                    "CNI_CONTAINERID" => "c1",
-                    "CNI_NETNS" => "/run/netns/x",
-                    "CNI_IFNAME" => "eth0",
-                    "CNI_PATH" => "/opt/cni/bin",
-                    _ => return None,
-                }
-                .to_string(),
-            )
-        })
-        .unwrap();
-        let mut v = String::new();
-        let call = cni::skel::parse_call(env, conf.as_bytes().to_vec(), &mut v)?;
+        let call = cni::skel::test_call(Command::Add, conf.as_bytes(), "")?;
         BridgeConf::load(&call)
     }
 

@@ -1,6 +1,7 @@
 //! The bridge plugin's verbs, step by step as the reference does them, with every change of
 //! an ADD undone when a later step fails.
 
+use cni::teardown::Teardown;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -33,7 +34,7 @@ impl Plugin for Bridge {
     /// Reads only what the teardown needs ([`BridgeTeardown`], the common keys as
     /// [`cni::teardown`] reads them): a config that went bad since the ADD is still torn down.
     fn del(&self, call: &Call) -> Result<()> {
-        let conf = BridgeTeardown::decode(call)?;
+        let conf = BridgeTeardown::decode(&call.stdin)?;
         let (net, id, ifname) = (&call.conf.name, &call.env.container_id, &call.env.ifname);
         // After the lease and the container interface (`iface::del`): the rules, found by
         // network and container, so this works with the netns gone.

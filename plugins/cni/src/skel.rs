@@ -251,7 +251,7 @@ fn dispatch(
             return Err(exec_in_place(&other, Some(&stdin)));
         }
     }
-    let mut call = parse_call(env, stdin, version_for_errors)?;
+    let mut call = parse_call_for(env, stdin, version_for_errors)?;
     trace::step("parse config");
     if plugin.enters_netns() {
         call.open_container_ns()?;
@@ -272,7 +272,33 @@ fn dispatch(
 
 /// Decodes the common keys of the config and checks the verb against its version. DEL and GC
 /// read only what their teardown needs ([`crate::teardown`]).
-pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> Result<Call> {
+pub fn parse_call(env: Env, stdin: Vec<u8>) -> Result<Call> {
+    parse_call_for(env, stdin, &mut String::new())
+}
+
+/// The call the skeleton makes of `stdin` for `command` in the environment a runtime gives
+/// (container `c1`, `CNI_NETNS` `/run/netns/x`, `eth0`, `CNI_PATH` `/opt/cni/bin`, `CNI_ARGS`
+/// `args`): for the config tests of the plugins and for fuzzing. Nothing is opened.
+pub fn test_call(command: Command, stdin: &[u8], args: &str) -> Result<Call> {
+    let env = Env::from_lookup(command, |k| {
+        Some(
+            match k {
+                "CNI_CONTAINERID" => "c1",
+                "CNI_NETNS" => "/run/netns/x",
+                "CNI_IFNAME" => "eth0",
+                "CNI_PATH" => "/opt/cni/bin",
+                "CNI_ARGS" => args,
+                _ => return None,
+            }
+            .to_string(),
+        )
+    })?;
+    parse_call(env, stdin.to_vec())
+}
+
+/// [`parse_call`], setting `version_for_errors` to the config's version once it is read (the
+/// version an error is printed in).
+fn parse_call_for(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> Result<Call> {
     if stdin.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::decode("no network config on stdin"));
     }

@@ -63,23 +63,6 @@ fn default_mode() -> MacvlanMode {
     MacvlanMode::Bridge
 }
 
-/// What DEL reads of macvlan's own keys: `hostShim`, leniently (see [`cni::teardown`]; a
-/// value that does not read counts as on: removing routes that are not there does nothing).
-/// Nothing else: the container interface, the lease and the shim's routes are found by the
-/// attachment, not by `master`, `mode`, `mtu` or a MAC, so that a config that can no longer be
-/// used can still be torn down.
-#[derive(Debug, Default, Deserialize)]
-pub struct MacvlanTeardown {
-    #[serde(rename = "hostShim", default)]
-    pub host_shim: Lenient<bool>,
-}
-
-impl MacvlanTeardown {
-    pub fn decode(call: &Call) -> Result<MacvlanTeardown> {
-        cni::types::decode(&call.stdin)
-    }
-}
-
 impl MacvlanConf {
     /// Decodes and checks the config of `call` (everything but the master's existence and
     /// MTU, which [`crate::plugin`] checks against the machine).
@@ -205,28 +188,26 @@ pub fn container_mac(conf_mac: &str, net: &NetConf, cni_args: &str) -> Result<Op
     Ok(None)
 }
 
+/// What DEL reads of macvlan's own keys: `hostShim`, leniently (see [`cni::teardown`]; a
+/// value that does not read counts as on: removing routes that are not there does nothing).
+/// Nothing else: the container interface, the lease and the shim's routes are found by the
+/// attachment, not by `master`, `mode`, `mtu` or a MAC, so that a config that can no longer be
+/// used can still be torn down.
+#[derive(Debug, Default, Deserialize)]
+pub struct MacvlanTeardown {
+    #[serde(rename = "hostShim", default)]
+    pub host_shim: Lenient<bool>,
+}
+
+impl cni::teardown::Teardown for MacvlanTeardown {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cni::env::{Command, Env};
+    use cni::env::Command;
 
     fn call(conf: &str, args: &str) -> Call {
-        let env = Env::from_lookup(Command::Add, |k| {
-            Some(
-                match k {
-                    "CNI_CONTAINERID" => "c1",
-                    "CNI_NETNS" => "/run/netns/x",
-                    "CNI_IFNAME" => "eth0",
-                    "CNI_PATH" => "/opt/cni/bin",
-                    "CNI_ARGS" => args,
-                    _ => return None,
-                }
-                .to_string(),
-            )
-        })
-        .unwrap();
-        let mut v = String::new();
-        cni::skel::parse_call(env, conf.as_bytes().to_vec(), &mut v).unwrap()
+        cni::skel::test_call(Command::Add, conf.as_bytes(), args).unwrap()
     }
 
     fn load(conf: &str, args: &str) -> Result<MacvlanConf> {

@@ -6,6 +6,7 @@ use cni::env::Command;
 use cni::iface;
 use cni::netlink::{Link, MacvlanMode, MacvlanOptions, Nl};
 use cni::netns::Netns;
+use cni::teardown::Teardown;
 use cni::trace::step;
 use cni::txn::Txn;
 use cni::{fault, Call, CniResult, Error, Plugin, Result};
@@ -36,7 +37,7 @@ impl Plugin for Macvlan {
     /// Reads only what the teardown needs ([`MacvlanTeardown`], the common keys as
     /// [`cni::teardown`] reads them): a config that went bad since the ADD is still torn down.
     fn del(&self, call: &Call) -> Result<()> {
-        let conf = MacvlanTeardown::decode(call)?;
+        let conf = MacvlanTeardown::decode(&call.stdin)?;
         let (net, id, ifname) = (&call.conf.name, &call.env.container_id, &call.env.ifname);
         // After the lease and the container interface (`iface::del`): `hostShim`'s host routes
         // of the attachment, and the shim if they were its last; also when the config no
