@@ -81,6 +81,14 @@
 //! be interrupted and run again: it resumes. A host still running an earlier version after the
 //! migration would see an empty network: upgrade every host first.
 
+/// Seconds since the epoch (0 before it), the time a lease records.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 pub mod conn;
 pub mod layout;
 pub mod ops;

@@ -20,7 +20,6 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cni::{Error, Result};
 use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse};
@@ -157,13 +156,6 @@ pub fn load_conf(path: &str) -> Result<IpamConfig> {
         None => v,
     };
     IpamConfig::load(net.to_string().as_bytes(), "")
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn row(ip: IpAddr, l: Lease, now: u64) -> Row {
@@ -317,7 +309,7 @@ fn lease_of(kv: &KeyValue) -> Option<Lease> {
 /// The leases of the network, in either store, sorted by address; with the error that
 /// stopped the listing, if one did (the rows are those read until then).
 pub fn list(conf: &IpamConfig) -> Result<(Vec<Row>, Option<Error>)> {
-    let now = now();
+    let now = crate::now_secs();
     if let Some(e) = &conf.etcd {
         let net = Net::open(e, &conf.name)?;
         let (layout, _) = net.layout()?;
@@ -364,7 +356,7 @@ pub fn list(conf: &IpamConfig) -> Result<(Vec<Row>, Option<Error>)> {
         return Ok((rows, None));
     }
     let host = etcd::node_hostname().unwrap_or_default();
-    let rows = disk_leases(&conf.data_dir.join(&conf.name))?
+    let rows = disk_leases(&conf.data_dir, &conf.name)?
         .into_iter()
         .map(|(ip, o, t)| Row {
             ip,
@@ -377,36 +369,13 @@ pub fn list(conf: &IpamConfig) -> Result<(Vec<Row>, Option<Error>)> {
     Ok((rows, None))
 }
 
-/// The leases of an on-disk store directory, sorted by address: (address, owner, mtime).
-fn disk_leases(dir: &Path) -> Result<Vec<(IpAddr, Owner, Option<u64>)>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
-    };
-    let mut v = Vec::new();
-    for ent in rd.flatten() {
-        let name = ent.file_name().to_string_lossy().into_owned();
-        let Ok(ip) = name.parse::<IpAddr>() else { continue };
-        let Ok(meta) = std::fs::symlink_metadata(ent.path()) else {
-            continue;
-        };
-        if !meta.is_file() {
-            continue;
-        }
-        let Ok(content) = std::fs::read(ent.path()) else {
-            continue;
-        };
-        let Some(owner) = Owner::parse(&content) else { continue };
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs());
-        v.push((ip, owner, mtime));
+/// The leases of the on-disk store of `network` under `data_dir`, sorted by address:
+/// (address, owner, mtime); none when it does not exist (see [`DiskStore::leases`]).
+fn disk_leases(data_dir: &Path, network: &str) -> Result<Vec<(IpAddr, Owner, Option<u64>)>> {
+    match host_local::disk::DiskStore::open(data_dir, network, false)? {
+        Some(store) => store.leases(),
+        None => Ok(Vec::new()),
     }
-    v.sort_by_key(|(ip, _, _)| *ip);
-    Ok(v)
 }
 
 fn age_text(age: Option<u64>) -> String {
@@ -584,7 +553,7 @@ pub fn import(conf: &IpamConfig, dir: Option<&Path>, host: Option<&str>, out: &m
     let data_dir = dir.unwrap_or(&conf.data_dir);
     let net_dir = data_dir.join(&conf.name);
     let mut leases = Vec::new();
-    for (ip, owner, mtime) in disk_leases(&net_dir)? {
+    for (ip, owner, mtime) in disk_leases(data_dir, &conf.name)? {
         if conf.range_sets.iter().any(|s| s.contains(ip)) {
             leases.push((ip, owner, mtime));
         } else {
@@ -616,7 +585,7 @@ pub fn import(conf: &IpamConfig, dir: Option<&Path>, host: Option<&str>, out: &m
                     host: host.clone(),
                     token: "import".into(),
                     claim: None,
-                    time: mtime.unwrap_or_else(now),
+                    time: mtime.unwrap_or_else(crate::now_secs),
                 };
                 (*ip, l)
             })

@@ -31,7 +31,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cni::{Error, Result};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
@@ -54,39 +53,6 @@ pub use crate::layout::Lease;
 pub struct Held {
     pub lease: Lease,
     pub mod_revision: i64,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// 128 random bits as hex.
-fn random_token() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mix = t ^ ((std::process::id() as u128) << 64);
-    for (i, x) in mix.to_le_bytes().iter().enumerate() {
-        b[i] ^= x;
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn small_random(bound: u64) -> u64 {
-    if bound == 0 {
-        return 0;
-    }
-    let t = random_token();
-    u64::from_str_radix(&t[..16], 16).unwrap_or(0) % bound
 }
 
 /// Leases, last reserved addresses, this host's boot record.
@@ -216,7 +182,7 @@ impl EtcdStore {
         Ok(EtcdStore {
             conn,
             network: network.to_string(),
-            token: random_token(),
+            token: cni::ids::random_hex::<16>(),
             leases,
             last,
             new: BTreeMap::new(),
@@ -395,7 +361,7 @@ impl Store for EtcdStore {
             host: self.host().to_string(),
             token: self.token.clone(),
             claim: None,
-            time: now_secs(),
+            time: crate::now_secs(),
         };
         self.new.insert(ip, (lease, range_set));
         Ok(true)
@@ -478,7 +444,7 @@ impl Store for EtcdStore {
         if self.spread == 0 {
             return 0;
         }
-        small_random(self.spread) as usize
+        cni::ids::random_below(self.spread) as usize
     }
 
     fn get_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {

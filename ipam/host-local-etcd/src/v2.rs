@@ -34,38 +34,6 @@ const SWEEP_BATCH: usize = 100;
 /// Index entries per page when a host's leases are read.
 const PAGE: i64 = 1000;
 
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// 128 random bits as hex.
-pub(crate) fn random_token() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mix = t ^ ((std::process::id() as u128) << 64);
-    for (i, x) in mix.to_le_bytes().iter().enumerate() {
-        b[i] ^= x;
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn small_random(bound: u64) -> u64 {
-    if bound == 0 {
-        return 0;
-    }
-    u64::from_str_radix(&random_token()[..16], 16).unwrap_or(0) % bound
-}
-
 fn lease_of(kv: &KeyValue) -> Option<Held> {
     serde_json::from_slice::<Lease>(kv.value()).ok().map(|lease| Held {
         lease,
@@ -366,7 +334,7 @@ impl EtcdStore {
             conn,
             keys,
             network: network.to_string(),
-            token: random_token(),
+            token: cni::ids::random_hex::<16>(),
             layout: Layout::Fresh,
             rev0: 0,
             att_id: None,
@@ -835,7 +803,7 @@ impl Store for EtcdStore {
             host: self.host().to_string(),
             token: self.token.clone(),
             claim: None,
-            time: now_secs(),
+            time: crate::now_secs(),
         };
         self.new.insert(
             ip,
@@ -931,7 +899,7 @@ impl Store for EtcdStore {
     }
 
     fn spread(&mut self, _range_set: usize) -> usize {
-        small_random(self.spread) as usize
+        cni::ids::random_below(self.spread) as usize
     }
 
     fn get_by_id(&mut self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {

@@ -307,6 +307,26 @@ impl DiskStore {
         &self.path
     }
 
+    /// Every lease of the store with its owner and the time it was written (its mtime, in
+    /// seconds), sorted by address; empty leases are left out. The operators' read of an
+    /// on-disk store (`host-local leases`, `import`): under the store's lock and through its
+    /// descriptor, like every read of the store.
+    pub fn leases(&self) -> Result<Vec<(IpAddr, Owner, Option<u64>)>> {
+        let mut v = Vec::new();
+        for (ip, content) in self.scan()? {
+            let Some(owner) = Owner::parse(&content) else { continue };
+            let mtime = self
+                .dir
+                .stat_at(&lease_name(ip))
+                .ok()
+                .flatten()
+                .and_then(|s| u64::try_from(s.mtime.0).ok());
+            v.push((ip, owner, mtime));
+        }
+        v.sort_by_key(|(ip, _, _)| *ip);
+        Ok(v)
+    }
+
     /// Whether the index is known complete (for tests and diagnostics).
     pub fn index_complete(&self) -> bool {
         self.complete

@@ -52,7 +52,20 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 /// A random token naming one call (16 hex digits), e.g. the ADD whose reservations its undo
 /// may release.
 pub fn random_token() -> String {
-    random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect()
+    random_hex::<8>()
+}
+
+/// `N` random bytes as `2N` hex digits.
+pub fn random_hex<const N: usize>() -> String {
+    random_bytes::<N>().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random number below `bound` (0 for a bound of 0), e.g. to spread the losers of a race.
+pub fn random_below(bound: u64) -> u64 {
+    if bound == 0 {
+        return 0;
+    }
+    u64::from_ne_bytes(random_bytes::<8>()) % bound
 }
 
 /// Whether `t` can be a call token given by another process: 1 to 64 letters, digits, `-`
