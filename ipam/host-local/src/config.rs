@@ -6,7 +6,6 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use cni::env::valid_container_id;
 use cni::teardown::Lenient;
 use cni::version::Version;
 use cni::{Error, Result, Route};
@@ -473,12 +472,7 @@ impl IpamConfig {
                 "missing network name (key \"name\"): host-local keeps its leases in a directory named after it".into(),
             ));
         }
-        if !valid_container_id(&name) {
-            return Err(invalid(format!(
-                "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-                name.escape_debug()
-            )));
-        }
+        cni::env::check_network_name(&name)?;
         let Some(ipam) = n.ipam.required("ipam")?.flatten() else {
             return Err(invalid("IPAM config missing 'ipam' key".into()));
         };
@@ -529,12 +523,7 @@ impl IpamConfig {
                 "missing network name (key \"name\"): host-local keeps its leases in a directory named after it".into(),
             ));
         }
-        if !valid_container_id(&n.name) {
-            return Err(invalid(format!(
-                "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-                n.name.escape_debug()
-            )));
-        }
+        cni::env::check_network_name(&n.name)?;
         let Some(ipam) = n.ipam else {
             return Err(invalid("IPAM config missing 'ipam' key".into()));
         };

@@ -56,7 +56,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cni::env::valid_container_id;
+use cni::env::valid_name;
 use cni::{Error, Result};
 
 use crate::store::{GcReport, Owner, Store};
@@ -94,7 +94,7 @@ const INDEX_HEADER: &str = "# host-local lease index (not a lease)";
 fn index_key(id: &str, ifname: Option<&str>) -> Option<String> {
     let id = id.trim();
     let key = format!("{id}:{}", ifname.unwrap_or(""));
-    let ok = valid_container_id(id) && key.len() <= 250 && !key.contains('/') && !key.contains('\0');
+    let ok = valid_name(id) && key.len() <= 250 && !key.contains('/') && !key.contains('\0');
     ok.then_some(key)
 }
 

@@ -126,11 +126,6 @@ pub fn valid_name(s: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
-/// A container id follows [`valid_name`] (the same rule, under the name its callers know).
-pub fn valid_container_id(id: &str) -> bool {
-    valid_name(id)
-}
-
 /// A network name (the config's `name`) that follows [`valid_name`]; else code 7.
 pub fn check_network_name(name: &str) -> Result<()> {
     check_name(name, "network name", Error::invalid_config)
@@ -348,10 +343,10 @@ mod tests {
 
     #[test]
     fn validates_ids_and_names() {
-        assert!(valid_container_id("a-b_c.1"));
-        assert!(!valid_container_id("../x"));
-        assert!(!valid_container_id("-x"));
-        assert!(!valid_container_id("a/b"));
+        assert!(valid_name("a-b_c.1"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name("a/b"));
         assert!(check_ifname("eth0").is_ok());
         assert!(check_ifname("0123456789abcdef").is_err());
         assert!(check_ifname("a/b").is_err());
