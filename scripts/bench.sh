@@ -4,7 +4,7 @@
 # always removed. Writes BENCHMARKS.md, docs/bench-scale.svg and target/bench/results.json.
 #
 # Usage (as root): scripts/bench.sh [--quick] [--cycles N] [--only version,host-local,bridge,
-#                  macvlan,bigconf,conc,scale,trace] [--ours DIR] [--reference DIR] [--out DIR]
+#                  macvlan,bigconf,conc,scale,trace,cnitool] [--ours DIR] [--reference DIR] [--out DIR]
 #        then cni-bench-etcd: the etcd store's rows (skipped when BENCH_ONLY lacks "etcd";
 #        BENCH_ONLY=etcd runs them alone)
 # Env: QUICK=1 (smoke run, writes to target/bench-quick/), BENCH_CYCLES (50), BENCH_WARMUP (3),

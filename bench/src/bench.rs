@@ -14,6 +14,10 @@ use crate::stats::Samples;
 use crate::sys::{self, Ns, Out, Res};
 use crate::Opts;
 
+/// The `cnitool` rows (a child module: it uses this one's runner).
+#[path = "cnitool.rs"]
+pub mod cnitool;
+
 pub const PLUGINS: [&str; 3] = ["bridge", "macvlan", "host-local"];
 const SET_KEYS: [&str; 2] = ["ours", "reference"];
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -1488,6 +1492,9 @@ pub fn run(opts: &Opts) -> Res<()> {
         let (r, ok) = b.part_scale()?;
         rows.extend(r);
         prefill_ok = ok;
+    }
+    if opts.runs("cnitool") {
+        rows.extend(b.part_cnitool()?);
     }
     sys::enter_root()?;
     if opts.quick {

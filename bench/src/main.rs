@@ -29,6 +29,7 @@ pub const PARTS: &[&str] = &[
     "bigconf",
     "conc",
     "scale",
+    "cnitool",
 ];
 
 #[derive(Debug, Clone)]

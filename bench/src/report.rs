@@ -292,6 +292,9 @@ fn targets(r: &Results) -> Vec<Target> {
         },
         met: clean.map(|c| c.add_failures == 0 && c.duplicates == 0 && c.del_failures == 0 && c.leases_left == 0),
     });
+    if let Some((what, measured, met)) = crate::bench::cnitool::target(r) {
+        t.push(Target { what, measured, met });
+    }
     t
 }
 
@@ -593,6 +596,7 @@ pub fn write(r: &Results) -> Res<()> {
             failures_note(row, &names, &mut notes);
         }
     }
+    crate::bench::cnitool::section(&mut out, r);
 
     // Concurrency.
     if r.conc.len() == 2 {
@@ -834,7 +838,7 @@ pub fn write(r: &Results) -> Res<()> {
          - Options: `BENCH_CYCLES` (default 50), `BENCH_WARMUP` (3), `BENCH_CONC` (64), `BENCH_CONC_ROUNDS` (5), \
          `BENCH_LEASES` (0,1000,10000,50000), `BENCH_SCALE_CYCLES` and `BENCH_TRACE_CYCLES` (default: the cycles), \
          `BENCH_SCALE_BRIDGE_CYCLES` (20), `BENCH_BIGCONF_CYCLES` (the cycles, at most 10), \
-         `BENCH_ONLY` (a subset of version,host-local,bridge,macvlan,bigconf,conc,scale,trace); `QUICK=1` (or \
+         `BENCH_ONLY` (a subset of version,host-local,bridge,macvlan,bigconf,conc,scale,trace,cnitool); `QUICK=1` (or \
          `cni-bench --quick`) is a smoke run that writes to `target/bench-quick/` instead of this file. Raw \
          samples of every run: `results.json` under `target/bench/` (or `target/bench-quick/`).\n\n",
     );

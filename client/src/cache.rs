@@ -86,6 +86,41 @@ mod b64 {
     }
 }
 
+/// The temporary file of an entry being written ([`Cache::begin`]); removed when dropped
+/// without a [`commit`](Pending::commit).
+#[derive(Debug)]
+pub struct Pending {
+    tmp: PathBuf,
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl Pending {
+    /// Writes `info` (the entry of the attachment `begin` was given) and renames it into place.
+    pub fn commit(mut self, info: &CachedInfo) -> Result<()> {
+        let fail = |path: &Path, e| Error::io(format!("writing the cache entry {}", path.display()), e);
+        debug_assert!(self
+            .path
+            .ends_with(format!("{}-{}-{}", info.network_name, info.container_id, info.ifname)));
+        let bytes = serde_json::to_vec(info).map_err(|e| Error::internal(format!("encoding the cache entry: {e}")))?;
+        let mut f = self.file.take().expect("a pending entry has its file");
+        f.write_all(&bytes).map_err(|e| fail(&self.path, e))?;
+        drop(f);
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| fail(&self.path, e))?;
+        // Renamed: nothing for drop to remove.
+        self.tmp = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// An attachment found in the cache.
 #[derive(Debug, Clone)]
 pub struct Attachment {
@@ -126,8 +161,15 @@ impl Cache {
 
     /// Writes one entry, atomically (temp file + rename; no fsync, as libcni).
     pub fn write(&self, info: &CachedInfo) -> Result<()> {
-        let path = self.path(&info.network_name, &info.container_id, &info.ifname)?;
-        let bytes = serde_json::to_vec(info).map_err(|e| Error::internal(format!("encoding the cache entry: {e}")))?;
+        self.begin(&info.network_name, &info.container_id, &info.ifname)?
+            .commit(info)
+    }
+
+    /// Creates the temporary file of one entry, to be written by [`Pending::commit`]: the
+    /// creation can be done ahead, while the plugins run (on a busy ext4 creating a file costs
+    /// up to a millisecond, as much as the rest of a `cnitool add`).
+    pub fn begin(&self, network: &str, container_id: &str, ifname: &str) -> Result<Pending> {
+        let path = self.path(network, container_id, ifname)?;
         let dir = self.results();
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -139,21 +181,18 @@ impl Cache {
             path.file_name().unwrap_or_default().to_string_lossy(),
             std::process::id()
         ));
-        let res = (|| -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(format!("writing the cache entry {}", path.display()), e));
-        }
-        Ok(())
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(format!("writing the cache entry {}", path.display()), e))?;
+        Ok(Pending {
+            tmp,
+            path,
+            file: Some(file),
+        })
     }
 
     /// The entry of one attachment; `None` when there is none (libcni ignores read errors).
@@ -233,4 +272,56 @@ pub fn config_text(info: &CachedInfo) -> String {
 /// Encodes bytes as Go encodes a `[]byte` in JSON.
 pub fn go_bytes(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> CachedInfo {
+        CachedInfo {
+            kind: CNI_CACHE_V1.into(),
+            container_id: "c1".into(),
+            config: b"{}".to_vec(),
+            ifname: "eth0".into(),
+            network_name: "net".into(),
+            netns: "/run/netns/x".into(),
+            cni_args: None,
+            capability_args: None,
+            result: Some(serde_json::json!({"cniVersion": "1.0.0"})),
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_begun_ahead_is_renamed_into_place_or_removed() {
+        let dir = std::env::temp_dir().join(format!("cni-client-cache-{}", std::process::id()));
+        let cache = Cache::new(&dir);
+        let names = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir.join("results"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        // Given up (the ADD failed): the temporary file goes.
+        drop(cache.begin("net", "c1", "eth0").unwrap());
+        assert!(names().is_empty(), "{:?}", names());
+        // Committed: only the entry, libcni's place and mode.
+        let p = cache.begin("net", "c1", "eth0").unwrap();
+        assert_eq!(names().len(), 1, "the temporary file exists ahead");
+        assert_eq!(cache.read("net", "c1", "eth0").unwrap().map(|i| i.container_id), None);
+        p.commit(&info()).unwrap();
+        assert_eq!(names(), ["net-c1-eth0"]);
+        let got = cache.read("net", "c1", "eth0").unwrap().unwrap();
+        assert_eq!(got.result, info().result);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("results/net-c1-eth0"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -251,7 +251,7 @@ pub fn load_conf_list(dir: &Path, name: &str) -> Result<NetworkConfigList> {
     let singles = conf_files(dir, &[".conf", ".json"])?;
     if singles.is_empty() && lists.is_empty() {
         return Err(Error::invalid_config(format!(
-            "network \"{name}\": no net configurations found in {} (NETCONFPATH)",
+            "no net configurations found in {} (NETCONFPATH)",
             dir.display()
         )));
     }

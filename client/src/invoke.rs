@@ -6,7 +6,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -68,9 +68,84 @@ struct WireError {
 /// The config is written and the output read on the calling thread (non-blocking pipes and
 /// `poll`), and the exit is waited for on a pidfd, all against one deadline: no helper thread
 /// per call (a thread's stack, clone and wake-ups are a measurable part of a `cnitool` call).
-pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, timeout: Duration, own_group: bool) -> Result<Vec<u8>> {
+pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, how: &How) -> Result<Vec<u8>> {
+    start_plugin(bin, stdin.to_vec(), args, how)?.finish()
+}
+
+/// How a plugin is run.
+#[derive(Debug, Clone)]
+pub struct How {
+    /// The deadline of the call: a plugin still running then is killed (code 11).
+    pub timeout: Duration,
+    /// In a process group of its own (a Ctrl-C at the terminal does not reach it).
+    pub own_group: bool,
+    /// Its stderr is read by the call instead of passed through as it comes, and written to
+    /// ours when it ends, without the lines that only repeat the error it returns (our
+    /// plugins also log their error on stderr, as `<plugin>: error <code>: <msg>`, and so do
+    /// IPAM plugins they delegate to): a failure is then one line, the caller's.
+    pub drop_error_echo: bool,
+}
+
+impl Default for How {
+    fn default() -> How {
+        How {
+            timeout: Duration::from_secs(120),
+            own_group: false,
+            drop_error_echo: false,
+        }
+    }
+}
+
+/// Whether `line` is a plugin's log of an error that `err` (the call's error) already says:
+/// `<name>: error <code>: <msg>` with `msg` in the error's message.
+fn is_error_echo(line: &str, err: &Error) -> bool {
+    let Some((name, rest)) = line.split_once(": error ") else {
+        return false;
+    };
+    let Some((code, msg)) = rest.split_once(": ") else {
+        return false;
+    };
+    !name.is_empty()
+        && !name.contains(char::is_whitespace)
+        && !code.is_empty()
+        && code.bytes().all(|b| b.is_ascii_digit())
+        && !msg.is_empty()
+        && err.message().contains(msg)
+}
+
+/// Writes a plugin's captured stderr to ours, line by line, without the lines that `err`
+/// (when the call failed) already says.
+fn pass_on_stderr(captured: &[u8], err: Option<&Error>) {
+    let text = String::from_utf8_lossy(captured);
+    for line in text.lines() {
+        if err.is_some_and(|e| is_error_echo(line, e)) {
+            continue;
+        }
+        cni::log!("{line}");
+    }
+}
+
+/// A plugin call under way ([`start_plugin`]): its config written as far as the pipe takes it,
+/// its output not read yet. The caller may do other work while the plugin runs, then
+/// [`Running::finish`]es it.
+pub struct Running {
+    child: Child,
+    /// The plugin's stderr, when it is captured (see [`How::drop_error_echo`]).
+    stderr: Option<ChildStderr>,
+    captured: Vec<u8>,
+    stdin: Vec<u8>,
+    written: usize,
+    bin: PathBuf,
+    command: String,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+/// Starts the plugin `bin` with `stdin` (see [`exec_plugin`]).
+pub fn start_plugin(bin: &Path, stdin: Vec<u8>, args: &Args, how: &How) -> Result<Running> {
+    let timeout = how.timeout;
     let mut cmd = Command::new(bin);
-    if own_group {
+    if how.own_group {
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     }
     cmd.env("CNI_COMMAND", args.command)
@@ -81,7 +156,11 @@ pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, timeout: Duration, own
         .env("CNI_PATH", &args.path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(if how.drop_error_echo {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
     let deadline = Instant::now() + timeout;
     // A plugin file being replaced right now ("text file busy") is tried again, as libcni does.
     let mut tries = 0;
@@ -95,44 +174,183 @@ pub fn exec_plugin(bin: &Path, stdin: &[u8], args: &Args, timeout: Duration, own
             Err(e) => return Err(Error::io(format!("executing plugin {}", bin.display()), e)),
         }
     };
-    let timed_out = |child: &mut Child| {
-        let _ = child.kill();
-        let _ = child.wait();
+    let mut r = Running {
+        stderr: child.stderr.take(),
+        captured: Vec::new(),
+        child,
+        stdin,
+        written: 0,
+        bin: bin.to_path_buf(),
+        command: args.command.to_string(),
+        timeout,
+        deadline,
+    };
+    let set = [
+        r.child.stdin.as_ref().map(|i| i.as_raw_fd()),
+        r.child.stdout.as_ref().map(|o| o.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    .try_for_each(set_nonblocking);
+    if let Err(e) = set {
+        r.kill();
+        return Err(Error::io(
+            format!("setting up the pipes of plugin {}", r.bin.display()),
+            e,
+        ));
+    }
+    // The config at once, without waiting: it nearly always fits the pipe.
+    r.write_some();
+    Ok(r)
+}
+
+/// A call given up half-way (an early return of the caller) does not leave the plugin running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Both are no-ops once the plugin is reaped.
+        self.kill();
+    }
+}
+
+impl Running {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn timed_out(&mut self) -> Error {
+        self.kill();
         Error::try_again_later(format!(
             "plugin {} ({}) did not finish within {}s: killed",
-            bin.display(),
-            args.command,
-            timeout.as_secs()
+            self.bin.display(),
+            self.command,
+            self.timeout.as_secs()
         ))
-    };
-    let out = match talk(&mut child, stdin, deadline) {
-        Ok(Some(out)) => out,
-        Ok(None) => return Err(timed_out(&mut child)),
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::io(format!("reading the output of plugin {}", bin.display()), e));
+    }
+
+    /// Writes what the pipe takes of the config; closes it when all is written, or when the
+    /// plugin does not read it (EPIPE: a plugin that exits without reading, e.g. VERSION).
+    fn write_some(&mut self) {
+        let Some(i) = &mut self.child.stdin else { return };
+        loop {
+            if self.written == self.stdin.len() {
+                break;
+            }
+            match i.write(&self.stdin[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
         }
-    };
-    let status = match wait_until(&mut child, deadline) {
-        Ok(Some(st)) => st,
-        Ok(None) => return Err(timed_out(&mut child)),
-        Err(e) => return Err(Error::io(format!("waiting for plugin {}", bin.display()), e)),
-    };
-    if status.success() {
-        return Ok(out);
+        self.child.stdin = None;
     }
-    if out.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(Error::internal(format!(
-            "netplugin failed with no error message: {status}"
-        )));
+
+    /// Writes the rest of the config while reading the output (and the captured stderr) to
+    /// its end; `Ok(None)` when the deadline passes first.
+    fn talk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut stdout = self.child.stdout.take();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            self.write_some();
+            if let Some(o) = &mut stdout {
+                if drain(o, &mut out, &mut buf)? {
+                    stdout = None;
+                }
+            }
+            if let Some(e) = &mut self.stderr {
+                if drain(e, &mut self.captured, &mut buf)? {
+                    self.stderr = None;
+                }
+            }
+            if stdout.is_none() && self.stderr.is_none() {
+                return Ok(Some(out));
+            }
+            let Some(ms) = poll_ms(self.deadline) else {
+                return Ok(None);
+            };
+            let fd = |f: Option<RawFd>| f.unwrap_or(-1);
+            let mut fds = [
+                libc::pollfd {
+                    fd: fd(stdout.as_ref().map(|o| o.as_raw_fd())),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: fd(self.stderr.as_ref().map(|e| e.as_raw_fd())),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: fd(self.child.stdin.as_ref().map(|i| i.as_raw_fd())),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: poll on three initialized pollfd structs (a negative fd is ignored).
+            if unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
     }
-    match serde_json::from_slice::<WireError>(&out) {
-        Ok(e) => Err(Error::delegated(e.code, e.msg, e.details)),
-        Err(_) => Err(Error::internal(format!(
-            "netplugin failed ({status}): {:?}",
-            String::from_utf8_lossy(&out).trim()
-        ))),
+
+    /// Waits for the plugin: its stdout, or the spec's error JSON as an [`Error`]. A captured
+    /// stderr is written out then (see [`How::drop_error_echo`]).
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        let res = self.outcome();
+        pass_on_stderr(&self.captured, res.as_ref().err());
+        res
+    }
+
+    fn outcome(&mut self) -> Result<Vec<u8>> {
+        let out = match self.talk() {
+            Ok(Some(out)) => out,
+            Ok(None) => return Err(self.timed_out()),
+            Err(e) => {
+                self.kill();
+                return Err(Error::io(
+                    format!("reading the output of plugin {}", self.bin.display()),
+                    e,
+                ));
+            }
+        };
+        let status = match wait_until(&mut self.child, self.deadline) {
+            Ok(Some(st)) => st,
+            Ok(None) => return Err(self.timed_out()),
+            Err(e) => return Err(Error::io(format!("waiting for plugin {}", self.bin.display()), e)),
+        };
+        if status.success() {
+            return Ok(out);
+        }
+        if out.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(Error::internal(format!(
+                "netplugin failed with no error message: {status}"
+            )));
+        }
+        match serde_json::from_slice::<WireError>(&out) {
+            Ok(e) => Err(Error::delegated(e.code, e.msg, e.details)),
+            Err(_) => Err(Error::internal(format!(
+                "netplugin failed ({status}): {:?}",
+                String::from_utf8_lossy(&out).trim()
+            ))),
+        }
+    }
+}
+
+/// Reads what `r` (non-blocking) has now into `into`; `Ok(true)` at its end.
+fn drain(r: &mut impl Read, into: &mut Vec<u8>, buf: &mut [u8]) -> std::io::Result<bool> {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -154,73 +372,6 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Writes `input` to the child's stdin (then closes it) while reading its stdout to the end;
-/// `Ok(None)` when the deadline passes first. A plugin that exits without reading its config
-/// (VERSION) closes the pipe: that is not an error.
-fn talk(child: &mut Child, input: &[u8], deadline: Instant) -> std::io::Result<Option<Vec<u8>>> {
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    if let Some(i) = &stdin {
-        set_nonblocking(i.as_raw_fd())?;
-    }
-    set_nonblocking(stdout.as_raw_fd())?;
-    let mut written = 0;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        // The config first, without waiting: it nearly always fits the pipe at once.
-        if let Some(i) = &mut stdin {
-            loop {
-                if written == input.len() {
-                    stdin = None;
-                    break;
-                }
-                match i.write(&input[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // EPIPE: the plugin does not read (more of) its config.
-                    Err(_) => {
-                        stdin = None;
-                        break;
-                    }
-                }
-            }
-        }
-        loop {
-            match stdout.read(&mut buf) {
-                Ok(0) => return Ok(Some(out)),
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        let Some(ms) = poll_ms(deadline) else {
-            return Ok(None);
-        };
-        let mut fds = [
-            libc::pollfd {
-                fd: stdout.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stdin.as_ref().map_or(-1, |i| i.as_raw_fd()),
-                events: libc::POLLOUT,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on two initialized pollfd structs (a negative fd is ignored).
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
 }
 
 /// Waits for the child to exit until `deadline` (`Ok(None)`: still running then). It has
@@ -304,7 +455,11 @@ mod tests {
             ifname: "eth0",
             path: String::new(),
         };
-        exec_plugin(bin, stdin, &args, timeout, false)
+        let how = How {
+            timeout,
+            ..Default::default()
+        };
+        exec_plugin(bin, stdin, &args, &how)
     }
 
     #[test]
@@ -333,6 +488,40 @@ mod tests {
         let e = call(&p, b"{}", Duration::from_secs(20)).unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("ADD c1 eth0"), "{e}");
+    }
+
+    #[test]
+    fn a_captured_stderr_larger_than_the_pipe_does_not_block_the_plugin() {
+        let p = plugin("cat >/dev/null; head -c 300000 /dev/zero | tr '\\0' x >&2; echo '{}'");
+        let how = How {
+            timeout: Duration::from_secs(20),
+            drop_error_echo: true,
+            ..Default::default()
+        };
+        let args = Args {
+            command: "ADD",
+            ..Default::default()
+        };
+        let mut r = start_plugin(&p, b"{}".to_vec(), &args, &how).unwrap();
+        let out = r.outcome().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out).trim(), "{}");
+        assert_eq!(r.captured.len(), 300_000);
+    }
+
+    #[test]
+    fn only_the_echo_of_the_returned_error_is_dropped() {
+        let e = Error::delegated(7, "bridge: invalid mtu 20: must be 0", "");
+        for (line, echo) in [
+            ("bridge: error 7: bridge: invalid mtu 20: must be 0", true),
+            // An IPAM plugin's, whose message the delegating plugin's error contains.
+            ("host-local: error 7: invalid mtu 20", true),
+            ("bridge: cleaning up after a failed ADD: link busy", false),
+            ("bridge: error 7: something else", false),
+            ("a note: error 7: invalid mtu 20 x", false),
+            ("bridge: error x: invalid mtu 20", false),
+        ] {
+            assert_eq!(is_error_echo(line, &e), echo, "{line}");
+        }
     }
 
     #[test]

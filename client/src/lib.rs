@@ -78,6 +78,10 @@ pub struct CniConfig {
     /// Plugins run in process groups of their own: a Ctrl-C at the terminal (a signal to the
     /// foreground process group) then does not kill one half-way through its work.
     pub own_process_group: bool,
+    /// Plugins' stderr is passed on when each ends, without the lines that repeat the error
+    /// it returns (see [`invoke::How::drop_error_echo`]); libcni passes it through as it
+    /// comes (the default).
+    pub drop_error_echo: bool,
 }
 
 /// The deadline of one plugin call unless set otherwise.
@@ -118,6 +122,7 @@ impl CniConfig {
             cache: Cache::new(cache_dir),
             timeout: DEFAULT_TIMEOUT,
             own_process_group: false,
+            drop_error_echo: false,
         }
     }
 
@@ -155,14 +160,14 @@ impl CniConfig {
         serde_json::to_vec(&Value::Object(conf)).expect("a JSON value serializes")
     }
 
-    fn run(
+    fn start(
         &self,
         list: &NetworkConfigList,
         p: &PluginConf,
         verb: &str,
         prev: Option<&Value>,
         rt: &RuntimeConf,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<invoke::Running> {
         let bin = invoke::find_in_path(&p.plugin_type, &self.path)?;
         let stdin = Self::plugin_config(list, p, prev, rt);
         let args = invoke::Args {
@@ -173,13 +178,31 @@ impl CniConfig {
             ifname: &rt.ifname,
             path: self.path_string(),
         };
-        invoke::exec_plugin(&bin, &stdin, &args, self.timeout, self.own_process_group)
+        let how = invoke::How {
+            timeout: self.timeout,
+            own_group: self.own_process_group,
+            drop_error_echo: self.drop_error_echo,
+        };
+        invoke::start_plugin(&bin, stdin, &args, &how)
+    }
+
+    fn run(
+        &self,
+        list: &NetworkConfigList,
+        p: &PluginConf,
+        verb: &str,
+        prev: Option<&Value>,
+        rt: &RuntimeConf,
+    ) -> Result<Vec<u8>> {
+        self.start(list, p, verb, prev, rt)?.finish()
     }
 
     /// ADD: the plugins in order, each given the previous one's result; the last result is
-    /// cached and returned.
+    /// cached and returned. The cache entry's file is created while the first plugin starts
+    /// (see [`Cache::begin`]), and written after the last.
     pub fn add_network_list(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<Value> {
         let mut result: Option<Value> = None;
+        let mut pending: Option<Result<cache::Pending>> = None;
         for p in &list.plugins {
             let out = (|| {
                 invoke::find_in_path(&p.plugin_type, &self.path)?;
@@ -191,7 +214,11 @@ impl CniConfig {
                         rt.ifname.escape_debug()
                     ))
                 })?;
-                self.run(list, p, "ADD", result.as_ref(), rt)
+                let call = self.start(list, p, "ADD", result.as_ref(), rt)?;
+                if pending.is_none() {
+                    pending = Some(self.cache.begin(&list.name, &rt.container_id, &rt.ifname));
+                }
+                call.finish()
             })()
             .map_err(|e| plugin_failed(p, "add", e))?;
             let v: Value = serde_json::from_slice(&out)
@@ -218,9 +245,12 @@ impl CniConfig {
             result: Some(result.clone()),
             owner: rt.owner.clone(),
         };
-        self.cache
-            .write(&info)
-            .map_err(|e| e.context(format!("failed to set network \"{}\" cached result", list.name)))?;
+        // A file that could not be created ahead is tried once more, for the error.
+        match pending {
+            Some(Ok(p)) => p.commit(&info),
+            _ => self.cache.write(&info),
+        }
+        .map_err(|e| e.context(format!("failed to set network \"{}\" cached result", list.name)))?;
         Ok(result)
     }
 

@@ -12,8 +12,9 @@
 //!    the attachment is recorded in the cache with this process as its owner, so that a
 //!    SIGKILLed exec is found by `cnitool gc --stale` (or by the next exec of the network).
 //!    A failed ADD is DELed at once.
-//! 5. The command runs in the namespace (entered between fork and exec) with cnitool's user,
-//!    environment, working directory, terminal and process group, plus:
+//! 5. The command runs in the namespace (entered between fork and exec) as the calling user
+//!    (see [`RunAs`]: under sudo the user who ran sudo, otherwise cnitool's own), with
+//!    cnitool's environment, working directory, terminal and process group, plus:
 //!    `CNI_RESULT_IP` (the first address of the first network, without its prefix length),
 //!    `CNI_RESULT` (the first network's result JSON), `CNI_RESULTS_FILE` (a JSON file:
 //!    `[{"network", "ifname", "containerId", "result"}, ...]`), `CNITOOL_NETNS` (the path).
@@ -56,6 +57,9 @@ command's. The options after a NETWORK apply to that network:
                   with `cnitool del NETWORK PATH` and `ip netns del NAME`
   --netns PATH    use an existing namespace instead (left in place)
 
+The command runs as the calling user: under sudo (SUDO_UID set, cnitool running as root) as
+the user who ran sudo, with their groups; otherwise as cnitool's user (`sudo env -u SUDO_UID
+cnitool exec ...` keeps root). Environment, working directory and terminal are cnitool's.
 The command gets CNI_RESULT_IP, CNI_RESULT, CNI_RESULTS_FILE and CNITOOL_NETNS (see README).
 A killed exec (SIGKILL) leaves attachments that `cnitool gc --stale NETWORK` (or the next
 `cnitool exec` of that network) removes, with the namespace.
@@ -165,6 +169,95 @@ fn pending_termination(set: &libc::sigset_t) -> Option<i32> {
         }
     }
     None
+}
+
+/// The user the command runs as when it is not cnitool's own: under sudo (`SUDO_UID` set and
+/// cnitool running as root) the user who ran sudo, with `SUDO_GID` (or their passwd entry's
+/// group) and their supplementary groups (`getgrouplist`), all set in the child between fork
+/// and exec, after it entered the namespace. `SUDO_UID=0` (sudo from root) keeps root; so does
+/// an unset `SUDO_UID` (`sudo env -u SUDO_UID cnitool exec ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// The user's name and primary group from the passwd database (None: no entry).
+fn passwd_entry(uid: libc::uid_t) -> Option<(std::ffi::CString, libc::gid_t)> {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: a zeroed passwd is a valid out-parameter; the buffer outlives the call, and the
+    // name is copied out of it before it goes.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        let r = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut res);
+        if r != 0 || res.is_null() || pw.pw_name.is_null() {
+            return None;
+        }
+        Some((std::ffi::CStr::from_ptr(pw.pw_name).to_owned(), pw.pw_gid))
+    }
+}
+
+/// The supplementary groups of user `name` with primary group `gid` (`getgrouplist`).
+fn group_list(name: &std::ffi::CStr, gid: libc::gid_t) -> Vec<libc::gid_t> {
+    let mut n: libc::c_int = 32;
+    for _ in 0..8 {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let before = n;
+        // SAFETY: `groups` has room for `n` entries; getgrouplist writes at most that many
+        // and sets `n` to the count (or to the size needed when it returns -1).
+        let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if r >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return groups;
+        }
+        n = n.max(before * 2);
+    }
+    vec![gid]
+}
+
+impl RunAs {
+    /// From the environment: `Ok(None)` keeps cnitool's user.
+    pub fn from_env() -> Res<Option<RunAs>> {
+        let Some(v) = std::env::var_os("SUDO_UID").filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // Not root (e.g. `sudo -u someone`): there is no one else to become.
+            return Ok(None);
+        }
+        let v = v.to_string_lossy();
+        let uid: libc::uid_t = v
+            .parse()
+            .map_err(|_| Fail(format!("exec: SUDO_UID=\"{}\" is not a user id", v.escape_debug())))?;
+        if uid == 0 {
+            return Ok(None);
+        }
+        let pw = passwd_entry(uid);
+        let gid = match std::env::var("SUDO_GID").ok().filter(|g| !g.is_empty()) {
+            Some(g) => g
+                .parse()
+                .map_err(|_| Fail(format!("exec: SUDO_GID=\"{}\" is not a group id", g.escape_debug())))?,
+            None => match &pw {
+                Some((_, gid)) => *gid,
+                None => {
+                    return fail(format!(
+                        "exec: SUDO_UID={uid} without SUDO_GID, and no passwd entry for it: which group to run the command as?"
+                    ))
+                }
+            },
+        };
+        let mut groups = match &pw {
+            Some((name, _)) => group_list(name, gid),
+            None => vec![gid],
+        };
+        if !groups.contains(&gid) {
+            groups.insert(0, gid);
+        }
+        Ok(Some(RunAs { uid, gid, groups }))
+    }
 }
 
 /// One network attached (for the teardown).
@@ -278,6 +371,7 @@ fn now_nanos() -> u128 {
 
 pub fn main(ctx: &Ctx, args: &[String]) -> Res<i32> {
     let o = parse(args)?;
+    let run_as = RunAs::from_env()?;
     let set = signal_set();
     // SAFETY: blocks the set in this (still single-threaded) process; threads made later
     // inherit the mask, and children get an empty one (std resets it).
@@ -394,18 +488,25 @@ pub fn main(ctx: &Ctx, args: &[String]) -> Res<i32> {
         .collect();
     let results_dir = std::env::temp_dir().join(format!("cnitool-exec-{pid}-{:x}", now_nanos() & 0xffff_ffff));
     let results_file = results_dir.join("results.json");
-    let wrote = std::fs::create_dir_all(&results_dir).and_then(|_| {
-        std::fs::write(
-            &results_file,
-            serde_json::to_vec_pretty(&results).expect("JSON serializes"),
-        )
-    });
+    let wrote = std::fs::create_dir_all(&results_dir)
+        .and_then(|_| {
+            std::fs::write(
+                &results_file,
+                serde_json::to_vec_pretty(&results).expect("JSON serializes"),
+            )
+        })
+        .and_then(|_| match &run_as {
+            // The command's own, to read (and remove) as it likes.
+            Some(r) => std::os::unix::fs::chown(&results_dir, Some(r.uid), Some(r.gid))
+                .and_then(|_| std::os::unix::fs::chown(&results_file, Some(r.uid), Some(r.gid))),
+            None => Ok(()),
+        });
     let code = match wrote {
         Err(e) => {
             eprintln!("cnitool: exec: writing {}: {e}", results_file.display());
             1
         }
-        Ok(()) => run_command(&o.command, &netns, &attached, &results_file, &set),
+        Ok(()) => run_command(&o.command, &netns, &attached, &results_file, &set, run_as),
     };
     let _ = std::fs::remove_dir_all(&results_dir);
     if o.keep {
@@ -428,6 +529,7 @@ fn run_command(
     attached: &[Attached],
     results_file: &PathBuf,
     set: &libc::sigset_t,
+    run_as: Option<RunAs>,
 ) -> i32 {
     let ns = match std::fs::File::open(netns) {
         Ok(f) => f,
@@ -448,12 +550,21 @@ fn run_command(
         }
     }
     let fd = ns.as_raw_fd();
-    // SAFETY: between fork and exec only setns (async-signal-safe) on an fd that stays open
-    // until the spawn returns.
+    // SAFETY: between fork and exec only setns, setgroups, setgid and setuid (system calls,
+    // no allocation: the group list was made before the fork), on an fd that stays open until
+    // the spawn returns. The namespace first: entering it needs root.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(r) = &run_as {
+                if libc::setgroups(r.groups.len(), r.groups.as_ptr()) != 0
+                    || libc::setgid(r.gid) != 0
+                    || libc::setuid(r.uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -124,8 +124,12 @@ impl Ctx {
         }
     }
 
+    /// The client, with the plugins' echo of their error left out of their stderr: a failure
+    /// is one line, cnitool's.
     pub fn client(&self) -> CniConfig {
-        CniConfig::new(self.cni_path.clone(), self.cache_dir.clone())
+        let mut c = CniConfig::new(self.cni_path.clone(), self.cache_dir.clone());
+        c.drop_error_echo = true;
+        c
     }
 
     pub fn load(&self, network: &str) -> Res<NetworkConfigList> {

@@ -442,6 +442,38 @@ fn exec_pings_gateway_and_peer_with_a_static_ip_and_passes_the_exit_status() {
     assert_eq!(bed.leases("rsbr-v4").len(), 1);
 }
 
+#[test]
+fn exec_runs_the_command_as_the_user_who_ran_sudo() {
+    let bed = Bed::new();
+    bed.example("bridge.conflist", &[]);
+    let script = "id -u; id -g; id -G; test -r \"$CNI_RESULTS_FILE\" && echo readable; \
+                  ip -br -4 addr show eth0 | grep -q 10.88.0. && echo attached";
+    // Under sudo: the user who ran it, with their groups (nobody: nogroup only).
+    let sudo = [("SUDO_UID", "65534"), ("SUDO_GID", "65534"), ("SUDO_USER", "nobody")];
+    let out = bed.run_env(&["exec", "rsbr-v4", "--", "sh", "-c", script], &sudo);
+    out.ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["65534", "65534", "65534", "readable", "attached"],
+        "{}",
+        out.stderr
+    );
+    assert!(
+        bed.cached().is_empty() && bed.leases("rsbr-v4").is_empty(),
+        "torn down as root"
+    );
+    // Not under sudo, or sudo from root: cnitool's own user.
+    for env in [&[][..], &[("SUDO_UID", "0"), ("SUDO_GID", "0")][..]] {
+        let out = bed.run_env(&["exec", "rsbr-v4", "--", "id", "-u"], env);
+        assert_eq!(out.ok().stdout.trim(), "0", "{env:?}");
+    }
+    // A SUDO_UID that is no user id: one line, before anything is made.
+    bed.run_env(&["exec", "rsbr-v4", "--", "true"], &[("SUDO_UID", "nobody")])
+        .fails_with("SUDO_UID=\"nobody\" is not a user id");
+    assert!(bed.cached().is_empty() && bed.leases("rsbr-v4").is_empty());
+}
+
 /// Starts `exec` with a long command; returns the child and the namespace path, once the
 /// command runs.
 fn start_exec(bed: &Bed, seen: &TempDir) -> (Child, String) {
@@ -641,6 +673,32 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing() {
     out.fails_with("failed to find plugin \"bridge\" in CNI_PATH (searched /nonexistent-a, /nonexistent-b)");
     assert!(out.stderr.contains("rsbr-v4"), "names the network: {}", out.stderr);
     bed.run(&["frobnicate"]).fails_with("unknown command \"frobnicate\"");
+    let empty = TempDir::new("ctempty");
+    bed.run_env(
+        &["add", "rsbr-v4", &p],
+        &[("NETCONFPATH", empty.path().to_str().unwrap())],
+    )
+    .fails_with(&format!(
+        "network \"rsbr-v4\": no net configurations found in {} (NETCONFPATH)",
+        empty.path().display()
+    ));
+    // A plugin's own refusal (our plugins also log their error on stderr), and its IPAM's:
+    // still one line, cnitool's, with the plugin and its code.
+    let mut bad: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace_dir().join("conf-examples/bridge.conflist")).unwrap())
+            .unwrap();
+    bad["name"] = json!("rsbr-mtu");
+    bad["plugins"][0]["mtu"] = json!(20);
+    std::fs::write(bed.conf.join("mtu.conflist"), bad.to_string()).unwrap();
+    bed.run(&["add", "rsbr-mtu", &p]).fails_with(
+        "add rsbr-mtu: plugin type=\"bridge\" failed (add): code 7: invalid mtu 20: must be 0 (the default) or between 68 and 65535",
+    );
+    bad["name"] = json!("rsbr-ipam");
+    bad["plugins"][0]["mtu"] = json!(1500);
+    bad["plugins"][0]["ipam"]["ranges"] = json!([[{"subnet": "10.88.0.0/24", "rangeStart": "10.99.0.5"}]]);
+    std::fs::write(bed.conf.join("ipam.conflist"), bad.to_string()).unwrap();
+    bed.run(&["add", "rsbr-ipam", &p])
+        .fails_with("add rsbr-ipam: plugin type=\"bridge\" failed (add): code 7: ");
     // Nothing left behind.
     assert!(ctr.links().is_empty());
     assert!(bed.host.links().is_empty(), "{:?}", bed.host.links());
