@@ -4,12 +4,13 @@
 # always removed. Writes BENCHMARKS.md, docs/bench-scale.svg and target/bench/results.json.
 #
 # Usage (as root): scripts/bench.sh [--quick] [--cycles N] [--only version,host-local,bridge,
-#                  macvlan,conc,scale,trace,cnitool] [--ours DIR] [--reference DIR] [--out DIR]
+#                  macvlan,bigconf,conc,scale,trace,cnitool] [--ours DIR] [--reference DIR] [--out DIR]
 #        then cni-bench-etcd: the etcd store's rows (skipped when BENCH_ONLY lacks "etcd";
 #        BENCH_ONLY=etcd runs them alone)
 # Env: QUICK=1 (smoke run, writes to target/bench-quick/), BENCH_CYCLES (50), BENCH_WARMUP (3),
 #      BENCH_CONC (64), BENCH_CONC_ROUNDS (5), BENCH_LEASES (0,1000,10000,50000),
-#      BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES (20), BENCH_TRACE_CYCLES, BENCH_ONLY, BENCH_TMPDIR.
+#      BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES (20), BENCH_TRACE_CYCLES,
+#      BENCH_BIGCONF_CYCLES (10), BENCH_ONLY, BENCH_TMPDIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}

@@ -22,11 +22,15 @@ pub const PLUGINS: [&str; 3] = ["bridge", "macvlan", "host-local"];
 const SET_KEYS: [&str; 2] = ["ours", "reference"];
 const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The container namespaces of the sequential rows, one per row (per set).
-const CTRS: [&str; 5] = ["hl", "br4", "br6", "mv", "scale"];
+const CTRS: [&str; 7] = ["hl", "br4", "br6", "mv", "scale", "bighl", "bigbr"];
 /// The scale rows' /16.
 const SCALE_BASE: u32 = u32::from_be_bytes([10, 20, 0, 0]);
 const SCALE_NET: &str = "bench-scale";
 const CONC_NET: &str = "bench-conc";
+/// The large-config rows: this many keys in the config's top-level object, each with a value
+/// of [`BIG_VALUE_LEN`] bytes: 3.9 MiB, under the plugins' 4 MiB cap.
+pub const BIG_KEYS: usize = 36_000;
+const BIG_VALUE_LEN: usize = 101;
 
 /// One plugin set: binaries copied to a private directory (so a concurrent `cargo build`
 /// cannot change them mid-run), a private host namespace and a private lease store.
@@ -164,6 +168,7 @@ impl Results {
                 "cycles": self.opts.cycles, "warmup": self.opts.warmup, "conc": self.opts.conc,
                 "conc_rounds": self.opts.conc_rounds, "leases": self.opts.leases,
                 "scale_cycles": self.opts.scale_cycles, "scale_bridge_cycles": self.opts.scale_bridge_cycles, "trace_cycles": self.opts.trace_cycles,
+                "bigconf_cycles": self.opts.bigconf_cycles,
                 "quick": self.opts.quick, "only": self.opts.only,
             },
             "sets": self.sets.iter().map(|(k, src, missing)| json!({"key": k, "dir": src, "missing": missing})).collect::<Vec<_>>(),
@@ -761,6 +766,66 @@ impl Bench<'_> {
             Vec::new(),
         )?;
         Ok(vec![a, d])
+    }
+
+    /// The config `plugin` for set `s` with [`BIG_KEYS`] more keys that no plugin knows (as a
+    /// runtime's annotations could be): valid JSON of 3.9 MiB, each key once.
+    fn big_conf(&self, s: usize, name: &str, plugin: Value) -> Vec<u8> {
+        let mut c = self.conf(s, name, plugin);
+        c.pop(); // the closing brace
+        let value = "v".repeat(BIG_VALUE_LEN);
+        for i in 0..BIG_KEYS {
+            c.extend_from_slice(format!(",\"x-{i:05}\":\"{value}\"").as_bytes());
+        }
+        c.push(b'}');
+        c
+    }
+
+    /// host-local alone and bridge + host-local with a config of 3.9 MiB: the time to decode
+    /// it, on top of the usual call (the reference decodes it in about 0.1 s).
+    fn part_bigconf(&self) -> Res<Vec<Row>> {
+        let cycles = self.opts.bigconf_cycles;
+        let hl = |s| {
+            self.big_conf(
+                s,
+                "bench-bighl",
+                json!({"type": "bridge", "bridge": "cnibr4",
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.16.0.0/24"}]]}}),
+            )
+        };
+        let br = |s| {
+            self.big_conf(
+                s,
+                "bench-bigbr",
+                json!({"type": "bridge", "bridge": "cnibr5", "isGateway": true,
+                "isDefaultGateway": true, "ipMasq": false,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.17.0.0/24"}]]}}),
+            )
+        };
+        let title = format!("config of 3.9 MiB with {} keys", thousands(BIG_KEYS));
+        let (a, d) = self.add_del_rows(
+            "big.hl",
+            &format!("host-local, {title}"),
+            "host-local",
+            &["host-local"],
+            "bighl",
+            &hl,
+            1,
+            cycles,
+            Vec::new(),
+        )?;
+        let (ba, bd) = self.add_del_rows(
+            "big.br",
+            &format!("bridge + host-local, {title}"),
+            "bridge",
+            &["bridge", "host-local"],
+            "bigbr",
+            &br,
+            1,
+            cycles,
+            Vec::new(),
+        )?;
+        Ok(vec![a, d, ba, bd])
     }
 
     /// K ADDs of set `s` started at once (one per container namespace), then K DELs.
@@ -1416,6 +1481,9 @@ pub fn run(opts: &Opts) -> Res<()> {
     }
     if opts.runs("macvlan") {
         rows.extend(b.part_macvlan()?);
+    }
+    if opts.runs("bigconf") {
+        rows.extend(b.part_bigconf()?);
     }
     if opts.runs("conc") {
         conc = b.part_conc()?;

@@ -5,7 +5,8 @@
 //! cni-bench [--quick] [--cycles N] [--ours DIR] [--reference DIR] [--out DIR] [--only LIST]
 //! ```
 //! Environment: QUICK=1, BENCH_CYCLES, BENCH_WARMUP, BENCH_CONC, BENCH_CONC_ROUNDS,
-//! BENCH_LEASES (comma separated), BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES, BENCH_TRACE_CYCLES, BENCH_ONLY,
+//! BENCH_LEASES (comma separated), BENCH_SCALE_CYCLES, BENCH_SCALE_BRIDGE_CYCLES, BENCH_TRACE_CYCLES,
+//! BENCH_BIGCONF_CYCLES, BENCH_ONLY,
 //! BENCH_OURS, BENCH_REFERENCE, BENCH_OUT, BENCH_TMPDIR. See BENCHMARKS.md for what is measured.
 
 mod bench;
@@ -25,6 +26,7 @@ pub const PARTS: &[&str] = &[
     "bridge",
     "trace",
     "macvlan",
+    "bigconf",
     "conc",
     "scale",
     "cnitool",
@@ -41,6 +43,7 @@ pub struct Opts {
     pub scale_cycles: usize,
     pub scale_bridge_cycles: usize,
     pub trace_cycles: usize,
+    pub bigconf_cycles: usize,
     pub ours: PathBuf,
     pub reference: PathBuf,
     pub out: PathBuf,
@@ -65,7 +68,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cni-bench [--quick] [--cycles N] [--ours DIR] [--reference DIR] [--out DIR] [--only {}]\n\
          env: QUICK=1 BENCH_CYCLES BENCH_WARMUP BENCH_CONC BENCH_CONC_ROUNDS BENCH_LEASES=0,1000,... \
-         BENCH_SCALE_CYCLES BENCH_TRACE_CYCLES BENCH_ONLY BENCH_OURS BENCH_REFERENCE BENCH_OUT BENCH_TMPDIR",
+         BENCH_SCALE_CYCLES BENCH_TRACE_CYCLES BENCH_BIGCONF_CYCLES BENCH_ONLY BENCH_OURS BENCH_REFERENCE BENCH_OUT BENCH_TMPDIR",
         PARTS.join(",")
     );
     std::process::exit(2)
@@ -133,6 +136,7 @@ fn parse_opts() -> Res<Opts> {
         scale_cycles: env_usize("BENCH_SCALE_CYCLES")?.unwrap_or(cycles).max(1),
         scale_bridge_cycles: env_usize("BENCH_SCALE_BRIDGE_CYCLES")?.unwrap_or(cycles.min(20)).max(1),
         trace_cycles: env_usize("BENCH_TRACE_CYCLES")?.unwrap_or(cycles).max(1),
+        bigconf_cycles: env_usize("BENCH_BIGCONF_CYCLES")?.unwrap_or(cycles.min(10)).max(1),
         ours: ours.unwrap_or_else(|| "target/release".into()),
         reference: reference.unwrap_or_else(|| "/usr/lib/cni".into()),
         out: out.unwrap_or_else(|| if quick { "target/bench-quick".into() } else { ".".into() }),

@@ -147,6 +147,30 @@ fn targets(r: &Results) -> Vec<Target> {
             met: q.map(|q| q >= 5.0),
         });
     }
+    // A config of 3.9 MiB: decoding it must not cost more than the reference's.
+    for (key, what) in [
+        ("big.hl.add", "host-local ADD"),
+        ("big.br.add", "bridge + host-local ADD"),
+    ] {
+        let row = r.row(key);
+        let q = row.and_then(ref_over_ours);
+        t.push(Target {
+            what: format!(
+                "{what} with a config of 3.9 MiB ({} keys) within 2× of the reference, median vs median",
+                thousands(crate::bench::BIG_KEYS)
+            ),
+            measured: match (row, q) {
+                (Some(row), Some(q)) => format!(
+                    "{} vs {}: ours / reference {:.2}×",
+                    opt_ms(row.samples[0].median()),
+                    opt_ms(row.samples[1].median()),
+                    1.0 / q
+                ),
+                _ => "not measured".into(),
+            },
+            met: q.map(|q| q >= 0.5),
+        });
+    }
     // DEL against the `ip link del` of the same link, in the same cycles.
     if let Some(row) = r.row("br4.del") {
         let o = row.samples[0].median();
@@ -549,6 +573,29 @@ pub fn write(r: &Results) -> Res<()> {
         }
     }
 
+    // A large config.
+    let big: Vec<&Row> = ["big.hl.add", "big.hl.del", "big.br.add", "big.br.del"]
+        .iter()
+        .filter_map(|k| r.row(k))
+        .collect();
+    if !big.is_empty() {
+        let _ = writeln!(
+            out,
+            "## A config of 3.9 MiB\n\n\
+             The host-local and the IPv4 bridge configs of the rows above (their own networks, bridges and \
+             subnets), each with {} more keys in its top-level object, every one a string of 101 bytes that no \
+             plugin knows (as a runtime's annotations could be): 3.9 MiB of valid JSON, under the plugins' 4 MiB \
+             cap. What it adds to a call is the time to read and decode it (bridge and host-local each decode \
+             it); {} cycles.\n",
+            thousands(crate::bench::BIG_KEYS),
+            r.opts.bigconf_cycles
+        );
+        latency_table(&mut out, &big);
+        out.push('\n');
+        for row in &big {
+            failures_note(row, &names, &mut notes);
+        }
+    }
     crate::bench::cnitool::section(&mut out, r);
 
     // Concurrency.
@@ -790,8 +837,8 @@ pub fn write(r: &Results) -> Res<()> {
          delegated to.\n\
          - Options: `BENCH_CYCLES` (default 50), `BENCH_WARMUP` (3), `BENCH_CONC` (64), `BENCH_CONC_ROUNDS` (5), \
          `BENCH_LEASES` (0,1000,10000,50000), `BENCH_SCALE_CYCLES` and `BENCH_TRACE_CYCLES` (default: the cycles), \
-         `BENCH_SCALE_BRIDGE_CYCLES` (20), \
-         `BENCH_ONLY` (a subset of version,host-local,bridge,macvlan,conc,scale,trace,cnitool); `QUICK=1` (or \
+         `BENCH_SCALE_BRIDGE_CYCLES` (20), `BENCH_BIGCONF_CYCLES` (the cycles, at most 10), \
+         `BENCH_ONLY` (a subset of version,host-local,bridge,macvlan,bigconf,conc,scale,trace,cnitool); `QUICK=1` (or \
          `cni-bench --quick`) is a smoke run that writes to `target/bench-quick/` instead of this file. Raw \
          samples of every run: `results.json` under `target/bench/` (or `target/bench-quick/`).\n\n",
     );

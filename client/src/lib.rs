@@ -106,13 +106,10 @@ fn check_name(what: &str, code: u32, s: &str) -> Result<()> {
     if s.is_empty() {
         return Err(Error::new(code, format!("missing {what}")));
     }
-    if !cni::env::valid_container_id(s) {
+    if !cni::env::valid_name(s) {
         return Err(Error::new(
             code,
-            format!(
-                "invalid characters in {what} \"{}\": a letter or digit, then letters, digits, '_', '.' or '-'",
-                s.escape_debug()
-            ),
+            format!("invalid {what} \"{}\": {}", s.escape_debug(), cni::env::NAME_RULE),
         ));
     }
     Ok(())

@@ -283,8 +283,7 @@ fn validate_plugin(r: &mut Report, list: &NetworkConfigList, i: usize, at: &str)
         token: String::new(),
         undo_of: None,
     };
-    let mut version = String::new();
-    let call = match cni::skel::parse_call(env, stdin.clone(), &mut version) {
+    let call = match cni::skel::parse_call(env, stdin.clone()) {
         Ok(c) => c,
         Err(e) => {
             if matches!(
@@ -340,11 +339,8 @@ fn lint_file(ctx: &Ctx, file: &Path, r: &mut Report) {
     if let Err(e) = cni::version::Version::of_config(&list.cni_version) {
         r.error(format!("cniVersion: {e}"));
     }
-    if !cni::env::valid_container_id(&list.name) {
-        r.error(format!(
-            "name \"{}\": a network name is a letter or digit, then letters, digits, '_', '.' or '-'",
-            list.name.escape_debug()
-        ));
+    if let Err(e) = cni::env::check_network_name(&list.name) {
+        r.error(format!("name: {e}"));
     }
     let raw_plugins: Vec<&Map<String, Value>> = if is_list {
         if let Some(obj) = value.as_object() {

@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     });
     match env {
         Ok(env) => {
-            assert!(cni::env::valid_container_id(&env.container_id));
+            assert!(cni::env::valid_name(&env.container_id));
             assert!(cni::env::check_ifname(&env.ifname).is_ok());
             assert!(!env.container_id.contains('/') && !env.ifname.contains('/'));
         }

@@ -3,6 +3,7 @@
 #![no_main]
 
 use cni::env::Command;
+use cni::teardown::Teardown;
 use cni_fuzz::bridge_config::{BridgeConf, BridgeTeardown};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => cni_fuzz::check_error(&e, &[4, 6, 7]),
         }
         if command == Command::Del {
-            if let Err(e) = BridgeTeardown::decode(&call) {
+            if let Err(e) = BridgeTeardown::decode(&call.stdin) {
                 panic!("DEL refused a config the skeleton took: {e}");
             }
         }

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
                 // Asking the set about addresses must not panic.
                 let _ = set.contains(set.ranges[0].range_end);
             }
-            assert!(cni::env::valid_container_id(&c.name));
+            assert!(cni::env::valid_name(&c.name));
             for req in &c.requested {
                 let _ = c.range_sets.iter().any(|s| s.contains(req.ip));
             }

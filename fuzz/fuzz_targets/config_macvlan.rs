@@ -3,6 +3,7 @@
 #![no_main]
 
 use cni::env::Command;
+use cni::teardown::Teardown;
 use cni_fuzz::macvlan_config::{MacvlanConf, MacvlanTeardown};
 use libfuzzer_sys::fuzz_target;
 
@@ -23,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => cni_fuzz::check_error(&e, &[4, 6, 7]),
     }
     if let Ok(del) = cni_fuzz::call(Command::Del, stdin, &args) {
-        if let Err(e) = MacvlanTeardown::decode(&del) {
+        if let Err(e) = MacvlanTeardown::decode(&del.stdin) {
             panic!("DEL refused a config the skeleton took: {e}");
         }
     }

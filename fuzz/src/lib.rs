@@ -2,7 +2,7 @@
 //! have no library target; included here by path, unchanged), and a call built as the
 //! skeleton builds it.
 
-use cni::env::{Command, Env};
+use cni::env::Command;
 use cni::{Call, Error};
 
 /// The bridge plugin's config module.
@@ -29,24 +29,13 @@ pub fn split_args(data: &[u8]) -> (String, &[u8]) {
 /// The call the skeleton would make of `stdin` for `command`, with a valid environment; the
 /// skeleton's own error otherwise (which must be one of its codes).
 pub fn call(command: Command, stdin: &[u8], args: &str) -> Result<Call, Error> {
-    let env = Env::from_lookup(command, |k| {
-        Some(
-            match k {
-                "CNI_CONTAINERID" => "c1",
-                "CNI_NETNS" => "/run/netns/x",
-                "CNI_IFNAME" => "eth0",
-                "CNI_PATH" => "/opt/cni/bin",
-                "CNI_ARGS" => args,
-                _ => return None,
-            }
-            .to_string(),
-        )
-    })
-    .expect("a valid environment");
-    let mut v = String::new();
-    let r = cni::skel::parse_call(env, stdin.to_vec(), &mut v);
+    let r = cni::skel::test_call(command, stdin, args);
     if let Err(e) = &r {
-        assert!(matches!(e.code(), 1 | 6 | 7), "parse_call gave code {}: {e}", e.code());
+        assert!(
+            matches!(e.code(), 1 | 4 | 6 | 7),
+            "parse_call gave code {}: {e}",
+            e.code()
+        );
         assert!(!e.to_string().is_empty());
     }
     r
@@ -58,4 +47,59 @@ pub fn check_error(e: &Error, codes: &[u32]) {
     let j = e.to_json("1.0.0");
     assert_eq!(j["code"], e.code());
     assert!(!e.to_string().is_empty(), "empty message for code {}", e.code());
+}
+
+/// A JSON integer literal made from fuzz bytes (canonical: no leading zeros, no `-0`), of any
+/// size: an `i64` or `i128` of the bytes, a number near a boundary that integer keys have (a
+/// type's, a range's, 2^32 + 1500), or a run of up to 64 digits.
+pub fn integer_literal(data: &[u8]) -> String {
+    let Some((&mode, rest)) = data.split_first() else {
+        return "0".into();
+    };
+    let mut bytes = [0u8; 16];
+    for (b, r) in bytes.iter_mut().zip(rest) {
+        *b = *r;
+    }
+    match mode % 4 {
+        0 => i128::from_le_bytes(bytes).to_string(),
+        1 => i64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")).to_string(),
+        2 => {
+            const BASES: [i128; 17] = [
+                0,
+                1,
+                67,
+                68,
+                255,
+                256,
+                4094,
+                4095,
+                65535,
+                65536,
+                1 << 31,
+                1 << 32,
+                (1 << 32) + 1500,
+                99_999_999_999,
+                1 << 63,
+                1 << 64,
+                1 << 127,
+            ];
+            let base = BASES[bytes[0] as usize % BASES.len()];
+            let delta = i128::from(i16::from_le_bytes([bytes[1], bytes[2]]) % 4);
+            let v = base.saturating_add(delta);
+            if bytes[3] & 1 == 1 {
+                v.saturating_neg().to_string()
+            } else {
+                v.to_string()
+            }
+        }
+        _ => {
+            let digits: String = rest.iter().take(64).map(|b| char::from(b'0' + b % 10)).collect();
+            let digits = digits.trim_start_matches('0');
+            match (digits.is_empty(), mode & 4 == 4) {
+                (true, _) => "0".into(),
+                (false, true) => format!("-{digits}"),
+                (false, false) => digits.into(),
+            }
+        }
+    }
 }

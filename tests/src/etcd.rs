@@ -35,6 +35,8 @@ pub struct Cluster {
     token: String,
     dir: TempDir,
     addr: String,
+    /// More flags for every member.
+    flags: Vec<String>,
 }
 
 /// Ports nobody listens on now (in this namespace).
@@ -60,6 +62,16 @@ impl Cluster {
     /// Starts `n` members inside `ns` listening on `addr`, an address of that namespace the
     /// test gave it (127.0.0.1 in the test's own namespace).
     pub fn start_on(n: usize, ns: Option<&Netns>, addr: &str, tls: Option<Tls>) -> Cluster {
+        Self::start_full(n, ns, addr, tls, &[])
+    }
+
+    /// Starts `n` members in this test's namespace, each with `flags` besides the usual ones
+    /// (e.g. `--quota-backend-bytes`).
+    pub fn start_with_flags(n: usize, flags: &[&str]) -> Cluster {
+        Self::start_full(n, None, "127.0.0.1", None, flags)
+    }
+
+    fn start_full(n: usize, ns: Option<&Netns>, addr: &str, tls: Option<Tls>, flags: &[&str]) -> Cluster {
         // A port picked here may be taken by someone else before etcd binds it: a member that
         // exits at once means another try with other ports.
         for attempt in 0..3 {
@@ -84,6 +96,7 @@ impl Cluster {
                 token: crate::unique_name("etcd-"),
                 dir: TempDir::new("etcd"),
                 addr: addr.to_string(),
+                flags: flags.iter().map(|f| f.to_string()).collect(),
             };
             for i in 0..n {
                 c.start_member(i);
@@ -169,7 +182,8 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-state", "new", "--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
-            .args(["--log-level", "warn", "--logger", "zap"]);
+            .args(["--log-level", "warn", "--logger", "zap"])
+            .args(&self.flags);
         if let Some(t) = &self.tls {
             cmd.arg("--cert-file")
                 .arg(&t.cert)
@@ -206,9 +220,21 @@ impl Cluster {
         self.endpoints()[i].clone()
     }
 
-    /// Runs etcdctl against the members given (all when empty).
+    /// Runs etcdctl against the members given (all running ones when empty).
     pub fn etcdctl(&self, eps: &[String], args: &[&str]) -> std::process::Output {
-        let eps = if eps.is_empty() { self.endpoints() } else { eps.to_vec() };
+        let running: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| format!("{}://{}:{}", self.scheme(), self.addr, m.client))
+            .collect();
+        let eps = if !eps.is_empty() {
+            eps.to_vec()
+        } else if running.is_empty() {
+            self.endpoints()
+        } else {
+            running
+        };
         let mut cmd = self.command("etcdctl");
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", eps.join(",")))
@@ -307,12 +333,129 @@ impl Cluster {
 
     /// Puts `value` at `key`.
     pub fn put(&self, key: &str, value: &str) {
-        let out = self.etcdctl(&[], &["put", key, value]);
+        let out = self.try_put(key, value);
         assert!(
             out.status.success(),
             "etcdctl put: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Puts `value` at `key`; etcdctl's output, whether it succeeded or not.
+    pub fn try_put(&self, key: &str, value: &str) -> std::process::Output {
+        self.etcdctl(&[], &["put", key, value])
+    }
+}
+
+/// A key as `etcdctl get -w json` gives it.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    pub key: String,
+    pub value: String,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+fn base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+impl Cluster {
+    /// Every key under `prefix` with its value and revisions (one linearizable read).
+    pub fn kvs(&self, prefix: &str) -> Vec<Kv> {
+        let out = self.etcdctl(&[], &["get", "--prefix", prefix, "-w", "json"]);
+        assert!(
+            out.status.success(),
+            "etcdctl get: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("etcdctl -w json");
+        let text = |x: &serde_json::Value| String::from_utf8_lossy(&base64(x.as_str().unwrap_or(""))).into_owned();
+        v["kvs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|kv| Kv {
+                        key: text(&kv["key"]),
+                        value: text(&kv["value"]),
+                        create_revision: kv["create_revision"].as_i64().unwrap_or(0),
+                        mod_revision: kv["mod_revision"].as_i64().unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The leases of network `net` under `prefix` (by readable address), after checking that
+    /// the lease keys and both indexes agree: every lease has its attachment and host entries,
+    /// with the same value, written in the same transaction; every index entry has its lease.
+    pub fn leases(&self, prefix: &str, net: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        use std::collections::BTreeMap;
+        let base = format!("{prefix}/{net}/");
+        let kvs = self.kvs(&base);
+        let mut leases: BTreeMap<String, &Kv> = BTreeMap::new();
+        let mut att: BTreeMap<String, &Kv> = BTreeMap::new();
+        let mut host: BTreeMap<String, &Kv> = BTreeMap::new();
+        for kv in &kvs {
+            let rest = &kv.key[base.len()..];
+            if rest.starts_with("ip4/") || rest.starts_with("ip6/") {
+                leases.insert(rest.to_string(), kv);
+            } else if let Some(r) = rest.strip_prefix("att/") {
+                att.insert(r.to_string(), kv);
+            } else if let Some(r) = rest.strip_prefix("host/") {
+                host.insert(r.to_string(), kv);
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (addr, kv) in &leases {
+            let l: serde_json::Value = serde_json::from_str(&kv.value).unwrap_or_else(|e| panic!("{}: {e}", kv.key));
+            let ip = l["ip"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{} has no ip: {}", kv.key, kv.value));
+            let id = l["containerId"].as_str().unwrap();
+            let ifname = l["ifname"].as_str().unwrap_or("");
+            let h = l["host"].as_str().unwrap();
+            let a = att
+                .remove(&format!("{id}/{ifname}/{addr}"))
+                .unwrap_or_else(|| panic!("lease {} has no attachment index entry", kv.key));
+            let o = host
+                .remove(&format!("{h}/{addr}"))
+                .unwrap_or_else(|| panic!("lease {} has no host index entry", kv.key));
+            for e in [a, o] {
+                assert_eq!(e.value, kv.value, "{} disagrees with {}", e.key, kv.key);
+                assert_eq!(
+                    e.mod_revision, kv.mod_revision,
+                    "{} written apart from {}",
+                    e.key, kv.key
+                );
+            }
+            out.insert(ip.to_string(), l);
+        }
+        assert!(
+            att.is_empty(),
+            "attachment index entries without a lease: {:?}",
+            att.keys()
+        );
+        assert!(host.is_empty(), "host index entries without a lease: {:?}", host.keys());
+        out
     }
 }
 

@@ -56,9 +56,20 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Whether this is a CI run (`CI` set and not empty/`false`/`0`).
+/// Whether this is a CI run (`CI` set and not empty/`false`/`0`), judged as the plugins'
+/// own tests judge it ([`cni::env::ProcessFlags::ci`]).
 pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+    cni::env::process_flags().ci
+}
+
+/// Says that the running test is skipped, and why, where a person sees it: past the test
+/// harness's capture of its output, which shows a passing test's `eprintln!` never. In CI
+/// ([`in_ci`]) the test fails instead.
+#[track_caller]
+pub fn skip_notice(why: &str) {
+    let test = std::thread::current().name().unwrap_or("this test").to_string();
+    assert!(!in_ci(), "{test}: {why} (CI is set, so this fails instead of skipping)");
+    cni::log!("\n*** SKIPPED {test}: {why} ***\n");
 }
 
 /// The workspace root (the parent of this crate).
@@ -128,11 +139,11 @@ pub fn reference_bin(name: &str) -> Option<PathBuf> {
         "reference plugin {} is missing in CI: `apt-get install containernetworking-plugins` (make deps)",
         p.display()
     );
-    eprintln!(
-        "\n*** SKIPPED: reference plugin {} is not installed (apt-get install containernetworking-plugins); \
-         this differential test did not run ***\n",
+    skip_notice(&format!(
+        "reference plugin {} is not installed (apt-get install containernetworking-plugins); \
+         this differential test did not run",
         p.display()
-    );
+    ));
     None
 }
 
@@ -717,6 +728,107 @@ pub fn assert_no_failures(failures: Vec<String>) {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The global addresses of `dev` in `ns`, without prefix, IPv4 first.
+pub fn global_addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    let out = ns.exec(&["ip", "-j", "addr", "show", "dev", dev]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut a: Vec<String> = v[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["scope"] == "global")
+                .filter_map(|i| i["local"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    a.sort_by_key(|s| s.contains(':'));
+    a
+}
+
+/// A round of ADDs of one attachment at once (a runtime that retries while its first call
+/// still runs), checked by [`concurrent_adds_of_one_attachment`].
+pub struct SameAttachment<'a> {
+    /// Names the round in messages.
+    pub what: &'a str,
+    pub host: &'a Netns,
+    /// `bridge`, `macvlan` (one interface is checked) or `host-local`.
+    pub plugin: &'a str,
+    pub conf: &'a Value,
+    /// The attachment's container id (its ifname is `eth0`).
+    pub id: &'a str,
+    /// How many ADDs at once.
+    pub n: usize,
+    /// How many leases (one per family) the attachment must hold.
+    pub families: usize,
+}
+
+/// Runs `round.n` ADDs of the attachment into a new container at once and checks the outcome:
+/// every losing ADD is code 103, one interface whose addresses are exactly the leases naming
+/// the attachment (`leased(id)`: the store's, IPv4 first), one per family, every successful ADD
+/// reporting them; then a DEL frees them and removes the interface.
+pub fn concurrent_adds_of_one_attachment(round: &SameAttachment, leased: impl Fn(&str) -> Vec<String>) {
+    let SameAttachment {
+        what,
+        host,
+        plugin,
+        conf,
+        id,
+        n,
+        families,
+    } = *round;
+    let ctr = Netns::new();
+    let calls: Vec<Running> = (0..n)
+        .map(|_| Cni::call(plugin, host, "ADD", id, Some(&ctr.path()), conf).spawn())
+        .collect();
+    let outs: Vec<Output> = calls
+        .into_iter()
+        .map(|c| c.wait_within(std::time::Duration::from_secs(30)))
+        .collect();
+    for o in &outs {
+        if !o.success() {
+            assert_eq!(o.error_code(), Some(103), "{what}: a losing ADD: {}", o.error_msg());
+        }
+    }
+    assert!(outs.iter().any(|o| o.success()), "{what}: no ADD succeeded");
+    let held = leased(id);
+    assert_eq!(
+        held.len(),
+        families,
+        "{what}: one lease per family names the attachment: {held:?}"
+    );
+    if plugin != "host-local" {
+        let links: Vec<String> = ctr.links().into_iter().filter(|l| l != "lo").collect();
+        assert_eq!(links.len(), 1, "{what}: one interface: {links:?}");
+        assert_eq!(
+            global_addrs(&ctr, "eth0"),
+            held,
+            "{what}: the interface's addresses are leased to it"
+        );
+    }
+    for o in outs.iter().filter(|o| o.success()) {
+        let got: Vec<String> = o.expect_ok()["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .map(|i| {
+                i["address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(got, held, "{what}: a successful ADD reported the leased addresses");
+    }
+    Cni::call(plugin, host, "DEL", id, Some(&ctr.path()), conf)
+        .run()
+        .expect_ok();
+    assert!(leased(id).is_empty(), "{what}: DEL freed the leases");
+    assert!(!ctr.links().iter().any(|l| l == "eth0"), "{what}: DEL removed eth0");
 }
 
 /// The regular files of `dir` whose names are IP addresses (a host-local lease store), sorted,

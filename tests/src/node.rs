@@ -1,10 +1,19 @@
-//! The state of a test's "node" that a plugin call could change, for before/after
-//! comparisons: a namespace's links, addresses, routes and firewall rules, and a lease store's
-//! files. What changes by itself (IPv6 link-local addresses during DAD, counters) is dropped.
+//! The state of a test's "node" that a plugin call could change, in two views:
+//!
+//! - a [`Snapshot`], for before/after comparisons of one node: a namespace's links, addresses,
+//!   routes and firewall rules as `ip`/`iptables`/`nft` print them, and a lease store's files,
+//!   compared line for line;
+//! - the operator's view ([`link_views`], [`addr_views`], [`route_views`], [`sysctl`]): the
+//!   fields an operator compares, from `ip -j`, for comparing two nodes that were set up apart
+//!   (the drop-in tests: ours and the reference's).
+//!
+//! What changes by itself (IPv6 link-local addresses during DAD, counters) is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+use serde_json::{json, Value};
 
 use crate::Netns;
 
@@ -171,4 +180,109 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> String {
         }
     }
     out
+}
+
+// ---- the operator's view (from `ip -j`)
+
+/// `ip -j <args>` inside `ns`, parsed (`Null` when it prints no JSON).
+pub fn ip_json(ns: &Netns, args: &[&str]) -> Value {
+    let mut a = vec!["-j"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ns.ip(&a)).unwrap_or(Value::Null)
+}
+
+/// A link of `ip -j -d link` as an operator compares them.
+pub fn link_view(l: &Value) -> Value {
+    let mut flags: Vec<String> = l["flags"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    flags.sort();
+    json!({
+        "ifname": l["ifname"],
+        "flags": flags,
+        "mtu": l["mtu"],
+        "operstate": l["operstate"],
+        "link_type": l["link_type"],
+        "address": l["address"],
+        "master": l["master"],
+        "kind": l["linkinfo"]["info_kind"],
+        "macvlan_mode": l["linkinfo"]["info_data"]["mode"],
+        "promiscuity": l["promiscuity"],
+    })
+}
+
+/// The links of `ns` ([`link_view`]), veths last.
+pub fn link_views(ns: &Netns) -> Vec<Value> {
+    let mut v: Vec<Value> = ip_json(ns, &["-d", "link", "show"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(link_view)
+        .collect();
+    v.sort_by_key(|l| {
+        l["ifname"].as_str().unwrap_or("").starts_with("veth").to_string() + l["ifname"].as_str().unwrap_or("")
+    });
+    v
+}
+
+/// The addresses of `ns` but the kernel's link-local ones, with their flags (`tentative`
+/// left out).
+pub fn addr_views(ns: &Netns) -> Vec<Value> {
+    let mut out = Vec::new();
+    for l in ip_json(ns, &["addr", "show"]).as_array().cloned().unwrap_or_default() {
+        for a in l["addr_info"].as_array().cloned().unwrap_or_default() {
+            let mut flags: Vec<String> = a
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        // DAD of the kernel's own addresses is a matter of timing.
+                        .filter(|(k, v)| **v == Value::Bool(true) && k.as_str() != "tentative")
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            flags.sort();
+            // Link-local addresses are the kernel's, derived from random MACs.
+            if a["local"].as_str().is_some_and(|x| x.starts_with("fe80:")) {
+                continue;
+            }
+            out.push(json!({
+                "dev": l["ifname"], "family": a["family"], "local": a["local"],
+                "prefixlen": a["prefixlen"], "scope": a["scope"], "broadcast": a["broadcast"],
+                "flags": flags,
+            }));
+        }
+    }
+    out
+}
+
+/// The routes of `ns`, both families, every table, but those of link-local addresses.
+pub fn route_views(ns: &Netns) -> Vec<Value> {
+    let mut out = Vec::new();
+    for fam in ["-4", "-6"] {
+        for r in ip_json(ns, &[fam, "route", "show", "table", "all"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            // The kernel's routes of link-local addresses appear when their DAD is done.
+            if r["dst"].as_str().is_some_and(|x| x.starts_with("fe80:")) {
+                continue;
+            }
+            out.push(json!({
+                "dst": r["dst"], "gateway": r["gateway"], "dev": r["dev"], "protocol": r["protocol"],
+                "scope": r["scope"], "type": r["type"], "table": r["table"], "metric": r["metric"],
+                "prefsrc": r["prefsrc"], "flags": r["flags"],
+            }));
+        }
+    }
+    out
+}
+
+/// `/proc/sys/net/<key>` inside `ns`, trimmed (empty when it does not exist).
+pub fn sysctl(ns: &Netns, key: &str) -> String {
+    let out = ns.exec(&["cat", &format!("/proc/sys/net/{key}")]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

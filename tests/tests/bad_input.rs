@@ -424,7 +424,7 @@ fn common_cases(b: &Bed) -> Vec<Case> {
         case(
             "route mtu negative",
             b.with_ipam(json!({"routes": [{"dst": "0.0.0.0/0", "mtu": -1}]})),
-            err(6, &["routes", "mtu"]),
+            err(7, &["-1 (key \"ipam.routes[0].mtu\")"]),
         ),
         case(
             "dataDir of wrong type",
@@ -828,7 +828,7 @@ fn macvlan_cases(b: &Bed) -> Vec<Case> {
         case(
             "bcqueuelen negative",
             b.with(json!({"bcqueuelen": -5})),
-            err(6, &["bcqueuelen"]),
+            err(7, &["-5 (key \"bcqueuelen\")"]),
         ),
         case(
             "linkInContainer a string",
@@ -959,6 +959,65 @@ fn bad_input(plugin: &'static str) {
         failures.push(format!("[{plugin}] leases at the end: {leases:?}"));
     }
     assert_no_failures(failures);
+}
+
+/// Numbers are refused, never wrapped: every integer key of `plugin` (and the route attributes
+/// of its IPAM), given 2^32 + 1500, 99999999999 or a number beyond 64 bits, fails with code 7
+/// naming the key and the number as written, and nothing is created. (A macvlan `mtu` of
+/// 4294968796 made the link with MTU 1500; 99999999999 was reported as `invalid mtu
+/// 1215752191`; out of their type, `bcqueuelen` and the route attributes were decode errors.)
+fn numbers_out_of_range(plugin: &'static str) {
+    let b = Bed::new(plugin);
+    let route = |k: &str| json!({"ipam": {"routes": [{"dst": "0.0.0.0/0", k: "@N@"}]}});
+    let mut keys: Vec<(String, Value)> = vec![("mtu".into(), json!({"mtu": "@N@"}))];
+    match plugin {
+        "bridge" => {
+            keys.push(("vlan".into(), json!({"vlan": "@N@"})));
+            keys.push((
+                "vlanTrunk[0].minID".into(),
+                json!({"vlanTrunk": [{"minID": "@N@", "maxID": 4094}]}),
+            ));
+            keys.push((
+                "vlanTrunk[0].maxID".into(),
+                json!({"vlanTrunk": [{"minID": 1, "maxID": "@N@"}]}),
+            ));
+            keys.push(("vlanTrunk[0].id".into(), json!({"vlanTrunk": [{"id": "@N@"}]})));
+        }
+        "macvlan" => keys.push(("bcqueuelen".into(), json!({"bcqueuelen": "@N@"}))),
+        _ => unreachable!(),
+    }
+    for k in ["mtu", "advmss", "priority", "table", "scope"] {
+        keys.push((format!("ipam.routes[0].{k}"), route(k)));
+    }
+    let mut cases = Vec::new();
+    for (key, extra) in &keys {
+        let text = merged(&b.conf, extra.clone()).to_string();
+        for lit in ["4294968796", "99999999999", "18446744073709551616", "-4294967297"] {
+            let needle = format!("{lit} (key \"{key}\")");
+            cases.push(case(
+                format!("{key} {lit}"),
+                b.raw(text.replace("\"@N@\"", lit)),
+                err(7, &[&needle]),
+            ));
+        }
+    }
+    let mut failures = run_cases(&b, cases);
+    let name = b.conf["name"].as_str().unwrap();
+    let leases = lease_files(&b.data.join(name));
+    if leases.len() != 1 || leases[0].1 != "c0\r\neth0" {
+        failures.push(format!("[{plugin}] leases at the end: {leases:?}"));
+    }
+    assert_no_failures(failures);
+}
+
+#[test]
+fn numbers_out_of_range_bridge() {
+    numbers_out_of_range("bridge");
+}
+
+#[test]
+fn numbers_out_of_range_macvlan() {
+    numbers_out_of_range("macvlan");
 }
 
 #[test]

@@ -691,7 +691,7 @@ fn bad_input_gives_one_clear_line_and_leaves_nothing() {
     bad["plugins"][0]["mtu"] = json!(20);
     std::fs::write(bed.conf.join("mtu.conflist"), bad.to_string()).unwrap();
     bed.run(&["add", "rsbr-mtu", &p]).fails_with(
-        "add rsbr-mtu: plugin type=\"bridge\" failed (add): code 7: invalid mtu 20: must be 0 (the default) or between 68 and 65535",
+        "add rsbr-mtu: plugin type=\"bridge\" failed (add): code 7: invalid mtu 20 (key \"mtu\"): must be 0 (the default) or between 68 and 65535",
     );
     bad["name"] = json!("rsbr-ipam");
     bad["plugins"][0]["mtu"] = json!(1500);

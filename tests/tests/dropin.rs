@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use cni_tests::node::{addr_views as addrs, ip_json, link_views as links, route_views as routes, sysctl};
 use cni_tests::{bin, lease_files, merge, reference_bin, Cni, Netns, Output, TempDir, REFERENCE_DIR};
 use serde_json::{json, Value};
 
@@ -162,103 +163,6 @@ impl Norm {
             other => other.clone(),
         }
     }
-}
-
-fn ip_json(ns: &Netns, args: &[&str]) -> Value {
-    let mut a = vec!["-j"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&ns.ip(&a)).unwrap_or(Value::Null)
-}
-
-/// A link as an operator compares them.
-fn link_view(l: &Value) -> Value {
-    let mut flags: Vec<String> = l["flags"]
-        .as_array()
-        .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    flags.sort();
-    json!({
-        "ifname": l["ifname"],
-        "flags": flags,
-        "mtu": l["mtu"],
-        "operstate": l["operstate"],
-        "link_type": l["link_type"],
-        "address": l["address"],
-        "master": l["master"],
-        "kind": l["linkinfo"]["info_kind"],
-        "macvlan_mode": l["linkinfo"]["info_data"]["mode"],
-        "promiscuity": l["promiscuity"],
-    })
-}
-
-fn links(ns: &Netns) -> Vec<Value> {
-    let mut v: Vec<Value> = ip_json(ns, &["-d", "link", "show"])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(link_view)
-        .collect();
-    v.sort_by_key(|l| {
-        l["ifname"].as_str().unwrap_or("").starts_with("veth").to_string() + l["ifname"].as_str().unwrap_or("")
-    });
-    v
-}
-
-fn addrs(ns: &Netns) -> Vec<Value> {
-    let mut out = Vec::new();
-    for l in ip_json(ns, &["addr", "show"]).as_array().cloned().unwrap_or_default() {
-        for a in l["addr_info"].as_array().cloned().unwrap_or_default() {
-            let mut flags: Vec<String> = a
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        // DAD of the kernel's own addresses is a matter of timing.
-                        .filter(|(k, v)| **v == Value::Bool(true) && k.as_str() != "tentative")
-                        .map(|(k, _)| k.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            flags.sort();
-            // Link-local addresses are the kernel's, derived from random MACs.
-            if a["local"].as_str().is_some_and(|x| x.starts_with("fe80:")) {
-                continue;
-            }
-            out.push(json!({
-                "dev": l["ifname"], "family": a["family"], "local": a["local"],
-                "prefixlen": a["prefixlen"], "scope": a["scope"], "broadcast": a["broadcast"],
-                "flags": flags,
-            }));
-        }
-    }
-    out
-}
-
-fn routes(ns: &Netns) -> Vec<Value> {
-    let mut out = Vec::new();
-    for fam in ["-4", "-6"] {
-        for r in ip_json(ns, &[fam, "route", "show", "table", "all"])
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            // The kernel's routes of link-local addresses appear when their DAD is done.
-            if r["dst"].as_str().is_some_and(|x| x.starts_with("fe80:")) {
-                continue;
-            }
-            out.push(json!({
-                "dst": r["dst"], "gateway": r["gateway"], "dev": r["dev"], "protocol": r["protocol"],
-                "scope": r["scope"], "type": r["type"], "table": r["table"], "metric": r["metric"],
-                "prefsrc": r["prefsrc"], "flags": r["flags"],
-            }));
-        }
-    }
-    out
-}
-
-fn sysctl(ns: &Netns, key: &str) -> String {
-    let out = ns.exec(&["cat", &format!("/proc/sys/net/{key}")]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// What an operator sees of world `w` after a call that returned `out`.

@@ -3,11 +3,13 @@
 //! has its own host name (a private UTS namespace) and data dir; host-local touches no
 //! interface, so for the store-only tests it runs in this namespace, where the members listen.
 
+mod macvlan_common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cni_tests::etcd::{make_certs, Cluster};
-use cni_tests::{bin, is_root, unique_name, Cni, Output, TempDir};
+use cni_tests::{bin, concurrent_adds_of_one_attachment, is_root, unique_name, Cni, Output, SameAttachment, TempDir};
 use serde_json::{json, Value};
 
 /// One "host": its host name and data dir.
@@ -51,22 +53,14 @@ impl Host {
     }
 }
 
+/// The leases of `net` by address, the indexes checked (see [`Cluster::leases`]).
 fn lease_map(c: &Cluster, prefix: &str, net: &str) -> BTreeMap<String, Value> {
-    let p = format!("{prefix}/{net}/ips/");
-    c.get_prefix(&p)
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k[p.len()..].to_string(),
-                serde_json::from_str(&v).expect("a lease is JSON"),
-            )
-        })
-        .collect()
+    c.leases(prefix, net)
 }
 
 fn skip() -> bool {
     if !is_root() {
-        eprintln!("skipped: needs root");
+        cni_tests::skip_notice("needs root");
         return true;
     }
     false
@@ -171,7 +165,9 @@ fn concurrent_adds_on_two_hosts_never_share_an_address() {
     // Nothing of a lease is left; only the round robin's position (as the disk store's
     // last_reserved_ip files) and each host's boot record (its .boot_id).
     for (k, _) in c.get_prefix(prefix) {
-        let ok = k.starts_with(&format!("{prefix}/lan/last/")) || k.starts_with(&format!("{prefix}/lan/boot/"));
+        let ok = k.starts_with(&format!("{prefix}/lan/last/"))
+            || k.starts_with(&format!("{prefix}/lan/boot/"))
+            || k == format!("{prefix}/lan/layout");
         assert!(ok, "left under the prefix: {k}");
     }
     // The disk store was never used.
@@ -267,6 +263,55 @@ fn gc_is_per_host() {
     assert_eq!(got, want);
 }
 
+/// Issue 19 item 7: a definite refusal is not an unknown outcome. With etcd's NOSPACE alarm
+/// raised (members with a tiny `--quota-backend-bytes`, filled until etcd refuses), an ADD is
+/// refused at once with code 5 and the cause on stdout, instead of being retried until the
+/// deadline and reported as a write of unknown outcome; STATUS is code 50 naming it; a DEL
+/// (only deletes, which etcd allows under the alarm) still frees its leases.
+#[test]
+fn a_full_database_is_refused_at_once() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start_with_flags(3, &["--quota-backend-bytes", "262144"]);
+    let a = Host::new("a");
+    let conf = a.conf(&c, "full", "/t10", json!({}));
+    let timeout = Duration::from_secs(conf["ipam"]["store"]["timeout"].as_u64().unwrap());
+    a.cni("ADD", "f1").config(&conf).run().expect_ok();
+    let big = "x".repeat(48 * 1024);
+    let refused = (0..64)
+        .map(|i| c.try_put(&format!("/fill/{i}"), &big))
+        .find(|out| !out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
+        .expect("etcd never refused a put");
+    assert!(refused.contains("database space exceeded"), "{refused}");
+
+    let t0 = Instant::now();
+    let out = a.cni("ADD", "f2").config(&conf).run();
+    let took = t0.elapsed();
+    let msg = out.expect_error(5);
+    assert!(
+        msg.contains("database space exceeded") && msg.contains("NOSPACE") && msg.contains("alarm disarm"),
+        "{msg}"
+    );
+    assert!(!msg.contains("unknown"), "{msg}");
+    assert!(!out.stderr.contains("checking whether it committed"), "{}", out.stderr);
+    // A bound that tells a refusal from a retry until the deadline, not a speed goal.
+    assert!(
+        took < timeout / 2,
+        "ADD took {took:?} of its {timeout:?}: the refusal was retried"
+    );
+    let msg = a.cni("STATUS", "").config(&conf).run().expect_error(50);
+    assert!(msg.contains("NOSPACE"), "{msg}");
+    let owners: Vec<String> = lease_map(&c, "/t10", "full")
+        .values()
+        .map(|l| l["containerId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(owners, ["f1", "f1"]);
+    a.cni("DEL", "f1").config(&conf).run().expect_ok();
+    assert!(lease_map(&c, "/t10", "full").is_empty());
+}
+
 /// Test 2: the leader is SIGKILLed in the middle of a storm of ADDs: no address twice, every
 /// failure is code 11, and ADDs succeed afterwards.
 #[test]
@@ -321,23 +366,12 @@ fn leader_killed_during_a_storm() {
             assert!(seen.insert(ip.clone()), "{ip} handed out twice (after{i})");
         }
     }
-    let live: Vec<String> = (0..3).filter(|&i| i != leader).map(|i| c.endpoint(i)).collect();
-    let out = c.etcdctl(
-        &live,
-        &["get", "--prefix", "--keys-only", &format!("{prefix}/storm/ips/")],
-    );
-    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    // Every success has its leases (a failed call whose write committed late may add its own).
+    // Every success has its leases (a failed call whose write committed late may add its own),
+    // and the indexes agree with the leases.
+    let leases = lease_map(&c, prefix, "storm");
     for ip in &seen {
         let bare = ip.split('/').next().unwrap();
-        assert!(
-            keys.contains(&format!("{prefix}/storm/ips/{bare}")),
-            "{ip} not in etcd: {keys:?}"
-        );
+        assert!(leases.contains_key(bare), "{ip} not in etcd: {:?}", leases.keys());
     }
 }
 
@@ -934,4 +968,406 @@ fn the_etcd_client_is_a_separate_program() {
     assert!(e.contains("host-local-etcd"), "{e}");
     assert!(lease_map(&c, "/th", "h").is_empty());
     assert!(!data.join("h").exists(), "fell back to the disk store");
+}
+
+/// Issue 21: a network in the layout of the earlier versions (`ips/<address>` keys, written
+/// here by that layout's own code, which this version keeps for networks not migrated yet) is
+/// taken over by `host-local migrate` without loss: its live leases (with both indexes), its
+/// round-robin pointers and its hosts' boot records; interrupted (the marker left at
+/// "migrating"), calls are code 11 and running it again finishes; afterwards every verb works
+/// on the moved leases and the round robin goes on where it was.
+#[test]
+fn migrate_takes_over_a_network_of_the_earlier_layout() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let (prefix, net) = ("/t11", "mig");
+    let conf_a = a.conf(&c, net, prefix, json!({}));
+    let conf_b = b.conf(&c, net, prefix, json!({}));
+    // A lease as the earlier versions wrote it makes the network one of their layout; from
+    // then on, the calls use that layout's code.
+    let old = |ip: &str| format!("{prefix}/{net}/ips/{ip}");
+    c.put(
+        &old("10.10.0.250"),
+        &json!({"containerId": "seed", "ifname": "eth0", "host": b.name, "token": "t0", "time": 1}).to_string(),
+    );
+    let ip4 = |r: &Value| r["ips"][0]["address"].as_str().unwrap().to_string();
+    assert_eq!(
+        ip4(&a.cni("ADD", "a1").config(&conf_a).run().expect_ok()),
+        "10.10.0.2/24"
+    );
+    assert_eq!(
+        ip4(&b.cni("ADD", "b1").config(&conf_b).run().expect_ok()),
+        "10.10.0.3/24"
+    );
+    let r = a
+        .cni("ADD", "a2")
+        .args("IP=10.10.0.77")
+        .config(&conf_a)
+        .run()
+        .expect_ok();
+    assert_eq!(ip4(&r), "10.10.0.77/24");
+    assert_eq!(
+        ip4(&a.cni("ADD", "a3").config(&conf_a).run().expect_ok()),
+        "10.10.0.78/24"
+    );
+    a.cni("DEL", "a3").config(&conf_a).run().expect_ok();
+    let before: BTreeMap<String, String> = c.get_prefix(&format!("{prefix}/{net}/")).into_iter().collect();
+    let old_leases: Vec<&String> = before.keys().filter(|k| k.contains("/ips/")).collect();
+    assert_eq!(old_leases.len(), 7, "{before:?}");
+    assert!(
+        !before.keys().any(|k| k.contains("/ip4/") || k.ends_with("/layout")),
+        "{before:?}"
+    );
+    let pointers: Vec<(&String, &String)> = before
+        .iter()
+        .filter(|(k, _)| k.contains("/last/") || k.contains("/boot/"))
+        .collect();
+    assert_eq!(pointers.len(), 4, "{before:?}");
+
+    // Interrupted after its first step: calls wait (code 11) for it.
+    let marker = format!("{prefix}/{net}/layout");
+    c.put(&marker, "migrating");
+    let e = a.cni("ADD", "a4").config(&conf_a).run().expect_error(11);
+    assert!(e.contains("host-local migrate"), "{e}");
+    let file = a.data.join("mig.conf");
+    std::fs::write(&file, conf_a.to_string()).unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = ops(&["migrate", f]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("resuming the migration; 7 lease(s) left"), "{out}");
+    assert!(out.contains("7 lease(s) moved") && out.ends_with("done\n"), "{out}");
+    let (code, out, _) = ops(&["migrate", f]);
+    assert_eq!(code, 0);
+    assert!(out.contains("already in this layout"), "{out}");
+
+    // Every lease moved, with its owner, host and token; the indexes agree with them.
+    let after: BTreeMap<String, String> = c.get_prefix(&format!("{prefix}/{net}/")).into_iter().collect();
+    assert!(!after.keys().any(|k| k.contains("/ips/")), "{after:?}");
+    assert_eq!(after[&marker], "2");
+    for (k, v) in &pointers {
+        assert_eq!(&&after[*k], v, "{k} changed");
+    }
+    let leases = lease_map(&c, prefix, net);
+    assert_eq!(leases.len(), 7, "{leases:?}");
+    for k in old_leases {
+        let ip = k.rsplit('/').next().unwrap();
+        let was: Value = serde_json::from_str(&before[k]).unwrap();
+        let now = &leases[ip];
+        for field in ["containerId", "ifname", "host", "token", "time"] {
+            assert_eq!(now[field], was[field], "{ip}: {field}");
+        }
+    }
+    // The calls go on: the round robin after its pointer, an ADD again gets its lease back,
+    // CHECK, a DEL from another host, GC on host A only.
+    assert_eq!(
+        ip4(&a.cni("ADD", "a4").config(&conf_a).run().expect_ok()),
+        "10.10.0.79/24"
+    );
+    assert_eq!(
+        ip4(&a.cni("ADD", "a1").config(&conf_a).run().expect_ok()),
+        "10.10.0.2/24"
+    );
+    a.cni("CHECK", "a2").config(&conf_a).run().expect_ok();
+    a.cni("DEL", "b1").config(&conf_a).run().expect_ok();
+    let mut gc = conf_a.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "a2", "ifname": "eth0"}]);
+    a.cni("GC", "").config(&gc).run().expect_ok();
+    let mut owners: Vec<String> = lease_map(&c, prefix, net)
+        .values()
+        .map(|l| l["containerId"].as_str().unwrap().to_string())
+        .collect();
+    owners.sort();
+    assert_eq!(owners, ["a2", "a2", "seed"]);
+    let (code, out, _) = ops(&["leases", f]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(out.lines().nth(2).unwrap().starts_with("10.10.0.250 "), "{out}");
+}
+
+/// Issue 21: a window that fills up under a race. 67 of the 100 addresses of the range are
+/// held, 65 of them in one block from the start (more than a first window of keys holds,
+/// with the free ones after it), then 40 ADDs race from two hosts for the 33 free ones: each
+/// free address goes to exactly one call, the other 7 calls are code 102, and the indexes
+/// agree with the leases.
+#[test]
+fn a_window_that_fills_up_under_a_race() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let (prefix, net) = ("/t12", "win");
+    let extra = json!({"ipam": {"ranges": [[{"subnet": "10.12.0.0/24", "rangeStart": "10.12.0.10", "rangeEnd": "10.12.0.109"}]]}});
+    let hosts = [
+        (&a, a.conf(&c, net, prefix, extra.clone())),
+        (&b, b.conf(&c, net, prefix, extra)),
+    ];
+    // 70 one after the other (concurrently: the order does not matter), then three go.
+    let running: Vec<_> = (0..70)
+        .map(|i| {
+            let (h, conf) = &hosts[i % 2];
+            h.cni("ADD", &format!("p{i}"))
+                .args(&format!("IP=10.12.0.{}", 10 + i))
+                .config(conf)
+                .spawn()
+        })
+        .collect();
+    for r in running {
+        r.wait().expect_ok();
+    }
+    for i in [65, 66, 67] {
+        let (h, conf) = &hosts[i % 2];
+        h.cni("DEL", &format!("p{i}")).config(conf).run().expect_ok();
+    }
+    assert_eq!(lease_map(&c, prefix, net).len(), 67);
+    let running: Vec<_> = (0..40)
+        .map(|i| {
+            let (h, conf) = &hosts[i % 2];
+            (format!("r{i}"), h.cni("ADD", &format!("r{i}")).config(conf).spawn())
+        })
+        .collect();
+    let mut got = HashSet::new();
+    let mut full = 0;
+    for (id, r) in running {
+        let out = r.wait();
+        if out.error_code() == Some(102) {
+            full += 1;
+            continue;
+        }
+        let ip = out.expect_ok()["ips"][0]["address"].as_str().unwrap().to_string();
+        assert!(got.insert(ip.clone()), "{ip} handed out twice ({id})");
+    }
+    assert_eq!((got.len(), full), (33, 7), "{got:?}");
+    let leases = lease_map(&c, prefix, net);
+    assert_eq!(leases.len(), 100);
+    for ip in ["10.12.0.75", "10.12.0.76", "10.12.0.77", "10.12.0.80", "10.12.0.109"] {
+        assert!(got.contains(&format!("{ip}/24")), "{ip} not handed out: {got:?}");
+        assert!(leases[ip]["containerId"].as_str().unwrap().starts_with('r'), "{ip}");
+    }
+    hosts[0].0.cni("STATUS", "").config(&hosts[0].1).run().expect_error(50);
+}
+
+/// A tiny pseudo-random sequence (the delays of the kills below).
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+/// Issue 21: a lease and its index entries are written and removed in one transaction: with
+/// ADDs and DELs SIGKILLed at random points, the indexes never disagree with the leases
+/// (nothing orphaned), no attachment holds two leases of a family, and the DELs that follow
+/// leave nothing.
+#[test]
+fn the_indexes_survive_calls_killed_at_random_points() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let (a, b) = (Host::new("a"), Host::new("b"));
+    let (prefix, net) = ("/t13", "kill");
+    let hosts = [
+        (&a, a.conf(&c, net, prefix, json!({}))),
+        (&b, b.conf(&c, net, prefix, json!({}))),
+    ];
+    let mut seed = std::process::id() as u64;
+    let kill_some = |cmd: &str, ids: &[String], seed: &mut u64| {
+        let running: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (i, hosts[i % 2].0.cni(cmd, id).config(&hosts[i % 2].1).spawn()))
+            .collect();
+        let t0 = Instant::now();
+        let mut killed = 0;
+        for (i, mut r) in running {
+            if i % 2 == 0 {
+                // A random point of the call: from its start to well into its etcd work.
+                let at = Duration::from_millis(lcg(seed) % 80);
+                while t0.elapsed() < at && r.try_wait().unwrap().is_none() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // SAFETY: kill(2) of our own child, not reaped yet.
+                if r.try_wait().unwrap().is_none() && unsafe { libc::kill(r.id() as i32, libc::SIGKILL) } == 0 {
+                    killed += 1;
+                }
+            }
+            let _ = r.wait_with_output();
+        }
+        killed
+    };
+    let mut killed = 0;
+    for round in 0..3 {
+        let ids: Vec<String> = (0..24).map(|i| format!("k{round}-{i}")).collect();
+        killed += kill_some("ADD", &ids, &mut seed);
+        lease_map(&c, prefix, net);
+        // An ADD again of each attachment: it gets its lease if a killed ADD committed one.
+        for (i, id) in ids.iter().enumerate() {
+            hosts[i % 2].0.cni("ADD", id).config(&hosts[i % 2].1).run().expect_ok();
+        }
+        let leases = lease_map(&c, prefix, net);
+        for id in &ids {
+            let n = leases.values().filter(|l| l["containerId"] == id.as_str()).count();
+            assert_eq!(n, 2, "{id} holds {n} leases");
+        }
+        killed += kill_some("DEL", &ids, &mut seed);
+        lease_map(&c, prefix, net);
+        for (i, id) in ids.iter().enumerate() {
+            hosts[i % 2].0.cni("DEL", id).config(&hosts[i % 2].1).run().expect_ok();
+        }
+        assert!(lease_map(&c, prefix, net).is_empty());
+    }
+    eprintln!("{killed} calls killed");
+    assert!(killed > 0);
+}
+
+/// The leases in etcd naming attachment (`id`, eth0), IPv4 first.
+fn leases_naming(c: &Cluster, (prefix, net): (&str, &str), id: &str) -> Vec<String> {
+    let mut l: Vec<String> = lease_map(c, prefix, net)
+        .into_iter()
+        .filter(|(_, l)| l["containerId"] == id && l["ifname"] == "eth0")
+        .map(|(ip, _)| ip)
+        .collect();
+    l.sort_by_key(|s| s.contains(':'));
+    l
+}
+
+/// Issue 19 item 1a on etcd: a runtime that retries sends ADDs of one attachment at once;
+/// the losers' interface step fails and their plugin undoes its IPAM ADD. The undo releases
+/// only what its own call reserved (the token of the call in the lease, the latest claimant
+/// beside it), never the winner's lease: bridge and macvlan, 2 and 8 at once, 10 rounds each.
+#[test]
+fn concurrent_adds_of_one_attachment_keep_its_lease_on_etcd() {
+    if skip() {
+        return;
+    }
+    let host = cni_tests::Netns::new();
+    let c = Cluster::start_with(3, Some(&host), None);
+    let data = TempDir::new("etcd-1a");
+    let store = json!({"type": "etcd", "endpoints": c.endpoints(), "prefix": "/t14", "timeout": 10});
+    let br = json!({
+        "cniVersion": "1.0.0", "name": "br1a", "type": "bridge", "bridge": "cni1a0", "isGateway": true,
+        "ipam": {"type": "host-local", "dataDir": data.path(), "store": store,
+                 "ranges": [[{"subnet": "10.95.0.0/24"}], [{"subnet": "fd95::/64"}]]}
+    });
+    host.ip(&["link", "add", "m0", "type", "veth", "peer", "name", "m1"]);
+    host.ip(&["link", "set", "m0", "up"]);
+    host.ip(&["link", "set", "m1", "up"]);
+    let mv = json!({
+        "cniVersion": "1.0.0", "name": "mv1a", "type": "macvlan", "master": "m0",
+        "ipam": {"type": "host-local", "dataDir": data.path(), "store": store,
+                 "ranges": [[{"subnet": "10.96.0.0/24"}]]}
+    });
+    for n in [2, 8] {
+        for round in 0..10 {
+            let id = format!("c{n}-{round}");
+            let what = format!("bridge, {n} at once, round {round}");
+            let r = SameAttachment {
+                what: &what,
+                host: &host,
+                plugin: "bridge",
+                conf: &br,
+                id: &id,
+                n,
+                families: 2,
+            };
+            concurrent_adds_of_one_attachment(&r, |id| leases_naming(&c, ("/t14", "br1a"), id));
+            let what = format!("macvlan, {n} at once, round {round}");
+            let r = SameAttachment {
+                what: &what,
+                host: &host,
+                plugin: "macvlan",
+                conf: &mv,
+                id: &id,
+                n,
+                families: 1,
+            };
+            concurrent_adds_of_one_attachment(&r, |id| leases_naming(&c, ("/t14", "mv1a"), id));
+        }
+    }
+    assert!(
+        !data.join("br1a").exists() && !data.join("mv1a").exists(),
+        "fell back to the disk store"
+    );
+}
+
+/// Issue 19 item 1a on etcd, host-local alone with the undo a delegating plugin runs: ADDs of
+/// one attachment at once, each the call of its own token, then the undo of all but one of
+/// them at once: the lease stays, whichever call is the one left; a plain DEL frees it, and
+/// the undo of an ADD that reserved the lease (the last claimant) frees it too.
+#[test]
+fn concurrent_host_local_adds_and_undos_of_one_attachment_on_etcd() {
+    if skip() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let a = Host::new("a");
+    let (prefix, net) = ("/t15", "hl1a");
+    let conf = a.conf(&c, net, prefix, json!({}));
+    let held = |id: &str| -> usize {
+        lease_map(&c, prefix, net)
+            .values()
+            .filter(|l| l["containerId"] == id)
+            .count()
+    };
+    for n in [2, 8] {
+        for round in 0..10 {
+            let id = format!("c{n}-{round}");
+            let tokens: Vec<String> = (0..n).map(|i| format!("tok{i}r{round}n{n}")).collect();
+            let adds: Vec<_> = tokens
+                .iter()
+                .map(|t| a.cni("ADD", &id).env("CNI_RS_ADD_TOKEN", t).config(&conf).spawn())
+                .collect();
+            let outs: Vec<Output> = adds
+                .into_iter()
+                .map(|r| r.wait_within(Duration::from_secs(30)))
+                .collect();
+            let first = outs[0].expect_ok();
+            for o in &outs {
+                assert_eq!(
+                    o.expect_ok()["ips"],
+                    first["ips"],
+                    "every ADD of the attachment got the same lease"
+                );
+            }
+            assert_eq!(
+                held(&id),
+                2,
+                "{n} at once, round {round}: {:?}",
+                lease_map(&c, prefix, net)
+            );
+            let keep = round % n;
+            let undos: Vec<_> = tokens
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != keep)
+                .map(|(_, t)| a.cni("DEL", &id).env("CNI_RS_UNDO_FAILED_ADD", t).config(&conf).spawn())
+                .collect();
+            for u in undos {
+                u.wait_within(Duration::from_secs(30)).expect_ok();
+            }
+            assert_eq!(held(&id), 2, "{n} at once, round {round}: the lease stays");
+            a.cni("DEL", &id).config(&conf).run().expect_ok();
+            assert_eq!(held(&id), 0);
+        }
+    }
+    // The undo of the call that reserved the lease, with no ADD since: it goes.
+    a.cni("ADD", "u1")
+        .env("CNI_RS_ADD_TOKEN", "tu1")
+        .config(&conf)
+        .run()
+        .expect_ok();
+    a.cni("DEL", "u1")
+        .env("CNI_RS_UNDO_FAILED_ADD", "tother")
+        .config(&conf)
+        .run()
+        .expect_ok();
+    assert_eq!(held("u1"), 2, "an undo of another call releases nothing");
+    a.cni("DEL", "u1")
+        .env("CNI_RS_UNDO_FAILED_ADD", "tu1")
+        .config(&conf)
+        .run()
+        .expect_ok();
+    assert_eq!(held("u1"), 0, "the undo of the call that reserved it releases it");
 }

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use cni_tests::{bin, eventually, lease_files, sh, Cni, Netns, Output, Running, TempDir};
+use cni_tests::{
+    bin, concurrent_adds_of_one_attachment, eventually, lease_files, sh, Cni, Netns, Output, Running, SameAttachment,
+    TempDir,
+};
 use serde_json::{json, Value};
 
 /// No plugin call may take anywhere near this long; a call that does has hung.
@@ -21,102 +24,15 @@ const HANG: Duration = Duration::from_secs(20);
 // 1a. Concurrent ADDs of one attachment: the undo of the losers never releases the winner's
 // lease.
 
-/// The leases of `store` that name attachment (`id`, eth0).
+/// The leases of `store` that name attachment (`id`, eth0), IPv4 first.
 fn leases_naming(store: &Path, id: &str) -> Vec<String> {
-    lease_files(store)
+    let mut l: Vec<String> = lease_files(store)
         .into_iter()
         .filter(|(_, c)| c == &format!("{id}\r\neth0"))
         .map(|(ip, _)| ip)
-        .collect()
-}
-
-/// The global addresses of `dev` in `ns`, without prefix, v4 first.
-fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
-    let out = ns.exec(&["ip", "-j", "addr", "show", "dev", dev]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
-    let mut a: Vec<String> = v[0]["addr_info"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|i| i["scope"] == "global")
-                .filter_map(|i| i["local"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    a.sort_by_key(|s| s.contains(':'));
-    a
-}
-
-/// Runs `n` ADDs of attachment (`id`, eth0) into `ctr` at once and checks the outcome: one
-/// interface, whose addresses are exactly the leases naming the attachment (one per family),
-/// every ADD that succeeded reporting them; then a DEL frees them and removes the interface.
-#[allow(clippy::too_many_arguments)]
-fn concurrent_adds(
-    what: &str,
-    host: &Netns,
-    plugin: &str,
-    conf: &Value,
-    store: &Path,
-    id: &str,
-    n: usize,
-    families: usize,
-) {
-    let ctr = Netns::new();
-    let calls: Vec<Running> = (0..n)
-        .map(|_| Cni::call(plugin, host, "ADD", id, Some(&ctr.path()), conf).spawn())
         .collect();
-    let outs: Vec<Output> = calls.into_iter().map(|c| c.wait_within(HANG)).collect();
-    let ok: Vec<&Output> = outs.iter().filter(|o| o.success()).collect();
-    assert!(
-        !ok.is_empty(),
-        "{what}: no ADD succeeded: {:?}",
-        outs.iter().map(|o| o.error_msg()).collect::<Vec<_>>()
-    );
-    for o in &outs {
-        if !o.success() {
-            assert_eq!(o.error_code(), Some(103), "{what}: a losing ADD: {}", o.error_msg());
-        }
-    }
-    let leased = {
-        let mut l = leases_naming(store, id);
-        l.sort_by_key(|s| s.contains(':'));
-        l
-    };
-    assert_eq!(
-        leased.len(),
-        families,
-        "{what}: one lease per family names the attachment: {leased:?}"
-    );
-    if plugin != "host-local" {
-        assert_eq!(
-            ctr.links().iter().filter(|l| l.as_str() != "lo").count(),
-            1,
-            "{what}: one interface: {:?}",
-            ctr.links()
-        );
-        assert_eq!(
-            addrs(&ctr, "eth0"),
-            leased,
-            "{what}: the interface's addresses are leased to it"
-        );
-    }
-    for o in ok {
-        let r = o.expect_ok();
-        let got: Vec<String> = r["ips"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["address"].as_str().unwrap().split('/').next().unwrap().to_string())
-            .collect();
-        assert_eq!(got, leased, "{what}: a successful ADD reported the leased addresses");
-    }
-    Cni::call(plugin, host, "DEL", id, Some(&ctr.path()), conf)
-        .run()
-        .expect_ok();
-    assert!(leases_naming(store, id).is_empty(), "{what}: DEL freed the leases");
-    if plugin != "host-local" {
-        assert!(!ctr.links().iter().any(|l| l == "eth0"), "{what}: DEL removed eth0");
-    }
+    l.sort_by_key(|s| s.contains(':'));
+    l
 }
 
 const ROUNDS: usize = 10;
@@ -132,17 +48,17 @@ fn concurrent_bridge_adds_of_one_attachment_keep_its_lease() {
     });
     for n in [2, 8] {
         for round in 0..ROUNDS {
-            let what = format!("bridge, {n} at once, round {round}");
-            concurrent_adds(
-                &what,
-                &host,
-                "bridge",
-                &conf,
-                &data.join("fltbr"),
-                &format!("c{n}-{round}"),
+            let store = data.join("fltbr");
+            let round = SameAttachment {
+                what: &format!("bridge, {n} at once, round {round}"),
+                host: &host,
+                plugin: "bridge",
+                conf: &conf,
+                id: &format!("c{n}-{round}"),
                 n,
-                2,
-            );
+                families: 2,
+            };
+            concurrent_adds_of_one_attachment(&round, |id| leases_naming(&store, id));
         }
     }
 }
@@ -153,17 +69,17 @@ fn concurrent_macvlan_adds_of_one_attachment_keep_its_lease() {
     let conf = bed.conf(json!({}));
     for n in [2, 8] {
         for round in 0..ROUNDS {
-            let what = format!("macvlan, {n} at once, round {round}");
-            concurrent_adds(
-                &what,
-                &bed.host,
-                "macvlan",
-                &conf,
-                &bed.data.join(&bed.net),
-                &format!("c{n}-{round}"),
+            let store = bed.data.join(&bed.net);
+            let round = SameAttachment {
+                what: &format!("macvlan, {n} at once, round {round}"),
+                host: &bed.host,
+                plugin: "macvlan",
+                conf: &conf,
+                id: &format!("c{n}-{round}"),
                 n,
-                1,
-            );
+                families: 1,
+            };
+            concurrent_adds_of_one_attachment(&round, |id| leases_naming(&store, id));
         }
     }
 }
@@ -218,6 +134,47 @@ fn concurrent_host_local_adds_and_undos_of_one_attachment_keep_its_lease() {
             assert!(leases_naming(&store, &id).is_empty());
         }
     }
+}
+
+/// The pointers and leases of a store.
+fn pointers_and_leases(store: &Path) -> Vec<(String, String)> {
+    let mut v = lease_files(store);
+    for e in std::fs::read_dir(store).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("last_reserved_ip.") {
+            v.push((n, std::fs::read_to_string(e.path()).unwrap()));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A host-local killed right after it moved a round-robin pointer (SIGKILL: no unwinding) is
+/// undone by the plugin that ran it, the pointer included: the record of what the ADD moves is
+/// written before the pointer moves.
+#[test]
+fn a_host_local_killed_after_moving_the_pointer_is_undone_pointer_included() {
+    let host = Netns::new();
+    let data = TempDir::new("flt-kill");
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "fltkill", "type": "bridge", "bridge": "fltkill0", "isGateway": true,
+        "ipam": {"type": "host-local", "dataDir": data.path(),
+                 "ranges": [[{"subnet": "10.97.0.0/24"}], [{"subnet": "fd97::/64"}]]}
+    });
+    let store = data.join("fltkill");
+    let first = Netns::new();
+    Cni::call("bridge", &host, "ADD", "first", Some(&first.path()), &conf)
+        .run()
+        .expect_ok();
+    let before = pointers_and_leases(&store);
+    let ctr = Netns::new();
+    let out = Cni::call("bridge", &host, "ADD", "c1", Some(&ctr.path()), &conf)
+        .env("CNI_RS_FAULT", "host-local:pointer-moved:kill")
+        .spawn()
+        .wait_within(HANG);
+    assert!(!out.success(), "the ADD failed: {:?}", out.stdout);
+    assert_eq!(pointers_and_leases(&store), before, "the store is as before the ADD");
+    assert!(!ctr.links().iter().any(|l| l == "eth0"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,18 +18,7 @@ const STATE_DIR: &str = "/run/cni-rs/macvlan-shim";
 /// The metric of an attachment's host routes, as the README documents it: FNV-1a 32 over
 /// network, container id and ifname, NUL-separated (never 0).
 fn metric(network: &str, id: &str, ifname: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in network
-        .bytes()
-        .chain([0])
-        .chain(id.bytes())
-        .chain([0])
-        .chain(ifname.bytes())
-    {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h.max(1)
+    cni::ids::fnv1a32(&[network.as_bytes(), id.as_bytes(), ifname.as_bytes()]).max(1)
 }
 
 /// A test bed with a network name of its own (the records are keyed by it) whose records are

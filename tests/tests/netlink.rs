@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use cni::netlink::{Link, LinkChange, MacvlanMode, MarkedRoute, NewRoute, Nl, NlError};
+use cni::netlink::{Link, LinkChange, MacvlanMode, MacvlanOptions, MarkedRoute, NewRoute, Nl, NlError};
 use cni_tests::{kernel_has_vlan_filtering, Netns};
 
 /// A private namespace, the facade's socket inside it, and the namespace opened as the
@@ -306,12 +306,12 @@ fn macvlans_are_made_on_a_veth_end() {
     b.nl.add_macvlan(
         "nlmv0",
         m0,
-        MacvlanMode::Private,
-        None,
-        Some(mac),
-        Some(1400),
-        None,
-        &[],
+        &MacvlanOptions {
+            mode: MacvlanMode::Private,
+            mac: Some(mac),
+            mtu: Some(1400),
+            ..Default::default()
+        },
     )
     .unwrap();
     let mv = b.link("nlmv0");
@@ -331,12 +331,13 @@ fn macvlans_are_made_on_a_veth_end() {
     b.nl.add_macvlan(
         "nlmv1",
         m0,
-        MacvlanMode::Source,
-        Some(&other.cni_ns),
-        None,
-        None,
-        Some(64),
-        &allowed,
+        &MacvlanOptions {
+            mode: MacvlanMode::Source,
+            netns: Some(&other.cni_ns),
+            bcqueuelen: Some(64),
+            source_macs: &allowed,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert!(b.nl.link("nlmv1").unwrap().is_none());
@@ -351,12 +352,12 @@ fn macvlans_are_made_on_a_veth_end() {
 
     // The name taken, a master that does not exist.
     assert_errno(
-        b.nl.add_macvlan("nlmv0", m0, MacvlanMode::Bridge, None, None, None, None, &[]),
+        b.nl.add_macvlan("nlmv0", m0, &MacvlanOptions::default()),
         libc::EEXIST,
         "creating macvlan nlmv0",
     );
     assert_errno(
-        b.nl.add_macvlan("nlmv2", 999_999, MacvlanMode::Bridge, None, None, None, None, &[]),
+        b.nl.add_macvlan("nlmv2", 999_999, &MacvlanOptions::default()),
         libc::ENODEV,
         "creating macvlan nlmv2",
     );

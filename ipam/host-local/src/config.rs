@@ -6,7 +6,6 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use cni::env::valid_container_id;
 use cni::teardown::Lenient;
 use cni::version::Version;
 use cni::{Error, Result, Route};
@@ -473,12 +472,7 @@ impl IpamConfig {
                 "missing network name (key \"name\"): host-local keeps its leases in a directory named after it".into(),
             ));
         }
-        if !valid_container_id(&name) {
-            return Err(invalid(format!(
-                "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-                name.escape_debug()
-            )));
-        }
+        cni::env::check_network_name(&name)?;
         let Some(ipam) = n.ipam.required("ipam")?.flatten() else {
             return Err(invalid("IPAM config missing 'ipam' key".into()));
         };
@@ -529,12 +523,7 @@ impl IpamConfig {
                 "missing network name (key \"name\"): host-local keeps its leases in a directory named after it".into(),
             ));
         }
-        if !valid_container_id(&n.name) {
-            return Err(invalid(format!(
-                "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-                n.name.escape_debug()
-            )));
-        }
+        cni::env::check_network_name(&n.name)?;
         let Some(ipam) = n.ipam else {
             return Err(invalid("IPAM config missing 'ipam' key".into()));
         };
@@ -871,6 +860,66 @@ mod tests {
     fn set_keys(base: &mut serde_json::Value, extra: serde_json::Value) {
         for (k, v) in extra.as_object().unwrap() {
             base[k] = v.clone();
+        }
+    }
+
+    /// Every integer key of the `ipam` section (the route attributes): a number the attribute
+    /// holds is taken exactly; any other is code 7 naming the key and the number as written,
+    /// never wrapped. The timeout of the etcd store (seconds, a float) is refused out of its range.
+    #[test]
+    fn numbers_are_refused_never_wrapped() {
+        let conf = |route: &str| {
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","ipam":{{"subnet":"10.1.0.0/24","routes":[{{"dst":"0.0.0.0/0",{route}}}]}}}}"#
+            )
+        };
+        let out_of_range = [
+            "4294968796",
+            "99999999999",
+            "4294967296",
+            "-1",
+            "-4294967297",
+            "18446744073709551616",
+            "99999999999999999999999",
+        ];
+        for (key, max) in [
+            ("mtu", u32::MAX as u64),
+            ("advmss", u32::MAX as u64),
+            ("priority", u32::MAX as u64),
+            ("table", u32::MAX as u64),
+            ("scope", u8::MAX as u64),
+        ] {
+            let above = (max + 1).to_string();
+            for lit in out_of_range.iter().copied().chain([above.as_str()]) {
+                let c = conf(&format!(r#""{key}":{lit}"#));
+                let e = IpamConfig::load(c.as_bytes(), "").unwrap_err();
+                assert_eq!(e.code(), 7, "{c}: {e}");
+                let m = e.to_string();
+                assert!(m.contains(&format!("{lit} (key \"ipam.routes[0].{key}\")")), "{c}: {m}");
+            }
+            let c = conf(&format!(r#""{key}":{max}"#));
+            let r = &IpamConfig::load(c.as_bytes(), "").unwrap().routes[0];
+            let got = match key {
+                "mtu" => r.mtu,
+                "advmss" => r.advmss,
+                "priority" => r.priority,
+                "table" => r.table,
+                _ => r.scope.map(u32::from),
+            };
+            assert_eq!(got.map(u64::from), Some(max), "{key}");
+        }
+        let e = IpamConfig::load(conf(r#""MTU":4294968796"#).as_bytes(), "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid mtu 4294968796 (key \"ipam.routes[0].mtu\"): must be an integer between 0 and 4294967295"
+        );
+        for t in ["4294968796", "99999999999", "0", "-1", "11"] {
+            let c = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","ipam":{{"subnet":"10.1.0.0/24","store":{{"type":"etcd","endpoints":["127.0.0.1:2379"],"host":"h","timeout":{t}}}}}}}"#
+            );
+            let e = IpamConfig::load(c.as_bytes(), "").unwrap_err();
+            assert_eq!(e.code(), 7, "{c}: {e}");
+            assert!(e.to_string().contains(&format!("ipam.store.timeout {t} ")), "{e}");
         }
     }
 

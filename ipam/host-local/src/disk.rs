@@ -40,7 +40,7 @@
 //! Index entries are verified against the lease files they name before they are used.
 //!
 //! **Crash safety of the index.** Index files are rewritten in place, once per call (the
-//! changes are buffered until [`Store::commit`]), and always after the stamp has been made
+//! changes are buffered until [`DiskStore::commit`]), and always after the stamp has been made
 //! invalid in that call (by a change to the network directory, or by truncating `.stamp`). A
 //! crash at any point therefore leaves an index that the next call rebuilds.
 //!
@@ -56,7 +56,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cni::env::valid_container_id;
+use cni::env::valid_name;
 use cni::{Error, Result};
 
 use crate::store::{GcReport, Owner, Store};
@@ -94,7 +94,7 @@ const INDEX_HEADER: &str = "# host-local lease index (not a lease)";
 fn index_key(id: &str, ifname: Option<&str>) -> Option<String> {
     let id = id.trim();
     let key = format!("{id}:{}", ifname.unwrap_or(""));
-    let ok = valid_container_id(id) && key.len() <= 250 && !key.contains('/') && !key.contains('\0');
+    let ok = valid_name(id) && key.len() <= 250 && !key.contains('/') && !key.contains('\0');
     ok.then_some(key)
 }
 
@@ -196,6 +196,8 @@ pub struct DiskStore {
     /// The `last_reserved_ip.<n>` files as they were before this call first rewrote them
     /// (`None`: there was none), and as they were when read in this call.
     prior_last: BTreeMap<usize, Option<Vec<u8>>>,
+    /// The `.last_reserved_undo` this call wrote (before it moved a pointer), if it did.
+    undo_written: Option<String>,
     seen_last: BTreeMap<usize, Option<Vec<u8>>>,
 }
 
@@ -203,9 +205,10 @@ impl DiskStore {
     /// Opens (with `create`, making it if needed) the store of `network` under `data_dir` and
     /// takes its lock. Without `create`, `Ok(None)` when the store does not exist.
     pub fn open(data_dir: &Path, network: &str, create: bool) -> Result<Option<DiskStore>> {
-        if !valid_container_id(network) || network.len() > 200 {
+        cni::env::check_network_name(network)?;
+        if network.len() > 200 {
             return Err(Error::invalid_config(format!(
-                "invalid network name \"{}\": must start with a letter or digit, hold only letters, digits, '_', '.' and '-', and be at most 200 bytes",
+                "invalid network name \"{}\": the lease store takes at most 200 bytes",
                 network.escape_debug()
             )));
         }
@@ -243,14 +246,9 @@ impl DiskStore {
         let locked = cni::lockfile::lock_within(&lock, LOCK_WAIT)
             .map_err(|e| io_err(format!("locking {}/{LOCK_FILE}", path.display()), e))?;
         if !locked {
-            let holders = cni::lockfile::flock_holders(&lock);
-            let by = match holders.as_slice() {
-                [] => String::new(),
-                pids => format!(
-                    " by pid {}",
-                    pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            };
+            let by = cni::lockfile::held_by(&lock)
+                .map(|p| format!(" by {p}"))
+                .unwrap_or_default();
             return Err(Error::try_again_later(format!(
                 "the lease store {} is locked{by} for more than {}s ({LOCK_FILE}): another call holds it and does not finish (stopped or hung?)",
                 path.display(),
@@ -273,6 +271,7 @@ impl DiskStore {
             tmp: None,
             counter: 0,
             prior_last: BTreeMap::new(),
+            undo_written: None,
             seen_last: BTreeMap::new(),
         };
         store.complete = store.stamp_matches();
@@ -280,9 +279,52 @@ impl DiskStore {
         Ok(Some(store))
     }
 
+    /// Finishes the bookkeeping of the call (the lease index); the lock is released when the
+    /// store is dropped.
+    pub fn commit(&mut self) -> Result<()> {
+        self.drop_tmp();
+        if self.index.is_none() || !self.dir_changed {
+            return Ok(());
+        }
+        if !self.complete {
+            // The directory changed in a call that did not need the index (a first call, a
+            // static address): bring the index up to date now, once.
+            if let Err(e) = self.ensure_index() {
+                cni::log!("host-local: rebuilding the lease index: {e}");
+                return Ok(());
+            }
+        }
+        let r = self.flush_index().and_then(|_| self.write_stamp());
+        if let Err(e) = r {
+            self.note_index_error(e);
+        }
+        self.dir_changed = false;
+        Ok(())
+    }
+
     /// The network directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every lease of the store with its owner and the time it was written (its mtime, in
+    /// seconds), sorted by address; empty leases are left out. The operators' read of an
+    /// on-disk store (`host-local leases`, `import`): under the store's lock and through its
+    /// descriptor, like every read of the store.
+    pub fn leases(&self) -> Result<Vec<(IpAddr, Owner, Option<u64>)>> {
+        let mut v = Vec::new();
+        for (ip, content) in self.scan()? {
+            let Some(owner) = Owner::parse(&content) else { continue };
+            let mtime = self
+                .dir
+                .stat_at(&lease_name(ip))
+                .ok()
+                .flatten()
+                .and_then(|s| u64::try_from(s.mtime.0).ok());
+            v.push((ip, owner, mtime));
+        }
+        v.sort_by_key(|(ip, _, _)| *ip);
+        Ok(v)
     }
 
     /// Whether the index is known complete (for tests and diagnostics).
@@ -638,12 +680,19 @@ impl Store for DiskStore {
                 None => self.dir.read_small(&last, 256).ok().flatten(),
             };
             self.prior_last.insert(range_set, before);
+            // The record of what this ADD moves goes first: an ADD killed right after the
+            // pointer moved is undone with it, pointer included.
+            if let Err(e) = self.write_undo_record(id, ifname) {
+                let _ = self.dir.unlink(&name);
+                return Err(e);
+            }
         }
         if let Err(e) = self.write_bookkeeping(&last, name.as_bytes()) {
             // Fail whole: no lease without its bookkeeping.
             let _ = self.dir.unlink(&name);
             return Err(io_err(format!("writing {}/{last}", self.path.display()), e));
         }
+        cni::fault::point("host-local:pointer-moved");
         self.hint_add(id, Some(ifname), ip);
         Ok(true)
     }
@@ -843,25 +892,11 @@ impl Store for DiskStore {
         DiskStore::release_for_undo(self, id, ifname, token)
     }
 
-    fn commit(&mut self) -> Result<()> {
-        self.drop_tmp();
-        if self.index.is_none() || !self.dir_changed {
-            return Ok(());
-        }
-        if !self.complete {
-            // The directory changed in a call that did not need the index (a first call, a
-            // static address): bring the index up to date now, once.
-            if let Err(e) = self.ensure_index() {
-                cni::log!("host-local: rebuilding the lease index: {e}");
-                return Ok(());
-            }
-        }
-        let r = self.flush_index().and_then(|_| self.write_stamp());
-        if let Err(e) = r {
-            self.note_index_error(e);
-        }
-        self.dir_changed = false;
-        Ok(())
+    /// `f` once, under the lock this store holds since it was opened; then the bookkeeping.
+    fn transact(&mut self, f: &mut dyn FnMut(&mut dyn Store) -> Result<()>) -> Result<()> {
+        let r = f(self);
+        let c = self.commit();
+        r.and(c)
     }
 }
 
@@ -985,11 +1020,48 @@ impl DiskStore {
                 )
             })?;
         }
+        // The record written before the pointers moved has nothing left to undo.
+        if self.undo_written.take().is_some() {
+            match self.dir.unlink(UNDO_FILE) {
+                Ok(()) => self.changed(),
+                Err(e) if sys::is_not_found(&e) => {}
+                Err(e) => return Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of the pointers this ADD of (`id`, `ifname`) moved and what they held before.
+    fn undo_text(&self, id: &str, ifname: &str) -> String {
+        let mut text = format!("{UNDO_HEADER}\nattachment {id} {ifname}\n");
+        for (set, before) in &self.prior_last {
+            let before = match before {
+                Some(b) => String::from_utf8_lossy(b).trim().to_string(),
+                None => "-".into(),
+            };
+            // `before` may be anything a person wrote there: it is restored only if it is an
+            // address (or absent), as the reference reads nothing else.
+            text.push_str(&format!("{set} {before}\n"));
+        }
+        text
+    }
+
+    /// Writes [`DiskStore::undo_text`] as `.last_reserved_undo` unless this call wrote it so.
+    fn write_undo_record(&mut self, id: &str, ifname: &str) -> Result<()> {
+        let text = self.undo_text(id, ifname);
+        if self.undo_written.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        self.write_bookkeeping(UNDO_FILE, text.as_bytes())
+            .map_err(|e| io_err(format!("writing {}/{UNDO_FILE}", self.path.display()), e))?;
+        self.undo_written = Some(text);
         Ok(())
     }
 
     /// After a successful ADD of (`id`, `ifname`): records the pointers it moved and what they
     /// held before, replacing the record of an earlier ADD (also when this one moved none).
+    /// The record is written before the first pointer moves (see [`Store::reserve`]); this
+    /// writes it only if it has changed since.
     pub fn record_add(&mut self, id: &str, ifname: &str) -> Result<()> {
         if self.prior_last.is_empty() {
             return match self.dir.unlink(UNDO_FILE) {
@@ -1001,18 +1073,7 @@ impl DiskStore {
                 Err(e) => Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
             };
         }
-        let mut text = format!("{UNDO_HEADER}\nattachment {id} {ifname}\n");
-        for (set, before) in &self.prior_last {
-            let before = match before {
-                Some(b) => String::from_utf8_lossy(b).trim().to_string(),
-                None => "-".into(),
-            };
-            // `before` may be anything a person wrote there: it is restored only if it is an
-            // address (or absent), as the reference reads nothing else.
-            text.push_str(&format!("{set} {before}\n"));
-        }
-        self.write_bookkeeping(UNDO_FILE, text.as_bytes())
-            .map_err(|e| io_err(format!("writing {}/{UNDO_FILE}", self.path.display()), e))
+        self.write_undo_record(id, ifname)
     }
 
     /// DEL of a failed ADD of (`id`, `ifname`) that released `released`: puts back each pointer
@@ -1102,11 +1163,13 @@ mod tests {
         assert_eq!(std::fs::read(net.join("fd00::2")).unwrap(), b"c1\r\neth0");
         assert_eq!(std::fs::read(net.join("last_reserved_ip.0")).unwrap(), b"10.1.0.2");
         assert_eq!(std::fs::read(net.join("last_reserved_ip.1")).unwrap(), b"fd00::2");
-        // No temp file is left, and nothing is writable by others.
+        // No temp file is left, and nothing is writable by others; the record of the moved
+        // pointers is written before they move.
         assert_eq!(
             names(&net),
             [
                 ".by-id",
+                ".last_reserved_undo",
                 "10.1.0.2",
                 "fd00::2",
                 "last_reserved_ip.0",

@@ -12,6 +12,8 @@
 //! }
 //! ```
 //!
+//! This module reads the config; [`handover`] links the store in or hands the call over.
+//!
 //! **The etcd client is not in this binary.** It (tonic, prost, rustls) would nearly double the
 //! file that every bridge, macvlan and host-local call starts, on the disk path too. It lives in
 //! [`HELPER`] (`ipam/host-local-etcd`), a complete host-local with the etcd store linked in
@@ -20,15 +22,12 @@
 //! itself when it runs as its own process, as the delegated child when bridge or macvlan would
 //! have run it in-process. The disk path pays one substring search of the config.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cni::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
-
-use crate::store::Store;
 
 /// Where keys live unless `ipam.store.prefix` says otherwise.
 pub const DEFAULT_PREFIX: &str = "/cni-rs/host-local";
@@ -201,121 +200,8 @@ impl EtcdConfig {
     }
 }
 
-/// The program with the etcd client linked in: a complete host-local, installed beside it.
-pub const HELPER: &str = "host-local-etcd";
-
-/// Opens a network's etcd store: `(config, network name)`.
-pub type Opener = fn(&EtcdConfig, &str) -> Result<Box<dyn Store>>;
-
-static OPENER: OnceLock<Opener> = OnceLock::new();
-
-/// Links the etcd store into this program ([`HELPER`]'s `main` does).
-pub fn register(open: Opener) {
-    let _ = OPENER.set(open);
-}
-
-/// Opens the etcd store with the registered [`Opener`]. A program without one never gets
-/// here for a config it recognised (it hands the call over first); one that did not recognise
-/// the config as etcd's (an escaped `"type"`) gets a clear error.
-pub fn open(conf: &EtcdConfig, network: &str) -> Result<Box<dyn Store>> {
-    match OPENER.get() {
-        Some(open) => open(conf, network),
-        None => Err(Error::invalid_config(format!(
-            "ipam.store selects etcd, whose client is in {HELPER}, not in this host-local: write \"type\": \"etcd\" plainly"
-        ))),
-    }
-}
-
-/// Whether this program has the etcd store linked in.
-pub fn linked() -> bool {
-    OPENER.get().is_some()
-}
-
-/// Whether the config on stdin selects the etcd store (`ipam.store.type` `"etcd"`, keys
-/// matched as everywhere, Go's way). Without the word in it, this is a substring search.
-pub fn selects_etcd(stdin: &[u8]) -> bool {
-    if !stdin.windows(4).any(|w| w == b"etcd") {
-        return false;
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(stdin) else {
-        return false;
-    };
-    /// The member `name` of object `v`: the exact key, else one matching it as Go matches.
-    fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-        let m = v.as_object()?;
-        m.get(name).or_else(|| {
-            m.iter()
-                .find(|(k, _)| cni::gojson::key_matches(k, name))
-                .map(|(_, v)| v)
-        })
-    }
-    field(&v, "ipam")
-        .and_then(|i| field(i, "store"))
-        .and_then(|s| s.get("type"))
-        .is_some_and(|t| t == "etcd")
-}
-
-/// The [`HELPER`] that a call with this config goes to, when this program lacks the etcd store
-/// and the config selects it; `Ok(None)` otherwise. The helper is looked for beside this
-/// program's file (where `make install` puts it), then in `CNI_PATH`.
-pub fn helper_for(stdin: &[u8], cni_path: Option<&str>) -> Result<Option<PathBuf>> {
-    if linked() || !selects_etcd(stdin) {
-        return Ok(None);
-    }
-    helper(cni_path).map(Some)
-}
-
-/// The operator commands (`host-local leases|release-host|import`, run with arguments and
-/// without `CNI_COMMAND`) are in [`HELPER`]: runs it in place of this process with the same
-/// arguments and environment. Returns only on failure, with the exit status to end with.
-pub fn exec_ops() -> i32 {
-    let e = match helper(std::env::var("CNI_PATH").ok().as_deref()) {
-        Ok(p) => cni::skel::exec_in_place(&p, None),
-        Err(e) => e,
-    };
-    cni::log!("host-local: the operator commands are in {HELPER}: {e}");
-    1
-}
-
-/// Finds [`HELPER`] (see [`helper_for`]); never this very program (which would hand over to
-/// itself for ever).
-pub fn helper(cni_path: Option<&str>) -> Result<PathBuf> {
-    let me = std::fs::read_link("/proc/self/exe").ok();
-    let mut dirs: Vec<PathBuf> = me
-        .as_deref()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .into_iter()
-        .collect();
-    dirs.extend(
-        cni_path
-            .unwrap_or("")
-            .split(':')
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from),
-    );
-    let self_id = std::fs::metadata("/proc/self/exe").ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
-    for d in &dirs {
-        let p = d.join(HELPER);
-        if let Ok(m) = std::fs::metadata(&p) {
-            use std::os::unix::fs::MetadataExt;
-            if m.is_file() && Some((m.dev(), m.ino())) != self_id {
-                return Ok(p);
-            }
-        }
-    }
-    Err(Error::invalid_config(format!(
-        "ipam.store selects etcd, whose client is in {HELPER}: not found beside this host-local nor in CNI_PATH \
-         (looked in {}); install it beside host-local (make install does)",
-        dirs.iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
-}
+pub mod handover;
+pub use handover::{exec_ops, helper, helper_for, linked, open, register, selects_etcd, Opener, HELPER};
 
 #[cfg(test)]
 mod tests {

@@ -41,13 +41,33 @@ pub fn boot_id() -> Result<String> {
         .map_err(|e| Error::io(format!("reading {BOOT_ID_PATH}"), e))
 }
 
+/// Opens the network's store, making an on-disk one that does not exist yet (ADD, STATUS);
+/// `att` as for [`open_store_if`].
+fn open_store(conf: &IpamConfig, att: Option<&str>) -> Result<Box<dyn Store>> {
+    open_store_if(conf, true, att)?.ok_or_else(|| {
+        Error::internal(format!(
+            "the lease store of network {} under {} was not made on open",
+            conf.name,
+            conf.data_dir.display()
+        ))
+    })
+}
+
+/// Opens the network's store if it exists (DEL, CHECK, GC): `None` when an on-disk store does
+/// not (it holds nothing then).
+fn existing_store(conf: &IpamConfig, att: Option<&str>) -> Result<Option<Box<dyn Store>>> {
+    open_store_if(conf, false, att)
+}
+
 /// Opens the network's store, on disk (see [`DiskStore::open`]) unless `ipam.store` selects
-/// etcd (linked in by `host-local-etcd`, see [`etcd::register`]), and does its boot bookkeeping: leases from an
-/// earlier boot are released first (see [`Store::reconcile_boot`]). Without `create`,
-/// `Ok(None)` when an on-disk store does not exist.
-fn open_store(conf: &IpamConfig, create: bool) -> Result<Option<Box<dyn Store>>> {
+/// etcd (linked in by `host-local-etcd`, see [`etcd::register`]), and does its boot
+/// bookkeeping: leases from an earlier boot are released first (see
+/// [`Store::reconcile_boot`]). `att`: the container the call is about, which a store that
+/// reads over the network fetches with its first read. Without `create`, `Ok(None)` when an
+/// on-disk store does not exist.
+fn open_store_if(conf: &IpamConfig, create: bool, att: Option<&str>) -> Result<Option<Box<dyn Store>>> {
     let mut store: Box<dyn Store> = match &conf.etcd {
-        Some(e) => etcd::open(e, &conf.name)?,
+        Some(e) => etcd::open(e, &conf.name, att)?,
         None => match DiskStore::open(&conf.data_dir, &conf.name, create)? {
             Some(s) => Box::new(s),
             None => return Ok(None),
@@ -97,9 +117,10 @@ pub fn add_with(stdin: &[u8], id: &str, ifname: &str, env_args: &str, token: &st
         )));
     }
 
-    let mut store = open_store(&conf, true)?.expect("created on open");
+    let mut store = open_store(&conf, Some(id))?;
     let mut result = CniResult::default();
-    loop {
+    // Every range set's address in one transaction (run again from scratch after a lost race).
+    store.transact(&mut |store| {
         // New leases of this call, and held ones a static request replaced: what a failure
         // undoes.
         let mut reserved: Vec<IpAddr> = Vec::new();
@@ -108,7 +129,7 @@ pub fn add_with(stdin: &[u8], id: &str, ifname: &str, env_args: &str, token: &st
         let mut attempt = || -> Result<()> {
             store.claim(id, ifname, token)?;
             for (idx, set) in conf.range_sets.iter().enumerate() {
-                let a = allocator::allocate(store.as_mut(), set, idx, id, ifname, per_set[idx])
+                let a = allocator::allocate(store, set, idx, id, ifname, per_set[idx])
                     .map_err(|e| e.context(format!("failed to allocate for range {idx}")))?;
                 if a.new {
                     reserved.push(a.ip.address.addr());
@@ -118,31 +139,24 @@ pub fn add_with(stdin: &[u8], id: &str, ifname: &str, env_args: &str, token: &st
             }
             store.record_add(id, ifname)
         };
-        if let Err(e) = attempt() {
-            // What this call reserved goes, what a static request replaced comes back, and the
-            // pointers are put back: the store is as the call found it.
-            for ip in &reserved {
-                if let Err(re) = store.release(id, ifname, *ip) {
-                    cni::log!("host-local: rolling back {ip}: {re}");
-                }
+        let Err(e) = attempt() else { return Ok(()) };
+        // What this call reserved goes, what a static request replaced comes back, and the
+        // pointers are put back: the store is as the call found it.
+        for ip in &reserved {
+            if let Err(re) = store.release(id, ifname, *ip) {
+                cni::log!("host-local: rolling back {ip}: {re}");
             }
-            for (set, ip) in &replaced {
-                if let Err(re) = store.reserve(id, ifname, *ip, *set) {
-                    cni::log!("host-local: restoring the lease of {ip}: {re}");
-                }
-            }
-            if let Err(re) = store.restore_last_reserved() {
-                cni::log!("host-local: rolling back: {re}");
-            }
-            let _ = store.commit();
-            return Err(e);
         }
-        // Every range set's address in one transaction; a lost race starts over.
-        if store.try_commit()? {
-            break;
+        for (set, ip) in &replaced {
+            if let Err(re) = store.reserve(id, ifname, *ip, *set) {
+                cni::log!("host-local: restoring the lease of {ip}: {re}");
+            }
         }
-        store.refresh()?;
-    }
+        if let Err(re) = store.restore_last_reserved() {
+            cni::log!("host-local: rolling back: {re}");
+        }
+        Err(e)
+    })?;
     cni::trace::step("allocate");
     result.routes = conf.routes;
     result.dns = dns;
@@ -165,7 +179,7 @@ pub fn del(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
 /// since the ADD still releases.
 pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> Result<()> {
     let conf = IpamConfig::load_for_teardown(stdin)?;
-    let Some(mut store) = open_store(&conf, false)? else {
+    let Some(mut store) = existing_store(&conf, Some(id))? else {
         return Ok(());
     };
     // As the reference, once per range set: a second pass also releases old-format leases
@@ -175,7 +189,7 @@ pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> 
         0 => 2,
         n => n,
     };
-    loop {
+    store.transact(&mut |store| {
         match undo_of {
             Some(token) => {
                 store.release_for_undo(id, ifname, token)?;
@@ -186,21 +200,21 @@ pub fn del_with(stdin: &[u8], id: &str, ifname: &str, undo_of: Option<&str>) -> 
                 }
             }
         }
-        if store.try_commit()? {
-            return Ok(());
-        }
-        store.refresh()?;
-    }
+        Ok(())
+    })
 }
 
 /// CHECK: (`id`, `ifname`) must still hold a lease.
 pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
-    let found = match open_store(&conf, false)? {
+    let found = match existing_store(&conf, Some(id))? {
         Some(mut store) => {
-            let ips = store.get_by_id(id, ifname)?;
-            store.commit()?;
-            !ips.is_empty()
+            let mut found = false;
+            store.transact(&mut |store| {
+                found = !store.get_by_id(id, ifname)?.is_empty();
+                Ok(())
+            })?;
+            found
         }
         None => false,
     };
@@ -217,7 +231,7 @@ pub fn check(stdin: &[u8], id: &str, ifname: &str, env_args: &str) -> Result<()>
 pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcReport> {
     // Only what GC needs: the store ([`IpamConfig::load_for_teardown`]).
     let conf = IpamConfig::load_for_teardown(stdin)?;
-    let Some(mut store) = open_store(&conf, false)? else {
+    let Some(mut store) = existing_store(&conf, None)? else {
         return Ok(Default::default());
     };
     let pairs: HashSet<(&str, &str)> = keep
@@ -229,29 +243,30 @@ pub fn gc(stdin: &[u8], keep: &[cni::types::Attachment]) -> Result<store::GcRepo
         Some(ifn) => pairs.contains(&(o.container_id.as_str(), ifn.as_str())),
         None => ids.contains(o.container_id.as_str()),
     };
-    loop {
-        let report = store.gc(&keep_fn)?;
-        if store.try_commit()? {
-            return Ok(report);
-        }
-        store.refresh()?;
-    }
+    let mut report = store::GcReport::default();
+    store.transact(&mut |store| {
+        report = store.gc(&keep_fn)?;
+        Ok(())
+    })?;
+    Ok(report)
 }
 
 /// STATUS: code 50 when the store cannot be written or a range set has no free address.
 pub fn status(stdin: &[u8], env_args: &str) -> Result<()> {
     let conf = IpamConfig::load(stdin, env_args)?;
     let unavailable = |e: Error| Error::plugin_not_available(e.to_string());
-    let mut store = open_store(&conf, true).map_err(unavailable)?.expect("created on open");
+    let mut store = open_store(&conf, None).map_err(unavailable)?;
     store.check_writable().map_err(unavailable)?;
-    for (idx, set) in conf.range_sets.iter().enumerate() {
-        if !allocator::has_free_address(store.as_mut(), set, idx).map_err(unavailable)? {
-            return Err(Error::plugin_not_available(format!(
-                "no IP addresses available in range set: {set}"
-            )));
+    store.transact(&mut |store| {
+        for (idx, set) in conf.range_sets.iter().enumerate() {
+            if !allocator::has_free_address(store, set, idx).map_err(unavailable)? {
+                return Err(Error::plugin_not_available(format!(
+                    "no IP addresses available in range set: {set}"
+                )));
+            }
         }
-    }
-    store.commit()
+        Ok(())
+    })
 }
 
 impl cni::Plugin for HostLocal {
@@ -262,7 +277,7 @@ impl cni::Plugin for HostLocal {
 
     /// A config on the etcd store goes to `host-local-etcd` when this program lacks it (see
     /// [`etcd`]).
-    fn exec_instead(&self, stdin: &[u8], get: &dyn Fn(&str) -> Option<String>) -> Result<Option<std::path::PathBuf>> {
+    fn exec_instead(&self, stdin: &[u8], get: &cni::env::Lookup<'_>) -> Result<Option<std::path::PathBuf>> {
         etcd::helper_for(stdin, get("CNI_PATH").as_deref())
     }
 

@@ -51,9 +51,9 @@ pub struct GcReport {
     pub kept: usize,
 }
 
-/// A lease store. Opening one takes the store's lock; it is held until the store is dropped,
-/// so a whole call (all its range sets, and the rollback of a failed ADD) is one transaction
-/// for the other callers.
+/// A lease store. A call's work is one [`Store::transact`]: all its range sets, and the
+/// rollback of a failed ADD, are one transaction for the other callers (the disk store holds
+/// its lock from open until it is dropped; the etcd store commits lock-free, under compares).
 pub trait Store {
     /// Reserves `ip` for (`id`, `ifname`) and records it as the last address reserved in range
     /// set `range_set`. `Ok(false)` when `ip` is already held.
@@ -103,17 +103,16 @@ pub trait Store {
     /// Fails when new leases cannot be written.
     fn check_writable(&mut self) -> Result<()>;
 
-    /// Finishes the transaction (bookkeeping such as the lease index); the lock is released
-    /// when the store is dropped.
-    fn commit(&mut self) -> Result<()>;
-
-    /// Finishes the transaction of a store that stages its changes and writes them at the end
-    /// (etcd): `Ok(false)` when another caller changed a lease this call relied on first;
-    /// nothing was written, and the caller starts over after [`Store::refresh`]. A store that
-    /// holds a lock (disk) never loses a race: this is [`Store::commit`].
-    fn try_commit(&mut self) -> Result<bool> {
-        self.commit().map(|()| true)
-    }
+    /// The one transactional entry point: runs `f`, which stages the call's work through the
+    /// other methods, and makes it durable as one transaction for the other callers. The
+    /// disk store runs `f` once under its lock, then finishes its bookkeeping (the lease
+    /// index). A store without a lock (etcd) writes what `f` staged at the end, under
+    /// compares; when another caller changed what `f` relied on first, nothing was written:
+    /// it drops what was staged, reads again and runs `f` again (so `f` must start from
+    /// scratch each time), until it commits, fails, or its deadline passes. An error of `f`
+    /// ends it with that error: the disk store finishes the bookkeeping of what `f` did and
+    /// put back (its own rollback); a store that stages writes nothing.
+    fn transact(&mut self, f: &mut dyn FnMut(&mut dyn Store) -> Result<()>) -> Result<()>;
 
     /// Puts back the round-robin pointers this call moved (the rollback of a failed ADD).
     /// The etcd store writes nothing before the commit, so it has nothing to put back.
@@ -129,14 +128,9 @@ pub trait Store {
     }
 
     /// How many free candidates the allocator skips in range set `range_set` before it
-    /// reserves one: 0, except after a lost race, when a small random number spreads the
-    /// losers over different addresses.
+    /// reserves one: 0, except after a lost race in [`Store::transact`], when a small random
+    /// number spreads the losers over different addresses.
     fn spread(&mut self, _range_set: usize) -> usize {
         0
-    }
-
-    /// Drops what this call staged and reads the store again, after a lost race.
-    fn refresh(&mut self) -> Result<()> {
-        Ok(())
     }
 }

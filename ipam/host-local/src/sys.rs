@@ -43,27 +43,13 @@ pub fn is_symlink_refusal(e: &io::Error) -> bool {
 pub fn not_regular(mode: u32) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("{}, not a regular file", kind_of(mode)),
+        format!("{}, not a regular file", cni::netns::file_kind(mode)),
     )
 }
 
 /// Whether `e` is [`not_regular`]'s refusal.
 pub fn is_not_regular(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::InvalidData && e.to_string().ends_with("not a regular file")
-}
-
-/// "a FIFO", "a socket", ... for a file mode.
-pub fn kind_of(mode: u32) -> &'static str {
-    match mode & libc::S_IFMT {
-        libc::S_IFIFO => "a FIFO",
-        libc::S_IFSOCK => "a socket",
-        libc::S_IFCHR => "a character device",
-        libc::S_IFBLK => "a block device",
-        libc::S_IFDIR => "a directory",
-        libc::S_IFLNK => "a symlink",
-        libc::S_IFREG => "a regular file",
-        _ => "not a file",
-    }
 }
 
 /// What [`Dir::stat_at`] tells.

@@ -68,25 +68,6 @@ pub struct BridgeConf {
     pub vlans: Vec<u16>,
 }
 
-/// What DEL reads of the bridge's own keys: the switches of the rules it removes, each
-/// leniently (see [`cni::teardown`]). A switch that does not read counts as on: removing rules
-/// that are not there does nothing. Nothing else of the bridge's keys is read: the container
-/// interface, the lease and the rules are found by the attachment, not by `bridge`, `mtu`,
-/// `vlan` or a MAC.
-#[derive(Debug, Default, Deserialize)]
-pub struct BridgeTeardown {
-    #[serde(rename = "ipMasq", default)]
-    pub ip_masq: Lenient<bool>,
-    #[serde(rename = "macspoofchk", default)]
-    pub mac_spoof_chk: Lenient<bool>,
-}
-
-impl BridgeTeardown {
-    pub fn decode(call: &Call) -> Result<BridgeTeardown> {
-        cni::types::decode(&call.stdin)
-    }
-}
-
 impl BridgeConf {
     /// Decodes and validates the config of `call`.
     pub fn load(call: &Call) -> Result<BridgeConf> {
@@ -104,7 +85,7 @@ impl BridgeConf {
         }
         if c.mtu != 0 && !(68..=65535).contains(&c.mtu) {
             return Err(Error::invalid_config(format!(
-                "invalid mtu {}: must be 0 (the default) or between 68 and 65535",
+                "invalid mtu {} (key \"mtu\"): must be 0 (the default) or between 68 and 65535",
                 c.mtu
             )));
         }
@@ -137,8 +118,14 @@ impl BridgeConf {
         Ok(c)
     }
 
+    /// The MTU to set (None: the kernel's default); [`BridgeConf::load`] checked its range.
     pub fn mtu(&self) -> Option<u32> {
-        (self.mtu > 0).then_some(self.mtu as u32)
+        u32::try_from(self.mtu).ok().filter(|m| *m > 0)
+    }
+
+    /// The VLAN of the port (None: none); [`BridgeConf::load`] checked its range.
+    pub fn vlan_id(&self) -> Option<u16> {
+        u16::try_from(self.vlan).ok().filter(|v| *v != 0)
     }
 }
 
@@ -179,20 +166,27 @@ pub fn container_mac(net: &NetConf, cni_args: &str) -> Result<Option<[u8; 6]>> {
 
 fn collect_trunk(trunk: Option<&[VlanTrunk]>) -> Result<Vec<u16>> {
     let bad = |m: &str| Error::invalid_config(format!("invalid vlanTrunk: {m}"));
+    // A VLAN id of entry `i`, checked before it is narrowed: the message names the key and the
+    // number as given.
+    let id = |i: usize, key: &str, v: i64| -> Result<u16> {
+        u16::try_from(v).ok().filter(|v| (1..=4094).contains(v)).ok_or_else(|| {
+            bad(&format!(
+                "incorrect trunk {key} parameter {v} (key \"vlanTrunk[{i}].{key}\"): must be between 1 and 4094"
+            ))
+        })
+    };
     let mut out = std::collections::BTreeSet::new();
-    for t in trunk.unwrap_or_default() {
+    for (i, t) in trunk.unwrap_or_default().iter().enumerate() {
         match (t.min_id, t.max_id) {
             (Some(min), Some(max)) => {
-                if !(1..=4094).contains(&min) {
-                    return Err(bad("incorrect trunk minID parameter"));
-                }
-                if !(1..=4094).contains(&max) {
-                    return Err(bad("incorrect trunk maxID parameter"));
-                }
+                let min = id(i, "minID", min)?;
+                let max = id(i, "maxID", max)?;
                 if max < min {
-                    return Err(bad("minID is greater than maxID in trunk parameter"));
+                    return Err(bad(&format!(
+                        "minID is greater than maxID in trunk parameter (vlanTrunk[{i}]: minID {min}, maxID {max})"
+                    )));
                 }
-                out.extend((min..=max).map(|v| v as u16));
+                out.extend(min..=max);
             }
             (None, Some(_)) => {
                 return Err(bad(
@@ -206,19 +200,108 @@ fn collect_trunk(trunk: Option<&[VlanTrunk]>) -> Result<Vec<u16>> {
             }
             (None, None) => {}
         }
-        if let Some(id) = t.id {
-            if !(1..=4094).contains(&id) {
-                return Err(bad("incorrect trunk id parameter"));
-            }
-            out.insert(id as u16);
+        if let Some(v) = t.id {
+            out.insert(id(i, "id", v)?);
         }
     }
     Ok(out.into_iter().collect())
 }
 
+/// What DEL reads of the bridge's own keys: the switches of the rules it removes, each
+/// leniently (see [`cni::teardown`]). A switch that does not read counts as on: removing rules
+/// that are not there does nothing. Nothing else of the bridge's keys is read: the container
+/// interface, the lease and the rules are found by the attachment, not by `bridge`, `mtu`,
+/// `vlan` or a MAC.
+#[derive(Debug, Default, Deserialize)]
+pub struct BridgeTeardown {
+    #[serde(rename = "ipMasq", default)]
+    pub ip_masq: Lenient<bool>,
+    #[serde(rename = "macspoofchk", default)]
+    pub mac_spoof_chk: Lenient<bool>,
+}
+
+impl cni::teardown::Teardown for BridgeTeardown {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cni::env::Command;
+
+    fn load(conf: &str) -> Result<BridgeConf> {
+        let call = cni::skel::test_call(Command::Add, conf.as_bytes(), "")?;
+        BridgeConf::load(&call)
+    }
+
+    /// Numbers that no integer key takes: beyond its range, beyond 32 and 64 bits.
+    const OUT_OF_RANGE: [&str; 7] = [
+        "4294968796",
+        "99999999999",
+        "-4294967297",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551616",
+        "99999999999999999999999",
+    ];
+
+    /// Every integer key of the config: a number in its range is taken exactly; one out of it
+    /// (its own range, or its type's) is code 7 naming the key and the number as written.
+    #[test]
+    fn numbers_are_refused_never_wrapped() {
+        let conf = |extra: &str| format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"bridge",{extra}}}"#);
+        let keys: [(&str, &str, &[&str]); 5] = [
+            ("mtu", r#""mtu":N"#, &["-1", "1", "67", "65536"]),
+            ("vlan", r#""vlan":N"#, &["-1", "4095"]),
+            (
+                "vlanTrunk[0].minID",
+                r#""vlanTrunk":[{"minID":N,"maxID":4094}]"#,
+                &["0", "-1", "4095", "65537"],
+            ),
+            (
+                "vlanTrunk[0].maxID",
+                r#""vlanTrunk":[{"minID":1,"maxID":N}]"#,
+                &["0", "-1", "4095", "65537"],
+            ),
+            (
+                "vlanTrunk[0].id",
+                r#""vlanTrunk":[{"id":N}]"#,
+                &["0", "-1", "4095", "65537"],
+            ),
+        ];
+        for (key, template, own) in keys {
+            for lit in OUT_OF_RANGE.iter().chain(own) {
+                let c = conf(&template.replace('N', lit));
+                let e = load(&c).unwrap_err();
+                assert_eq!(e.code(), 7, "{c}: {e}");
+                let m = e.to_string();
+                assert!(m.contains(&format!("{lit} (key \"{key}\")")), "{c}: {m}");
+            }
+        }
+        let c = load(&conf(
+            r#""mtu":65535,"vlan":4094,"vlanTrunk":[{"minID":4093,"maxID":4094},{"id":1}]"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.mtu(), c.vlan_id(), c.vlans),
+            (Some(65535), Some(4094), vec![1, 4093, 4094])
+        );
+        let c = load(&conf(r#""mtu":68,"vlan":0"#)).unwrap();
+        assert_eq!((c.mtu(), c.vlan_id()), (Some(68), None));
+        let c = load(&conf(r#""mtu":0"#)).unwrap();
+        assert_eq!(c.mtu(), None);
+        let e = load(&conf(r#""vlanTrunk":[{"minID":20,"maxID":10}]"#)).unwrap_err();
+        assert!(e.to_string().contains("minID 20, maxID 10"), "{e}");
+        // As written: the message of a refused number.
+        let e = load(&conf(r#""mtu":4294968796"#)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid mtu 4294968796 (key \"mtu\"): must be 0 (the default) or between 68 and 65535"
+        );
+        let e = load(&conf(r#""MTU":99999999999999999999999"#)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid mtu 99999999999999999999999 (key \"mtu\"): must be an integer between -9223372036854775808 and 9223372036854775807"
+        );
+    }
 
     #[test]
     fn trunk() {

@@ -1,6 +1,7 @@
 //! The bridge plugin's verbs, step by step as the reference does them, with every change of
 //! an ADD undone when a later step fails.
 
+use cni::teardown::Teardown;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -13,7 +14,7 @@ use cni::netlink::{Link, LinkChange, Nl, NlOpening};
 use cni::netns::{read_sysctl, write_sysctl, Netns};
 use cni::trace::step;
 use cni::txn::Txn;
-use cni::{fault, Call, CniResult, Error, Errors, Interface, Plugin, Result, Route};
+use cni::{fault, Call, CniResult, Error, Interface, Plugin, Result, Route};
 
 use crate::config::{BridgeConf, BridgeTeardown};
 
@@ -21,68 +22,36 @@ pub struct Bridge;
 
 impl Plugin for Bridge {
     fn add(&self, call: &Call) -> Result<CniResult> {
-        let netns = call.container_netns()?;
         // The container's socket opens on its thread while the config is loaded and the host
-        // socket made (its errors come after the config's, in `add`).
-        let opening = Nl::open_in_background(netns)?;
-        let conf = BridgeConf::load(call)?;
-        step("load config");
+        // socket made (finished in `add`).
+        let (netns, opening, conf) = iface::load_while_opening(call, BridgeConf::load)?;
         let host = Nl::current()?;
         step("host socket");
-        // One call of the attachment at a time, held until the undo below has run.
-        let _attachment = iface::lock_attachment(call)?;
-        // Every change below registers its undo; they all run, newest first, unless the ADD
-        // gets to the end (an error returned or a panic: see `cni::txn`).
-        let mut txn = Txn::new("bridge");
-        let result = add(call, &conf, netns, &host, opening, &mut txn)?;
-        txn.commit();
-        Ok(result)
+        // Under the attachment lock; every change registers its undo (see `iface::transaction`).
+        iface::transaction(call, "bridge", |txn| add(call, &conf, netns, &host, opening, txn))
     }
 
     /// Reads only what the teardown needs ([`BridgeTeardown`], the common keys as
     /// [`cni::teardown`] reads them): a config that went bad since the ADD is still torn down.
     fn del(&self, call: &Call) -> Result<()> {
-        let conf = BridgeTeardown::decode(call)?;
-        let net = &call.conf;
-        // A DEL goes on without the lock when it cannot be had: a teardown must not fail for it.
-        let attachment = iface::lock_attachment(call)
-            .inspect_err(|e| cni::log!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
-            .ok();
-        let mut errs = Errors::new();
-        // 1. The lease and the container interface (also what a killed ADD left).
-        iface::del_attachment(call, net.ipam_type(), &mut errs);
-        // 2. Rules: found by network and container, so this works with the netns gone.
-        if conf.ip_masq.teardown_switch() {
-            errs.note(firewall::teardown_masq(
-                &net.name,
-                &call.env.container_id,
-                &call.env.ifname,
-                &[],
-            ));
-            step("masquerade teardown");
-        }
-        if conf.mac_spoof_chk.teardown_switch() {
-            errs.note(cni::spoofchk::teardown_spoofchk(
-                &call.env.container_id,
-                &call.env.ifname,
-            ));
-        }
-        if let Some(a) = attachment {
-            a.remove();
-        }
-        errs.into_result()
+        let conf = BridgeTeardown::decode(&call.stdin)?;
+        let (net, id, ifname) = (&call.conf.name, &call.env.container_id, &call.env.ifname);
+        // After the lease and the container interface (`iface::del`): the rules, found by
+        // network and container, so this works with the netns gone.
+        iface::del(call, |errs| {
+            if conf.ip_masq.teardown_switch() {
+                errs.note(firewall::teardown_masq(net, id, ifname, &[]));
+                step("masquerade teardown");
+            }
+            if conf.mac_spoof_chk.teardown_switch() {
+                errs.note(cni::spoofchk::teardown_spoofchk(id, ifname));
+            }
+        })
     }
 
     fn check(&self, call: &Call) -> Result<()> {
         let conf = BridgeConf::load(call)?;
-        let netns = call.container_netns()?;
-        if let Some(t) = conf.net.ipam_type() {
-            delegate::exec(t, Command::Check, call)?;
-        }
-        let prev = conf
-            .net
-            .prev_result()?
-            .ok_or_else(|| Error::invalid_config("CHECK: required prevResult missing"))?;
+        let (netns, prev) = iface::check_preamble(call)?;
         let host = Nl::current()?;
         let ifname = &call.env.ifname;
 
@@ -116,12 +85,7 @@ impl Plugin for Bridge {
                 "container interface {ifname} is not a veth"
             )));
         }
-        if !cif.mac.is_empty() && !cif.mac.eq_ignore_ascii_case(&link.mac) {
-            return Err(Error::check_failed(format!(
-                "interface {ifname} MAC {} does not match the previous result's {}",
-                link.mac, cif.mac
-            )));
-        }
+        iface::check_mac(cif, &link)?;
 
         // Its peer: a host veth of the previous result, on the bridge.
         let peer = link.parent.unwrap_or(0);
@@ -145,14 +109,10 @@ impl Plugin for Bridge {
     /// Reads only the common keys ([`cni::teardown`]): the IPAM type, the network and the
     /// keep-list.
     fn gc(&self, call: &Call) -> Result<()> {
-        let net = &call.conf;
-        let mut errs = Errors::new();
-        if let Some(t) = net.ipam_type() {
-            errs.note(delegate::exec(t, Command::Gc, call));
-        }
-        let keep: Vec<(String, String)> = net.gc_keep().into_iter().map(|a| (a.container_id, a.ifname)).collect();
-        errs.note(firewall::gc_masq(&net.name, &keep));
-        errs.into_result()
+        iface::gc(call, |net| {
+            let keep: Vec<(String, String)> = net.gc_keep().into_iter().map(|a| (a.container_id, a.ifname)).collect();
+            firewall::gc_masq(&net.name, &keep)
+        })
     }
 
     fn status(&self, call: &Call) -> Result<()> {
@@ -185,23 +145,10 @@ fn add<'a>(
     let br = ensure_bridge(host, conf, txn)?;
     step("bridge");
 
-    // 2. The IPAM plugin starts now and runs while we make the veth pair: its process start
-    //    and work overlap with the kernel's.
-    let pending = conf
-        .net
-        .ipam_type()
-        .map(|t| delegate::start(t, Command::Add, call))
-        .transpose()?;
-    fault::point("bridge:ipam-running");
-    let links = setup_links(call, conf, netns, host, cont, &br, txn);
-    // Reap IPAM whatever happened to the links; a lease it may hold is released on failure.
-    let ipam = pending.map(|p| p.wait_add());
-    if let (Some(t), Some(true)) = (conf.net.ipam_type(), ipam.as_ref().map(|o| o.holds_lease)) {
-        txn.undo("the IPAM lease", move || delegate::undo_add(t, call));
-    }
-    let (host_veth, cont, cont_link) = links?;
-    let ipam = ipam.map(|o| o.result).transpose()?;
-    fault::point("bridge:after-ipam");
+    // 2. The veth pair, made while the IPAM plugin runs (its process start and work overlap
+    //    with the kernel's; see `iface::with_ipam`).
+    let ((host_veth, cont, cont_link), ipam) =
+        iface::with_ipam(call, txn, |txn| setup_links(call, conf, netns, host, cont, &br, txn))?;
 
     let mut result = CniResult {
         interfaces: vec![
@@ -215,21 +162,14 @@ fn add<'a>(
                 mac: host_veth.mac.clone(),
                 ..Default::default()
             },
-            Interface {
-                name: ifname.clone(),
-                mac: cont_link.mac.clone(),
-                sandbox: Some(netns.path().to_string()),
-                ..Default::default()
-            },
+            iface::container_interface(ifname, &cont_link, netns),
         ],
         ..Default::default()
     };
 
     // 3. Addresses from IPAM, put on the container interface; the gateway on the bridge.
     if let Some(ipam) = ipam {
-        result.ips = ipam.ips;
-        result.routes = ipam.routes;
-        result.dns = ipam.dns;
+        iface::take_ipam(&mut result, ipam, 2);
         let gateways = calc_gateways(&mut result, conf);
 
         iface::container_sysctls(netns, ifname, &result, Some(conf.enable_dad))?;
@@ -267,13 +207,7 @@ fn add<'a>(
             fault::point("bridge:after-masq");
         }
     } else if !conf.disable_container_interface {
-        cont.set_link(
-            cont_link.index,
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )?;
+        cont.set_up(cont_link.index)?;
     }
     // The port must carry traffic before the container is told it may: wait (bounded) for the
     // host veth's carrier, as the reference does, and for the bridge's (which it gets once a
@@ -317,15 +251,8 @@ fn setup_links<'a>(
     let (host_veth, cont_link) = setup_veth(host, &cont, netns, call, conf.mtu(), conf.mac, txn)?;
     step("veth");
     fault::point("bridge:after-veth");
-    host.set_link(
-        host_veth.index,
-        &LinkChange {
-            master: Some(br.index),
-            up: Some(true),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
+    attach_port(host, host_veth.index, br)
+        .map_err(|e| Error::from(e).context(format!("attaching {} to bridge {}", host_veth.name, br.name)))?;
     if conf.hairpin || conf.port_isolation {
         host.set_bridge_port(host_veth.index, Some(conf.hairpin), Some(conf.port_isolation))?;
     }
@@ -445,6 +372,18 @@ fn setup_veth<'a>(
     Ok((host_veth, cont_link))
 }
 
+/// Makes link `index` a port of bridge `br`, up.
+fn attach_port(host: &Nl, index: u32, br: &Link) -> cni::netlink::NlResult<()> {
+    host.set_link(
+        index,
+        &LinkChange {
+            master: Some(br.index),
+            up: Some(true),
+            ..Default::default()
+        },
+    )
+}
+
 fn setup_port_vlans(host: &Nl, port: &Link, conf: &BridgeConf) -> Result<()> {
     if conf.vlan == 0 && conf.vlans.is_empty() {
         return Ok(());
@@ -452,8 +391,8 @@ fn setup_port_vlans(host: &Nl, port: &Link, conf: &BridgeConf) -> Result<()> {
     if !conf.preserve_default_vlan {
         host.bridge_vlan_del(port.index, 1)?;
     }
-    if conf.vlan != 0 {
-        host.bridge_vlan_add(port.index, conf.vlan as u16, true, true)?;
+    if let Some(vlan) = conf.vlan_id() {
+        host.bridge_vlan_add(port.index, vlan, true, true)?;
     }
     for v in &conf.vlans {
         host.bridge_vlan_add(port.index, *v, false, false)?;
@@ -477,14 +416,7 @@ fn ensure_vlan_gateway(host: &Nl, br: &Link, conf: &BridgeConf) -> Result<Link> 
     let port = host
         .link(&port_name)?
         .ok_or_else(|| Error::netlink(format!("{port_name} vanished")))?;
-    host.set_link(
-        port.index,
-        &LinkChange {
-            master: Some(br.index),
-            up: Some(true),
-            ..Default::default()
-        },
-    )?;
+    attach_port(host, port.index, br)?;
     setup_port_vlans(
         host,
         &port,
@@ -496,23 +428,16 @@ fn ensure_vlan_gateway(host: &Nl, br: &Link, conf: &BridgeConf) -> Result<Link> 
     let l = host
         .link(&name)?
         .ok_or_else(|| Error::netlink(format!("{name} vanished")))?;
-    host.set_link(
-        l.index,
-        &LinkChange {
-            up: Some(true),
-            ..Default::default()
-        },
-    )?;
+    host.set_up(l.index)?;
     Ok(l)
 }
 
-/// Points every IP at the container interface (index 2), fills in gateways when the bridge is
-/// the gateway, adds default routes for `isDefaultGateway`; returns the gateway addresses.
+/// Fills in gateways when the bridge is the gateway, adds default routes for
+/// `isDefaultGateway`; returns the gateway addresses.
 fn calc_gateways(result: &mut CniResult, conf: &BridgeConf) -> Vec<IpNet> {
     let mut gws = Vec::new();
     let mut default_done = [false, false];
     for ipc in result.ips.iter_mut() {
-        ipc.interface = Some(2);
         if ipc.gateway.is_none() && conf.is_gw {
             ipc.gateway = first_host(ipc.address);
         }

@@ -76,11 +76,72 @@ pub const TOKEN_ENV: &str = "CNI_RS_ADD_TOKEN";
 /// leaves the store as it found it. Other IPAM plugins ignore it.
 pub const UNDO_ENV: &str = "CNI_RS_UNDO_FAILED_ADD";
 
-/// The spec's rule for container ids: a letter or digit, then letters, digits, `_`, `.`, `-`.
-pub fn valid_container_id(id: &str) -> bool {
-    let mut b = id.bytes();
+/// Where a call's variables are looked up: the process's environment ([`process_var`]) or,
+/// for a plugin run in-process by another, the one it was given.
+pub type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// The flags of this process beside a call's variables, for tests and diagnosis; each is read
+/// from the process's environment once ([`process_flags`]).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFlags {
+    /// [`FAULT_ENV`]: the fault point that panics (see [`crate::fault`]; debug builds only).
+    pub fault: Option<String>,
+    /// [`TRACE_ENV`] is `1`: step timings on stderr (see [`crate::trace`]).
+    pub trace: bool,
+    /// [`CI_ENV`] is set and not empty, `false` or `0`: a CI run, where a test that lacks what
+    /// it needs fails instead of skipping (this crate's tests and the test bed's, `cni_tests`).
+    pub ci: bool,
+}
+
+/// Names the fault point of a debug build that panics (see [`crate::fault`]).
+pub const FAULT_ENV: &str = "CNI_RS_FAULT";
+
+/// `1`: step timings on stderr (see [`crate::trace`]).
+pub const TRACE_ENV: &str = "CNI_RS_TRACE";
+
+/// Set in CI runs (see [`ProcessFlags::ci`]).
+pub const CI_ENV: &str = "CI";
+
+/// This process's [`ProcessFlags`], read on first use. (An in-process plugin shares them with
+/// the plugin that runs it, as a child inherits them; [`UNDO_ENV`] and [`TOKEN_ENV`] are a
+/// call's, read with its other variables by [`Env::from_lookup`].)
+pub fn process_flags() -> &'static ProcessFlags {
+    static FLAGS: std::sync::OnceLock<ProcessFlags> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| ProcessFlags {
+        fault: process_var(FAULT_ENV),
+        trace: process_var(TRACE_ENV).is_some_and(|v| v == "1"),
+        ci: process_var(CI_ENV).is_some_and(|v| !v.is_empty() && v != "false" && v != "0"),
+    })
+}
+
+/// The spec's rule for network names and container ids, as [`valid_name`] checks it: the
+/// one wording of every message that refuses a name.
+pub const NAME_RULE: &str = "must start with a letter or digit and hold only letters, digits, '_', '.' and '-'";
+
+/// The spec's rule for network names and container ids ([`NAME_RULE`]): a letter or digit,
+/// then letters, digits, `_`, `.`, `-`.
+pub fn valid_name(s: &str) -> bool {
+    let mut b = s.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphanumeric())
         && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A network name (the config's `name`) that follows [`valid_name`]; else code 7.
+pub fn check_network_name(name: &str) -> Result<()> {
+    check_name(name, "network name", Error::invalid_config)
+}
+
+/// A container id (`CNI_CONTAINERID`) that follows [`valid_name`]; else code 4.
+pub fn check_container_id(id: &str) -> Result<()> {
+    check_name(id, "CNI_CONTAINERID", Error::invalid_env)
+}
+
+/// `s` follows [`valid_name`]; else the error `refuse` makes of the one message.
+fn check_name(s: &str, what: &str, refuse: fn(String) -> Error) -> Result<()> {
+    if valid_name(s) {
+        return Ok(());
+    }
+    Err(refuse(format!("invalid {what} \"{}\": {NAME_RULE}", s.escape_debug())))
 }
 
 /// The spec's rule for interface names: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or
@@ -147,11 +208,8 @@ impl Env {
             )));
         }
         let container_id = container_id.unwrap_or_default();
-        if !container_id.is_empty() && !valid_container_id(&container_id) {
-            return Err(Error::invalid_env(format!(
-                "invalid CNI_CONTAINERID \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-                container_id.escape_debug()
-            )));
+        if !container_id.is_empty() {
+            check_container_id(&container_id)?;
         }
         let ifname = ifname.unwrap_or_default();
         if !ifname.is_empty() {
@@ -285,10 +343,10 @@ mod tests {
 
     #[test]
     fn validates_ids_and_names() {
-        assert!(valid_container_id("a-b_c.1"));
-        assert!(!valid_container_id("../x"));
-        assert!(!valid_container_id("-x"));
-        assert!(!valid_container_id("a/b"));
+        assert!(valid_name("a-b_c.1"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name("a/b"));
         assert!(check_ifname("eth0").is_ok());
         assert!(check_ifname("0123456789abcdef").is_err());
         assert!(check_ifname("a/b").is_err());

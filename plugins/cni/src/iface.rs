@@ -1,6 +1,8 @@
-//! Putting an IPAM result on a container interface, and checking it is still there: the
-//! shared steps of bridge and macvlan (the reference's `ipam.ConfigureIface` and the
-//! `ValidateExpected*` checks of CHECK).
+//! The steps bridge and macvlan share on a container interface: the IPAM choreography of an
+//! ADD ([`with_ipam`]), putting an IPAM result on the interface ([`configure`], the
+//! reference's `ipam.ConfigureIface`), the teardown of DEL ([`del`]), the common
+//! part of CHECK ([`check_preamble`], [`check_mac`], [`check_addrs`], [`check_routes`]: the
+//! reference's `ValidateExpected*` checks) and of GC ([`gc`]).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -8,10 +10,11 @@ use std::time::{Duration, Instant};
 use crate::delegate;
 use crate::env::Command;
 use crate::error::{Error, Errors, Result};
-use crate::netlink::{Link, NewRoute, Nl};
+use crate::netlink::{Link, NewRoute, Nl, NlOpening};
 use crate::netns::{read_sysctl, write_sysctl, Netns};
 use crate::skel::Call;
-use crate::types::CniResult;
+use crate::txn::Txn;
+use crate::types::{CniResult, Interface, NetConf};
 
 /// The temporary name under which the container interface of attachment (`container_id`,
 /// `ifname`) is made inside the container's namespace before it is renamed to `ifname`.
@@ -108,17 +111,12 @@ pub fn lock_attachment(call: &Call) -> Result<AttachmentLock> {
         let locked = crate::lockfile::lock_within(&file, left)
             .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
         if !locked {
-            let holders = crate::lockfile::flock_holders(&file);
             return Err(Error::try_again_later(format!(
                 "another call of container {id} interface {ifname} has been running for more than {}s{} (lock {})",
                 ATTACHMENT_LOCK_WAIT.as_secs(),
-                match holders.as_slice() {
-                    [] => String::new(),
-                    p => format!(
-                        " (pid {})",
-                        p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
-                    ),
-                },
+                crate::lockfile::held_by(&file)
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default(),
                 path.display()
             )));
         }
@@ -155,11 +153,56 @@ pub fn del_container_links(nl: &Nl, container_id: &str, ifname: &str) -> Result<
     Ok(())
 }
 
+/// The start of an ADD: the socket in the container's namespace opens on a thread of its own
+/// ([`Nl::open_in_background`]) while `load` reads the config; the caller finishes it when it
+/// needs it (its errors come after the config's).
+pub fn load_while_opening<C>(call: &Call, load: impl FnOnce(&Call) -> Result<C>) -> Result<(&Netns, NlOpening, C)> {
+    let netns = call.container_netns()?;
+    let opening = Nl::open_in_background(netns)?;
+    let conf = load(call)?;
+    crate::trace::step("load config");
+    Ok((netns, opening, conf))
+}
+
+/// An ADD as a transaction of `plugin` under the attachment lock ([`lock_attachment`]):
+/// `steps` registers the undo of every change it makes with the [`Txn`]; they all run, newest
+/// first, unless `steps` gets to its end (an error returned or a panic: see [`crate::txn`]).
+/// The lock is held until the undo has run.
+pub fn transaction<'a, T>(
+    call: &Call,
+    plugin: &'static str,
+    steps: impl FnOnce(&mut Txn<'a>) -> Result<T>,
+) -> Result<T> {
+    let _attachment = lock_attachment(call)?;
+    let mut txn = Txn::new(plugin);
+    let done = steps(&mut txn)?;
+    txn.commit();
+    Ok(done)
+}
+
+/// DEL: under the attachment lock (without it when it cannot be had: a teardown must not fail
+/// for it), the lease and the container interface with what a killed ADD left
+/// (`del_attachment`), then the plugin's own teardown `own`, which notes its errors. Every
+/// step runs; the lock file goes at the end.
+pub fn del(call: &Call, own: impl FnOnce(&mut Errors)) -> Result<()> {
+    let attachment = lock_attachment(call)
+        .inspect_err(|e| crate::log!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
+        .ok();
+    let mut errs = Errors::new();
+    del_attachment(call, &mut errs);
+    own(&mut errs);
+    if let Some(a) = attachment {
+        a.remove();
+    }
+    errs.into_result()
+}
+
 /// The steps every DEL shares: the lease (the IPAM plugin runs while the kernel deletes the
 /// link) and the container interface of the attachment with any leftover of a killed ADD, if
 /// the namespace still exists (gone, its links went with it). Errors are noted, not returned:
 /// the caller goes on with its own teardown.
-pub fn del_attachment(call: &Call, ipam_type: Option<&str>, errs: &mut Errors) {
+fn del_attachment(call: &Call, errs: &mut Errors) {
+    let ipam_type = call.conf.ipam_type();
     let pending = ipam_type.map(|t| delegate::start(t, Command::Del, call));
     // Opened and checked before the plugin ran; `None`: no CNI_NETNS, or the namespace is gone.
     if let Some(ns) = call.container_ns.as_deref() {
@@ -170,6 +213,94 @@ pub fn del_attachment(call: &Call, ipam_type: Option<&str>, errs: &mut Errors) {
     if let Some(p) = pending {
         errs.note(p.and_then(|p| p.wait()));
     }
+}
+
+/// The IPAM step of an ADD: the IPAM plugin of the config (`ipam.type`, if any) starts now
+/// and runs while `make_links` builds the container's links, so that its process start and
+/// work overlap with the kernel's. It is reaped whatever happened to the links, and a lease it
+/// may hold is registered with `txn` (released by the undo DEL when the ADD fails, now or
+/// later). Returns what `make_links` made and the IPAM result (`None` without `ipam.type`);
+/// an error of the links comes before one of IPAM.
+///
+/// Fault points (see [`crate::fault`]): `<plugin>:ipam-running` while IPAM runs, before the
+/// links; `<plugin>:after-ipam` once both are done (`<plugin>` is the transaction's).
+pub fn with_ipam<'a, T>(
+    call: &'a Call,
+    txn: &mut Txn<'a>,
+    make_links: impl FnOnce(&mut Txn<'a>) -> Result<T>,
+) -> Result<(T, Option<CniResult>)> {
+    let ipam_type = call.conf.ipam_type();
+    let pending = ipam_type.map(|t| delegate::start(t, Command::Add, call)).transpose()?;
+    crate::fault::point(&format!("{}:ipam-running", txn.plugin()));
+    let links = make_links(txn);
+    // Reap IPAM whatever happened to the links; a lease it may hold is released on failure.
+    let ipam = pending.map(|p| p.wait_add());
+    if let (Some(t), Some(true)) = (ipam_type, ipam.as_ref().map(|o| o.holds_lease)) {
+        txn.undo("the IPAM lease", move || delegate::undo_add(t, call));
+    }
+    let links = links?;
+    let ipam = ipam.map(|o| o.result).transpose()?;
+    crate::fault::point(&format!("{}:after-ipam", txn.plugin()));
+    Ok((links, ipam))
+}
+
+/// The container interface of an ADD's result: `ifname` with `link`'s MAC, in `netns`.
+pub fn container_interface(ifname: &str, link: &Link, netns: &Netns) -> Interface {
+    Interface {
+        name: ifname.to_string(),
+        mac: link.mac.clone(),
+        sandbox: Some(netns.path().to_string()),
+        ..Default::default()
+    }
+}
+
+/// Puts IPAM's addresses, routes and DNS into `result`, every address on the interface at
+/// `if_index` of `result.interfaces`.
+pub fn take_ipam(result: &mut CniResult, ipam: CniResult, if_index: usize) {
+    result.ips = ipam.ips;
+    for ip in result.ips.iter_mut() {
+        ip.interface = Some(if_index);
+    }
+    result.routes = ipam.routes;
+    result.dns = ipam.dns;
+}
+
+/// What every CHECK does first, once the plugin has loaded its config: the container's
+/// namespace, the IPAM plugin's CHECK, and the previous result, which CHECK requires.
+pub fn check_preamble(call: &Call) -> Result<(&Netns, CniResult)> {
+    let netns = call.container_netns()?;
+    if let Some(t) = call.conf.ipam_type() {
+        delegate::exec(t, Command::Check, call)?;
+    }
+    let prev = call
+        .conf
+        .prev_result()?
+        .ok_or_else(|| Error::invalid_config("CHECK: required prevResult missing"))?;
+    Ok((netns, prev))
+}
+
+/// CHECK: the container interface `link` has the MAC of the previous result's `prev` (when it
+/// names one; case does not matter).
+pub fn check_mac(prev: &Interface, link: &Link) -> Result<()> {
+    if !prev.mac.is_empty() && !prev.mac.eq_ignore_ascii_case(&link.mac) {
+        return Err(Error::check_failed(format!(
+            "interface {} MAC {} does not match the previous result's {}",
+            prev.name, link.mac, prev.mac
+        )));
+    }
+    Ok(())
+}
+
+/// GC: the IPAM plugin's GC, then the plugin's own (`own`, given the config's common keys);
+/// both run, and both errors are reported.
+pub fn gc(call: &Call, own: impl FnOnce(&NetConf) -> Result<()>) -> Result<()> {
+    let net = &call.conf;
+    let mut errs = Errors::new();
+    if let Some(t) = net.ipam_type() {
+        errs.note(delegate::exec(t, Command::Gc, call));
+    }
+    errs.note(own(net));
+    errs.into_result()
 }
 
 /// Sysctls of the container interface, written inside `ns` on one short-lived thread:
@@ -233,14 +364,8 @@ pub fn configure(nl: &Nl, link: &Link, result: &CniResult, if_index: usize, noda
         }
     }
     if !link.up {
-        nl.set_link(
-            link.index,
-            &crate::netlink::LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::from(e).context(format!("setting {} up", link.name)))?;
+        nl.set_up(link.index)
+            .map_err(|e| Error::from(e).context(format!("setting {} up", link.name)))?;
     }
     if added_v6 && !nodad {
         settle(nl, link.index, Duration::from_secs(10))?;

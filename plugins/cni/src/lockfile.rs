@@ -39,6 +39,18 @@ pub fn flock_holders(f: &File) -> Vec<u32> {
     parse_flock_holders(&locks, major, minor, m.ino())
 }
 
+/// Who holds the `flock(2)` of `f`, for a message: `pid 4242` (or `pid 4242, 4343`), or
+/// `None` when `/proc/locks` does not tell.
+pub fn held_by(f: &File) -> Option<String> {
+    let pids = flock_holders(f);
+    (!pids.is_empty()).then(|| {
+        format!(
+            "pid {}",
+            pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
 /// The holders (not the waiters, `->`) of `FLOCK`s on inode `ino` of device `major:minor`
 /// in the text of `/proc/locks`, whose lines read `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF`.
 fn parse_flock_holders(locks: &str, major: u32, minor: u32, ino: u64) -> Vec<u32> {

@@ -18,8 +18,8 @@ pub struct Netns {
     path: String,
 }
 
-/// What a file is, for messages.
-fn file_kind(mode: libc::mode_t) -> &'static str {
+/// What a file is, for messages (from its `st_mode`): "a FIFO", "a socket", ...
+pub fn file_kind(mode: libc::mode_t) -> &'static str {
     match mode & libc::S_IFMT {
         libc::S_IFIFO => "a FIFO",
         libc::S_IFSOCK => "a socket",

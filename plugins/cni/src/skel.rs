@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::env::{Command, Env};
+use crate::env::{Command, Env, Lookup};
 use crate::error::{code, Error, Result};
 use crate::netns::Netns;
 use crate::trace;
@@ -85,7 +85,7 @@ pub trait Plugin {
     /// and the environment `get`): the skeleton executes it instead of running the plugin,
     /// with the same arguments, environment and config ([`run`]: in place of this process;
     /// a delegation that would run the plugin in-process starts it as the child instead).
-    fn exec_instead(&self, stdin: &[u8], get: &dyn Fn(&str) -> Option<String>) -> Result<Option<PathBuf>> {
+    fn exec_instead(&self, stdin: &[u8], get: &Lookup<'_>) -> Result<Option<PathBuf>> {
         let _ = (stdin, get);
         Ok(None)
     }
@@ -119,12 +119,7 @@ pub fn run(name: &str, plugin: &dyn Plugin) -> ! {
 /// and `stdin` on its standard input: returns the exit status and the bytes it would print on
 /// stdout, and prints on stderr what it would print there (a panic is the same code-100 error
 /// JSON). How a plugin delegates to a plugin that is linked into its own binary.
-pub fn run_in_process(
-    name: &str,
-    plugin: &dyn Plugin,
-    get: &dyn Fn(&str) -> Option<String>,
-    stdin: Vec<u8>,
-) -> (i32, Vec<u8>) {
+pub fn run_in_process(name: &str, plugin: &dyn Plugin, get: &Lookup<'_>, stdin: Vec<u8>) -> (i32, Vec<u8>) {
     trace::start();
     let mut stdin = Some(stdin);
     let mut read = || {
@@ -145,7 +140,7 @@ pub fn run_in_process(
 fn invoke(
     name: &str,
     plugin: &dyn Plugin,
-    get: &dyn Fn(&str) -> Option<String>,
+    get: &Lookup<'_>,
     read: &mut dyn FnMut() -> Result<Vec<u8>>,
     own_process: bool,
 ) -> (i32, Option<Vec<u8>>) {
@@ -231,7 +226,7 @@ fn read_stdin() -> Result<Vec<u8>> {
 fn dispatch(
     name: &str,
     plugin: &dyn Plugin,
-    get: &dyn Fn(&str) -> Option<String>,
+    get: &Lookup<'_>,
     read: &mut dyn FnMut() -> Result<Vec<u8>>,
     own_process: bool,
     version_for_errors: &mut String,
@@ -256,7 +251,7 @@ fn dispatch(
             return Err(exec_in_place(&other, Some(&stdin)));
         }
     }
-    let mut call = parse_call(env, stdin, version_for_errors)?;
+    let mut call = parse_call_for(env, stdin, version_for_errors)?;
     trace::step("parse config");
     if plugin.enters_netns() {
         call.open_container_ns()?;
@@ -277,7 +272,33 @@ fn dispatch(
 
 /// Decodes the common keys of the config and checks the verb against its version. DEL and GC
 /// read only what their teardown needs ([`crate::teardown`]).
-pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> Result<Call> {
+pub fn parse_call(env: Env, stdin: Vec<u8>) -> Result<Call> {
+    parse_call_for(env, stdin, &mut String::new())
+}
+
+/// The call the skeleton makes of `stdin` for `command` in the environment a runtime gives
+/// (container `c1`, `CNI_NETNS` `/run/netns/x`, `eth0`, `CNI_PATH` `/opt/cni/bin`, `CNI_ARGS`
+/// `args`): for the config tests of the plugins and for fuzzing. Nothing is opened.
+pub fn test_call(command: Command, stdin: &[u8], args: &str) -> Result<Call> {
+    let env = Env::from_lookup(command, |k| {
+        Some(
+            match k {
+                "CNI_CONTAINERID" => "c1",
+                "CNI_NETNS" => "/run/netns/x",
+                "CNI_IFNAME" => "eth0",
+                "CNI_PATH" => "/opt/cni/bin",
+                "CNI_ARGS" => args,
+                _ => return None,
+            }
+            .to_string(),
+        )
+    })?;
+    parse_call(env, stdin.to_vec())
+}
+
+/// [`parse_call`], setting `version_for_errors` to the config's version once it is read (the
+/// version an error is printed in).
+fn parse_call_for(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> Result<Call> {
     if stdin.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::decode("no network config on stdin"));
     }
@@ -303,11 +324,8 @@ pub fn parse_call(env: Env, stdin: Vec<u8>, version_for_errors: &mut String) -> 
             )));
         }
     }
-    if !conf.name.is_empty() && !crate::env::valid_container_id(&conf.name) {
-        return Err(Error::invalid_config(format!(
-            "invalid network name \"{}\": must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-            conf.name.escape_debug()
-        )));
+    if !conf.name.is_empty() {
+        crate::env::check_network_name(&conf.name)?;
     }
     Ok(Call {
         env,

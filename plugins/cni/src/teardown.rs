@@ -117,6 +117,14 @@ struct GcKeys {
     attachments: Option<Vec<Attachment>>,
 }
 
+/// What a plugin's DEL reads of its own keys (a struct of [`Lenient`] switches): decoded from
+/// the config as every config is (Go's key matching), by [`Teardown::decode`].
+pub trait Teardown: serde::de::DeserializeOwned {
+    fn decode(stdin: &[u8]) -> Result<Self> {
+        crate::types::decode(stdin)
+    }
+}
+
 impl NetConf {
     /// The common keys as DEL reads them: `cniVersion`, `name` and `ipam.type` must decode
     /// (as strings; code 6 naming the key otherwise); `type`, `dns`, `runtimeConfig`, `args`

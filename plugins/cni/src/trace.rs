@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 static STEPS: Mutex<Vec<(Option<&'static str>, String, Instant)>> = Mutex::new(Vec::new());
-static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 thread_local! {
     /// The in-process plugin this thread runs, if any.
@@ -16,7 +15,7 @@ thread_local! {
 }
 
 fn on() -> bool {
-    *ON.get_or_init(|| std::env::var_os("CNI_RS_TRACE").is_some_and(|v| v == "1"))
+    crate::env::process_flags().trace
 }
 
 fn mark(name: &str) {

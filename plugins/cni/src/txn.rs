@@ -37,6 +37,11 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// The plugin whose ADD this is.
+    pub fn plugin(&self) -> &'static str {
+        self.plugin
+    }
+
     /// Registers the undo of a step that has just changed the node.
     pub fn undo(&mut self, what: impl Into<String>, f: impl FnOnce() -> Result<()> + 'a) {
         self.steps.push((what.into(), Box::new(f)));
@@ -47,12 +52,8 @@ impl<'a> Txn<'a> {
         self.steps.clear();
     }
 
-    /// Undoes every step now, newest first; each runs even when another failed or panicked.
-    /// Errors go to stderr: the caller's own error is what the runtime gets.
-    pub fn rollback(mut self) {
-        self.run_undo();
-    }
-
+    /// Undoes every step, newest first (on drop); each runs even when another failed or
+    /// panicked. Errors go to stderr: the caller's own error is what the runtime gets.
     fn run_undo(&mut self) {
         let mut errs = Errors::new();
         while let Some((what, f)) = self.steps.pop() {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::gojson::DecodeError;
 pub use crate::gojson::Node;
 use crate::version::Version;
 
@@ -245,8 +246,19 @@ struct LegacyIp {
 impl CniResult {
     /// Parses a result of any version we speak.
     pub fn from_value(v: &Value) -> Result<CniResult> {
-        let w: WireResult = crate::gojson::from_node(Node::from(v))
-            .map_err(|e| Error::decode(format!("invalid result at {}: {}", e.path(), e.inner())))?;
+        CniResult::from_node(Node::from(v))
+    }
+
+    fn from_node(node: Node) -> Result<CniResult> {
+        let w: WireResult = crate::gojson::from_node(node).map_err(|e| {
+            let path = e.path().to_string();
+            match e.into_inner() {
+                DecodeError::OutOfRange { value, min, max } => {
+                    Error::invalid_config(format!("invalid result: {}", out_of_range(&path, &value, min, max)))
+                }
+                DecodeError::Json(e) => Error::decode(format!("invalid result at {path}: {e}")),
+            }
+        })?;
         let mut r = CniResult {
             interfaces: w.interfaces,
             ips: w.ips,
@@ -275,9 +287,10 @@ impl CniResult {
         Ok(r)
     }
 
+    /// Parses a result as printed by a plugin (a number beyond 64 bits is refused as written).
     pub fn from_slice(b: &[u8]) -> Result<CniResult> {
-        let v: Value = serde_json::from_slice(b).map_err(|e| Error::decode(format!("invalid result JSON: {e}")))?;
-        CniResult::from_value(&v)
+        let node = Node::parse(b).map_err(|e| Error::decode(format!("invalid result JSON: {e}")))?;
+        CniResult::from_node(node)
     }
 
     /// The result as the spec's JSON of `version`.
@@ -399,7 +412,17 @@ pub fn decode<T: serde::de::DeserializeOwned>(stdin: &[u8]) -> Result<T> {
     decode_node(node, "")
 }
 
-/// Decodes `T` from a part of the config; `at` (e.g. `ipam`) prefixes the field in errors.
+/// The message of a number out of its field's range (code 7): the field's name, the number as
+/// written in the input, the key it was given under, and the bounds.
+fn out_of_range(path: &str, value: &str, min: i128, max: i128) -> String {
+    let name = path.rsplit('.').next().unwrap_or("").split('[').next().unwrap_or("");
+    let name = if name.is_empty() { "value" } else { name };
+    format!("invalid {name} {value} (key \"{path}\"): must be an integer between {min} and {max}")
+}
+
+/// Decodes `T` from a part of the config; `at` (e.g. `ipam`) prefixes the field in errors. A
+/// number out of its field's range is code 7 (naming the key and the number as written), any
+/// other mismatch code 6.
 pub fn decode_node<T: serde::de::DeserializeOwned>(node: Node, at: &str) -> Result<T> {
     crate::gojson::from_node(node).map_err(|e| {
         let path = match (at, e.path().to_string()) {
@@ -407,7 +430,12 @@ pub fn decode_node<T: serde::de::DeserializeOwned>(node: Node, at: &str) -> Resu
             ("", p) => p,
             (at, p) => format!("{at}.{p}"),
         };
-        let inner = e.into_inner();
+        let inner = match e.into_inner() {
+            DecodeError::OutOfRange { value, min, max } => {
+                return Error::invalid_config(out_of_range(&path, &value, min, max));
+            }
+            DecodeError::Json(e) => e,
+        };
         if path.is_empty() {
             Error::decode(format!("invalid network config: {inner}"))
         } else {
@@ -515,6 +543,75 @@ mod tests {
         assert_eq!(
             n.prev_result().unwrap().unwrap().ips[0].address.to_string(),
             "10.0.0.2/24"
+        );
+    }
+
+    /// Every integer of a result (interface MTU and index, the route attributes), as a
+    /// prevResult too: a number the field holds is taken exactly; any other is code 7 naming
+    /// the key and the number as written, never wrapped.
+    #[test]
+    fn result_numbers_are_refused_never_wrapped() {
+        let result = |ifc: &str, ip: &str, route: &str| {
+            format!(
+                r#"{{"cniVersion":"1.1.0","interfaces":[{{"name":"eth0"{ifc}}}],"ips":[{{"address":"10.0.0.2/24"{ip}}}],"routes":[{{"dst":"0.0.0.0/0"{route}}}]}}"#
+            )
+        };
+        let cases: [(&str, u64); 7] = [
+            ("interfaces[0].mtu", u32::MAX.into()),
+            ("routes[0].mtu", u32::MAX.into()),
+            ("routes[0].advmss", u32::MAX.into()),
+            ("routes[0].priority", u32::MAX.into()),
+            ("routes[0].table", u32::MAX.into()),
+            ("routes[0].scope", u8::MAX.into()),
+            ("ips[0].interface", u64::MAX),
+        ];
+        for (path, max) in cases {
+            let of = |lit: &str| {
+                let (list, key) = path.split_once("[0].").unwrap();
+                let field = format!(r#","{key}":{lit}"#);
+                match list {
+                    "interfaces" => result(&field, "", ""),
+                    "ips" => result("", &field, ""),
+                    _ => result("", "", &field),
+                }
+            };
+            let above = (u128::from(max) + 1).to_string();
+            for lit in ["-1", "4294968796", "99999999999", above.as_str()] {
+                if lit.parse::<u128>().is_ok_and(|v| v <= u128::from(max)) {
+                    continue;
+                }
+                let r = of(lit);
+                let e = CniResult::from_slice(r.as_bytes()).unwrap_err();
+                assert_eq!(e.code(), 7, "{r}: {e}");
+                assert!(e.to_string().contains(&format!("{lit} (key \"{path}\")")), "{r}: {e}");
+                // A prevResult is kept as a free-form value first, in which a number beyond 64
+                // bits is a float (a type error, code 6).
+                if lit == "18446744073709551616" {
+                    continue;
+                }
+                let conf = format!(r#"{{"cniVersion":"1.1.0","name":"n","prevResult":{r}}}"#);
+                let n: NetConf = decode(conf.as_bytes()).unwrap();
+                let e = n.prev_result().unwrap_err();
+                assert_eq!(e.code(), 7, "{conf}: {e}");
+                assert!(e.to_string().starts_with("prevResult: invalid result: invalid "), "{e}");
+            }
+            if path != "ips[0].interface" {
+                let r = CniResult::from_slice(of(&max.to_string()).as_bytes()).unwrap();
+                let got = match path {
+                    "interfaces[0].mtu" => r.interfaces[0].mtu,
+                    "routes[0].mtu" => r.routes[0].mtu,
+                    "routes[0].advmss" => r.routes[0].advmss,
+                    "routes[0].priority" => r.routes[0].priority,
+                    "routes[0].table" => r.routes[0].table,
+                    _ => r.routes[0].scope.map(u32::from),
+                };
+                assert_eq!(got.map(u64::from), Some(max), "{path}");
+            }
+        }
+        let e = CniResult::from_slice(result("", "", r#","MTU":4294968796"#).as_bytes()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid result: invalid mtu 4294968796 (key \"routes[0].mtu\"): must be an integer between 0 and 4294967295"
         );
     }
 

@@ -13,6 +13,9 @@ use cni::{Call, Error, NetConf, Result};
 
 /// The smallest MTU a macvlan takes (the kernel's ETH_MIN_MTU).
 pub const MIN_MTU: i64 = 68;
+/// The largest MTU the kernel's link attribute holds (`IFLA_MTU`, 32 bits); the master's MTU,
+/// checked by [`crate::plugin`], is the real bound.
+pub const MAX_MTU: i64 = u32::MAX as i64;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct MacvlanConf {
@@ -60,23 +63,6 @@ fn default_mode() -> MacvlanMode {
     MacvlanMode::Bridge
 }
 
-/// What DEL reads of macvlan's own keys: `hostShim`, leniently (see [`cni::teardown`]; a
-/// value that does not read counts as on: removing routes that are not there does nothing).
-/// Nothing else: the container interface, the lease and the shim's routes are found by the
-/// attachment, not by `master`, `mode`, `mtu` or a MAC, so that a config that can no longer be
-/// used can still be torn down.
-#[derive(Debug, Default, Deserialize)]
-pub struct MacvlanTeardown {
-    #[serde(rename = "hostShim", default)]
-    pub host_shim: Lenient<bool>,
-}
-
-impl MacvlanTeardown {
-    pub fn decode(call: &Call) -> Result<MacvlanTeardown> {
-        cni::types::decode(&call.stdin)
-    }
-}
-
 impl MacvlanConf {
     /// Decodes and checks the config of `call` (everything but the master's existence and
     /// MTU, which [`crate::plugin`] checks against the machine).
@@ -98,7 +84,7 @@ impl MacvlanConf {
                 c.mode.escape_debug()
             ))
         })?;
-        if c.mtu != 0 && c.mtu < MIN_MTU {
+        if c.mtu != 0 && !(MIN_MTU..=MAX_MTU).contains(&c.mtu) {
             return Err(Error::invalid_config(format!(
                 "invalid mtu {} (key \"mtu\"): must be 0 (the master's) or between {MIN_MTU} and the master's MTU",
                 c.mtu
@@ -114,7 +100,7 @@ impl MacvlanConf {
 
     /// The MTU to create the link with (None: the master's).
     pub fn mtu(&self) -> Option<u32> {
-        (self.mtu > 0).then_some(self.mtu as u32)
+        u32::try_from(self.mtu).ok().filter(|m| *m > 0)
     }
 
     pub fn bcqueuelen(&self) -> Option<u32> {
@@ -202,28 +188,26 @@ pub fn container_mac(conf_mac: &str, net: &NetConf, cni_args: &str) -> Result<Op
     Ok(None)
 }
 
+/// What DEL reads of macvlan's own keys: `hostShim`, leniently (see [`cni::teardown`]; a
+/// value that does not read counts as on: removing routes that are not there does nothing).
+/// Nothing else: the container interface, the lease and the shim's routes are found by the
+/// attachment, not by `master`, `mode`, `mtu` or a MAC, so that a config that can no longer be
+/// used can still be torn down.
+#[derive(Debug, Default, Deserialize)]
+pub struct MacvlanTeardown {
+    #[serde(rename = "hostShim", default)]
+    pub host_shim: Lenient<bool>,
+}
+
+impl cni::teardown::Teardown for MacvlanTeardown {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cni::env::{Command, Env};
+    use cni::env::Command;
 
     fn call(conf: &str, args: &str) -> Call {
-        let env = Env::from_lookup(Command::Add, |k| {
-            Some(
-                match k {
-                    "CNI_CONTAINERID" => "c1",
-                    "CNI_NETNS" => "/run/netns/x",
-                    "CNI_IFNAME" => "eth0",
-                    "CNI_PATH" => "/opt/cni/bin",
-                    "CNI_ARGS" => args,
-                    _ => return None,
-                }
-                .to_string(),
-            )
-        })
-        .unwrap();
-        let mut v = String::new();
-        cni::skel::parse_call(env, conf.as_bytes().to_vec(), &mut v).unwrap()
+        cni::skel::test_call(Command::Add, conf.as_bytes(), args).unwrap()
     }
 
     fn load(conf: &str, args: &str) -> Result<MacvlanConf> {
@@ -373,6 +357,50 @@ mod tests {
         let e = cni::types::decode::<MacvlanConf>(br#"{"cniVersion":"1.0.0","hostShim":"yes"}"#).unwrap_err();
         assert_eq!(e.code(), 6);
         assert!(e.to_string().contains("hostShim"), "{e}");
+    }
+
+    /// Numbers that no integer key takes: beyond 32 and 64 bits, negative.
+    const OUT_OF_RANGE: [&str; 8] = [
+        "4294968796",
+        "99999999999",
+        "4294967296",
+        "-1",
+        "-4294967297",
+        "9223372036854775808",
+        "18446744073709551616",
+        "99999999999999999999999",
+    ];
+
+    /// Every integer key: a number in its range is taken exactly; one out of it (its own
+    /// range, or its type's) is code 7 naming the key and the number as written, never
+    /// wrapped (an mtu of 2^32 + 1500 was taken as 1500).
+    #[test]
+    fn numbers_are_refused_never_wrapped() {
+        let conf = |extra: &str| format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"macvlan",{extra}}}"#);
+        let keys: [(&str, &[&str]); 2] = [("mtu", &["1", "67"]), ("bcqueuelen", &[])];
+        for (key, own) in keys {
+            for lit in OUT_OF_RANGE.iter().chain(own) {
+                let c = conf(&format!(r#""{key}":{lit}"#));
+                let e = load(&c, "").unwrap_err();
+                assert_eq!(e.code(), 7, "{c}: {e}");
+                let m = e.to_string();
+                assert!(m.contains(&format!("{lit} (key \"{key}\")")), "{c}: {m}");
+            }
+        }
+        let c = load(&conf(r#""mtu":4294967295,"bcqueuelen":4294967295"#), "").unwrap();
+        assert_eq!((c.mtu(), c.bcqueuelen()), (Some(u32::MAX), Some(u32::MAX)));
+        let c = load(&conf(r#""mtu":68,"bcqueuelen":0"#), "").unwrap();
+        assert_eq!((c.mtu(), c.bcqueuelen()), (Some(68), None));
+        let e = load(&conf(r#""mtu":4294968796"#), "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid mtu 4294968796 (key \"mtu\"): must be 0 (the master's) or between 68 and the master's MTU"
+        );
+        let e = load(&conf(r#""BCQueueLen":4294967296"#), "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid bcqueuelen 4294967296 (key \"bcqueuelen\"): must be an integer between 0 and 4294967295"
+        );
     }
 
     #[test]

@@ -4,11 +4,12 @@
 use cni::delegate;
 use cni::env::Command;
 use cni::iface;
-use cni::netlink::{Link, LinkChange, MacvlanMode, Nl};
+use cni::netlink::{Link, MacvlanMode, MacvlanOptions, Nl};
 use cni::netns::Netns;
+use cni::teardown::Teardown;
 use cni::trace::step;
 use cni::txn::Txn;
-use cni::{fault, Call, CniResult, Error, Errors, Interface, Plugin, Result};
+use cni::{fault, Call, CniResult, Error, Plugin, Result};
 
 use crate::config::{MacvlanConf, MacvlanTeardown};
 use crate::shim;
@@ -25,56 +26,32 @@ struct Master<'a> {
 
 impl Plugin for Macvlan {
     fn add(&self, call: &Call) -> Result<CniResult> {
-        let netns = call.container_netns()?;
         // The container's socket opens on its thread while the config is loaded.
-        let opening = Nl::open_in_background(netns)?;
-        let conf = MacvlanConf::load(call)?;
-        step("load config");
+        let (netns, opening, conf) = iface::load_while_opening(call, MacvlanConf::load)?;
         let cont = opening.finish()?;
         step("open netns socket");
-        // One call of the attachment at a time, held until the undo below has run.
-        let _attachment = iface::lock_attachment(call)?;
-        // Every change below registers its undo; they all run, newest first, unless the ADD
-        // gets to the end (an error returned or a panic: see `cni::txn`).
-        let mut txn = Txn::new("macvlan");
-        let result = add(call, &conf, netns, &cont, &mut txn)?;
-        txn.commit();
-        Ok(result)
+        // Under the attachment lock; every change registers its undo (see `iface::transaction`).
+        iface::transaction(call, "macvlan", |txn| add(call, &conf, netns, &cont, txn))
     }
 
     /// Reads only what the teardown needs ([`MacvlanTeardown`], the common keys as
     /// [`cni::teardown`] reads them): a config that went bad since the ADD is still torn down.
     fn del(&self, call: &Call) -> Result<()> {
-        let conf = MacvlanTeardown::decode(call)?;
-        // A DEL goes on without the lock when it cannot be had: a teardown must not fail for it.
-        let attachment = iface::lock_attachment(call)
-            .inspect_err(|e| cni::log!("{}: going on without the attachment lock: {e}", call.conf.plugin_type))
-            .ok();
-        let mut errs = Errors::new();
-        // 1. The lease and the container interface (also what a killed ADD left).
-        iface::del_attachment(call, call.conf.ipam_type(), &mut errs);
-        // 2. `hostShim`: the host routes of the attachment, and the shim if they were its last.
-        //    Also when the config no longer asks for it but a record says an ADD made them.
+        let conf = MacvlanTeardown::decode(&call.stdin)?;
         let (net, id, ifname) = (&call.conf.name, &call.env.container_id, &call.env.ifname);
-        if conf.host_shim.teardown_switch() || shim::has_record(net, id, ifname) {
-            errs.note(Nl::current().and_then(|host| shim::remove(&host, net, id, ifname)));
-        }
-        if let Some(a) = attachment {
-            a.remove();
-        }
-        errs.into_result()
+        // After the lease and the container interface (`iface::del`): `hostShim`'s host routes
+        // of the attachment, and the shim if they were its last; also when the config no
+        // longer asks for it but a record says an ADD made them.
+        iface::del(call, |errs| {
+            if conf.host_shim.teardown_switch() || shim::has_record(net, id, ifname) {
+                errs.note(Nl::current().and_then(|host| shim::remove(&host, net, id, ifname)));
+            }
+        })
     }
 
     fn check(&self, call: &Call) -> Result<()> {
         let conf = MacvlanConf::load(call)?;
-        let netns = call.container_netns()?;
-        if let Some(t) = conf.net.ipam_type() {
-            delegate::exec(t, Command::Check, call)?;
-        }
-        let prev = conf
-            .net
-            .prev_result()?
-            .ok_or_else(|| Error::invalid_config("CHECK: required prevResult missing"))?;
+        let (netns, prev) = iface::check_preamble(call)?;
         let ifname = &call.env.ifname;
 
         // The container interface of the previous result: this name, in this namespace.
@@ -125,12 +102,7 @@ impl Plugin for Macvlan {
                 master.link.name, master.place
             )));
         }
-        if !cif.mac.is_empty() && !cif.mac.eq_ignore_ascii_case(&link.mac) {
-            return Err(Error::check_failed(format!(
-                "interface {ifname} MAC {} does not match the previous result's {}",
-                link.mac, cif.mac
-            )));
-        }
+        iface::check_mac(cif, &link)?;
         if let Some(mtu) = conf.mtu() {
             if link.mtu != mtu {
                 return Err(Error::check_failed(format!(
@@ -156,17 +128,14 @@ impl Plugin for Macvlan {
     /// Reads only the common keys ([`cni::teardown`]): the IPAM type, the network and the
     /// keep-list.
     fn gc(&self, call: &Call) -> Result<()> {
-        let net = &call.conf;
-        let mut errs = Errors::new();
-        if let Some(t) = net.ipam_type() {
-            errs.note(delegate::exec(t, Command::Gc, call));
-        }
-        // `hostShim`: the host routes of the attachments that are gone (when this network has
-        // records of them).
-        if shim::has_records(&net.name) {
-            errs.note(Nl::current().and_then(|host| shim::gc(&host, &net.name, &net.gc_keep())));
-        }
-        errs.into_result()
+        iface::gc(call, |net| {
+            // `hostShim`: the host routes of the attachments that are gone (when this network
+            // has records of them).
+            if !shim::has_records(&net.name) {
+                return Ok(());
+            }
+            Nl::current().and_then(|host| shim::gc(&host, &net.name, &net.gc_keep()))
+        })
     }
 
     fn status(&self, call: &Call) -> Result<()> {
@@ -213,43 +182,22 @@ fn add<'a>(call: &'a Call, conf: &'a MacvlanConf, netns: &Netns, cont: &'a Nl, t
     step("master");
 
     // 2. The macvlan, made directly in the container's namespace under a temporary name, then
-    //    renamed there. IPAM starts first and runs meanwhile: its process start overlaps the
-    //    kernel's work.
-    let pending = conf
-        .net
-        .ipam_type()
-        .map(|t| delegate::start(t, Command::Add, call))
-        .transpose()?;
-    fault::point("macvlan:ipam-running");
-    let link = create_macvlan(conf, &master, netns, cont, call, txn);
-    step("macvlan");
-    // Reap IPAM whatever happened to the link; a lease it may hold is released on failure.
-    let ipam = pending.map(|p| p.wait_add());
-    if let (Some(t), Some(true)) = (conf.net.ipam_type(), ipam.as_ref().map(|o| o.holds_lease)) {
-        txn.undo("the IPAM lease", move || delegate::undo_add(t, call));
-    }
-    let link = link?;
-    let ipam = ipam.map(|o| o.result).transpose()?;
-    fault::point("macvlan:after-ipam");
+    //    renamed there, while the IPAM plugin runs (its process start overlaps the kernel's
+    //    work; see `iface::with_ipam`).
+    let (link, ipam) = iface::with_ipam(call, txn, |txn| {
+        let link = create_macvlan(conf, &master, netns, cont, call, txn);
+        step("macvlan");
+        link
+    })?;
 
     let mut result = CniResult {
-        interfaces: vec![Interface {
-            name: ifname.clone(),
-            mac: link.mac.clone(),
-            sandbox: Some(netns.path().to_string()),
-            ..Default::default()
-        }],
+        interfaces: vec![iface::container_interface(ifname, &link, netns)],
         ..Default::default()
     };
 
     // 3. Addresses and routes from IPAM, or an L2-only interface that is just up.
     if let Some(ipam) = ipam {
-        result.ips = ipam.ips;
-        for ip in result.ips.iter_mut() {
-            ip.interface = Some(0);
-        }
-        result.routes = ipam.routes;
-        result.dns = ipam.dns;
+        iface::take_ipam(&mut result, ipam, 0);
         step("ipam");
 
         iface::container_sysctls(netns, ifname, &result, None)?;
@@ -258,14 +206,8 @@ fn add<'a>(call: &'a Call, conf: &'a MacvlanConf, netns: &Netns, cont: &'a Nl, t
         step("container addresses and routes");
     } else {
         iface::container_sysctls(netns, ifname, &result, None)?;
-        cont.set_link(
-            link.index,
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::from(e).context(format!("setting {ifname} up")))?;
+        cont.set_up(link.index)
+            .map_err(|e| Error::from(e).context(format!("setting {ifname} up")))?;
     }
 
     // 4. `hostShim`: the host's routes to the container through the shim on the master.
@@ -365,18 +307,17 @@ fn create_macvlan<'a>(
     let tmp = iface::temp_ifname(&call.env.container_id, ifname);
     cont.del_link_by_name(&tmp)?;
     let target = (!conf.link_in_container).then_some(netns);
+    let options = MacvlanOptions {
+        mode: conf.parsed_mode,
+        netns: target,
+        mac: conf.parsed_mac,
+        mtu: conf.mtu(),
+        bcqueuelen: conf.bcqueuelen(),
+        source_macs: &conf.parsed_source_macs,
+    };
     master
         .nl
-        .add_macvlan(
-            &tmp,
-            master.link.index,
-            conf.parsed_mode,
-            target,
-            conf.parsed_mac,
-            conf.mtu(),
-            conf.bcqueuelen(),
-            &conf.parsed_source_macs,
-        )
+        .add_macvlan(&tmp, master.link.index, &options)
         .map_err(|e| create_error(conf, &master.link, e))?;
     let made = cont
         .link(&tmp)?

@@ -31,13 +31,12 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde_json::json;
 
-use cni::netlink::{Link, MacvlanMode, MarkedRoute, Nl, RouteEntry};
+use cni::netlink::{Link, MacvlanMode, MacvlanOptions, MarkedRoute, Nl, RouteEntry};
 use cni::netns::{read_sysctl, write_sysctl};
 use cni::types::Attachment;
 use cni::{Error, IpConfig, Result};
@@ -58,34 +57,27 @@ pub fn shim_name(master: &str) -> String {
     if PREFIX.len() + master.len() <= 15 {
         format!("{PREFIX}{master}")
     } else {
-        format!("{PREFIX}{:010x}", fnv1a64(master.as_bytes()) & 0xff_ffff_ffff)
+        format!(
+            "{PREFIX}{:010x}",
+            cni::ids::fnv1a(&[master.as_bytes()]) & 0xff_ffff_ffff
+        )
     }
 }
 
 /// The metric of the host routes of attachment (`network`, `container_id`, `ifname`): 32-bit
-/// FNV-1a over the three, NUL-separated; never 0 (the kernel turns an IPv6 metric 0 into 1024).
+/// FNV-1a over the three, NUL-separated ([`cni::ids::fnv1a32`]); never 0 (the kernel turns an
+/// IPv6 metric 0 into 1024).
 pub fn metric(network: &str, container_id: &str, ifname: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    let bytes = network
-        .bytes()
-        .chain([0])
-        .chain(container_id.bytes())
-        .chain([0])
-        .chain(ifname.bytes());
-    for b in bytes {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h.max(1)
+    nonzero_metric(cni::ids::fnv1a32(&[
+        network.as_bytes(),
+        container_id.as_bytes(),
+        ifname.as_bytes(),
+    ]))
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// The metric of hash `h`: `h`, but 1 for 0.
+fn nonzero_metric(h: u32) -> u32 {
+    h.max(1)
 }
 
 fn record_path(network: &str, metric: u32) -> PathBuf {
@@ -103,10 +95,15 @@ pub fn has_records(network: &str) -> bool {
     PathBuf::from(STATE_DIR).join(network).is_dir()
 }
 
+/// How long a change of shims waits for another one: longer than any takes (a few netlink
+/// requests).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The lock every change of shims and their routes is made under (an exclusive `flock`,
 /// released when the process ends, killed or not).
 struct Lock(#[allow(dead_code)] File);
 
+/// Takes [`Lock`]; code 11 when another call holds it for more than [`LOCK_WAIT`].
 fn lock() -> Result<Lock> {
     fs::create_dir_all(STATE_DIR).map_err(|e| Error::io(format!("creating {STATE_DIR}"), e))?;
     let path = format!("{STATE_DIR}/lock");
@@ -116,16 +113,14 @@ fn lock() -> Result<Lock> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(format!("opening {path}"), e))?;
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(Lock(f));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(Error::io(format!("locking {path}"), e));
-        }
+    if !cni::lockfile::lock_within(&f, LOCK_WAIT).map_err(|e| Error::io(format!("locking {path}"), e))? {
+        return Err(Error::try_again_later(format!(
+            "hostShim: {path} has been locked{} for more than {}s: another call holds it and does not finish (stopped or hung?)",
+            cni::lockfile::held_by(&f).map(|p| format!(" by {p}")).unwrap_or_default(),
+            LOCK_WAIT.as_secs()
+        )));
     }
+    Ok(Lock(f))
 }
 
 fn write_record(network: &str, metric: u32, container_id: &str, ifname: &str, shim: &str, master: &str) -> Result<()> {
@@ -366,8 +361,15 @@ fn ensure_shim(host: &Nl, master: &Link, name: &str) -> Result<Link> {
             l
         }
         None => {
-            host.add_macvlan(name, master.index, MacvlanMode::Bridge, None, None, None, None, &[])
-                .map_err(|e| Error::from(e).context(format!("hostShim: creating shim {name} on {}", master.name)))?;
+            host.add_macvlan(
+                name,
+                master.index,
+                &MacvlanOptions {
+                    mode: MacvlanMode::Bridge,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| Error::from(e).context(format!("hostShim: creating shim {name} on {}", master.name)))?;
             host.link(name)?
                 .ok_or_else(|| Error::netlink(format!("hostShim: new shim {name} not found")))?
         }
@@ -377,14 +379,8 @@ fn ensure_shim(host: &Nl, master: &Link, name: &str) -> Result<Link> {
     }
     shim_sysctls(name)?;
     if !shim.up {
-        host.set_link(
-            shim.index,
-            &cni::netlink::LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::from(e).context(format!("hostShim: setting {name} up")))?;
+        host.set_up(shim.index)
+            .map_err(|e| Error::from(e).context(format!("hostShim: setting {name} up")))?;
     }
     Ok(shim)
 }
@@ -498,6 +494,8 @@ mod tests {
         assert_eq!(long.len(), 15);
         assert!(long.starts_with("mvsh-"), "{long}");
         assert_eq!(long, shim_name("enp3s0f0np0"));
+        // Pinned: a shim made by an earlier version keeps its name.
+        assert_eq!(long, "mvsh-bbafbd26c4");
         assert_ne!(long, shim_name("enp3s0f0np1"));
         assert!(cni::env::check_ifname(&long).is_ok());
     }
@@ -511,13 +509,13 @@ mod tests {
         assert_ne!(m, metric("net2", "c1", "eth0"));
         // The NUL separators: ("ab", "c") and ("a", "bc") differ.
         assert_ne!(metric("n", "ab", "c"), metric("n", "a", "bc"));
-        // FNV-1a 32 of "n\0c\0e", as documented (the tests compute it the same way).
-        let mut h: u32 = 0x811c_9dc5;
-        for b in *b"n\0c\0e" {
-            h ^= b as u32;
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        assert_eq!(metric("n", "c", "e"), h);
+        // FNV-1a 32 of "n\0c\0e", as documented.
+        assert_eq!(metric("n", "c", "e"), cni::ids::fnv1a32(&[b"n\0c\0e"]));
+        // Pinned: routes made by an earlier version are found by the same metric.
+        assert_eq!(metric("n", "c", "e"), 0xea35_ab3f);
+        // A hash of 0 becomes metric 1.
+        assert_eq!(nonzero_metric(0), 1);
+        assert_eq!(nonzero_metric(7), 7);
     }
 
     #[test]

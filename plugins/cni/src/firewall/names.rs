@@ -99,41 +99,26 @@ pub(super) fn spoofchk_id(container_id: &str, ifname: &str) -> Result<String> {
 // ---------------------------------------------------------------------------------------------
 // Validation of what goes into a command line or an nft script.
 
-/// CNI's charset for network names and container ids: `[A-Za-z0-9][A-Za-z0-9_.-]*` (the
-/// spec's rule, [`crate::env::valid_container_id`]).
+/// CNI's charset for network names and container ids ([`crate::env::valid_name`]).
 pub(super) fn valid_name(s: &str) -> bool {
-    crate::env::valid_container_id(s)
+    crate::env::valid_name(s)
 }
 
-/// A Linux interface name (1-15 bytes, no `/`, `:` or whitespace, not `.`/`..`), further kept
-/// to printable ASCII without quotes or backslashes since it goes into an nft comment.
+/// A Linux interface name ([`crate::env::check_ifname`]), further kept to printable ASCII
+/// without quotes, backslashes or backticks since it goes into an nft comment.
 fn valid_ifname(s: &str) -> bool {
-    (1..=15).contains(&s.len())
-        && s != "."
-        && s != ".."
+    crate::env::check_ifname(s).is_ok()
         && s.bytes()
-            .all(|c| c.is_ascii_graphic() && !matches!(c, b'/' | b':' | b'"' | b'\'' | b'\\' | b'`'))
+            .all(|c| c.is_ascii_graphic() && !matches!(c, b'"' | b'\'' | b'\\' | b'`'))
 }
 
 pub(super) fn check_network(network: &str) -> Result<()> {
-    if valid_name(network) {
-        Ok(())
-    } else {
-        Err(Error::invalid_config(format!(
-            "ipMasq: network name \"{}\" must match [A-Za-z0-9][A-Za-z0-9_.-]*",
-            network.escape_debug()
-        )))
-    }
+    crate::env::check_network_name(network).map_err(|e| e.context("ipMasq"))
 }
 
 pub(super) fn validate(network: &str, container_id: &str, ifname: &str) -> Result<()> {
     check_network(network)?;
-    if !valid_name(container_id) {
-        return Err(Error::invalid_env(format!(
-            "ipMasq: container id \"{}\" must match [A-Za-z0-9][A-Za-z0-9_.-]*",
-            container_id.escape_debug()
-        )));
-    }
+    crate::env::check_container_id(container_id).map_err(|e| e.context("ipMasq"))?;
     if !valid_ifname(ifname) {
         return Err(Error::invalid_env(format!(
             "ipMasq: invalid interface name \"{}\"",
