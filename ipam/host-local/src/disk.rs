@@ -999,8 +999,12 @@ impl DiskStore {
     }
 
     fn remove_claim(&mut self, id: &str, ifname: &str) -> Result<()> {
-        let name = claim_name(id, ifname);
-        match self.dir.unlink(&name) {
+        self.remove_bookkeeping(&claim_name(id, ifname))
+    }
+
+    /// Removes the bookkeeping file `name` of the network directory; a missing one is fine.
+    fn remove_bookkeeping(&mut self, name: &str) -> Result<()> {
+        match self.dir.unlink(name) {
             Ok(()) => {
                 self.changed();
                 Ok(())
@@ -1022,11 +1026,7 @@ impl DiskStore {
         }
         // The record written before the pointers moved has nothing left to undo.
         if self.undo_written.take().is_some() {
-            match self.dir.unlink(UNDO_FILE) {
-                Ok(()) => self.changed(),
-                Err(e) if sys::is_not_found(&e) => {}
-                Err(e) => return Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
-            }
+            self.remove_bookkeeping(UNDO_FILE)?;
         }
         Ok(())
     }
@@ -1064,14 +1064,7 @@ impl DiskStore {
     /// writes it only if it has changed since.
     pub fn record_add(&mut self, id: &str, ifname: &str) -> Result<()> {
         if self.prior_last.is_empty() {
-            return match self.dir.unlink(UNDO_FILE) {
-                Ok(()) => {
-                    self.changed();
-                    Ok(())
-                }
-                Err(e) if sys::is_not_found(&e) => Ok(()),
-                Err(e) => Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
-            };
+            return self.remove_bookkeeping(UNDO_FILE);
         }
         self.write_undo_record(id, ifname)
     }
@@ -1114,12 +1107,7 @@ impl DiskStore {
                 })?;
             }
         }
-        match self.dir.unlink(UNDO_FILE) {
-            Ok(()) => self.changed(),
-            Err(e) if sys::is_not_found(&e) => {}
-            Err(e) => return Err(io_err(format!("removing {}/{UNDO_FILE}", self.path.display()), e)),
-        }
-        Ok(())
+        self.remove_bookkeeping(UNDO_FILE)
     }
 }
 
